@@ -1,0 +1,209 @@
+//! Every fact the eBPF datapath and the userspace agent share, defined once.
+//!
+//! Map key and value types are `#[repr(C)]` with explicit padding (no hidden
+//! bytes, so the kernel hashes exactly what both sides wrote), no `bool`,
+//! `Option` or enums, and a compile-time size assertion each. Fields in
+//! network byte order end in `_be`.
+#![no_std]
+
+pub mod reason;
+
+pub use reason::{Direction, Reason};
+
+/// IANA-assigned VXLAN UDP port (RFC 7348 section 5).
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Largest 24-bit VXLAN Network Identifier (RFC 7348 section 5).
+pub const VNI_MAX: u32 = 0x00FF_FFFF;
+/// Default outer UDP source port range: the IANA dynamic range, as RFC 7348
+/// section 5 recommends ("49152-65535").
+pub const DEFAULT_SOURCE_PORT_MIN: u16 = 49152;
+pub const DEFAULT_SOURCE_PORT_MAX: u16 = 65535;
+/// Default outer IPv4 TTL.
+pub const DEFAULT_OUTER_TTL: u8 = 64;
+
+pub const ETH_HDR_LEN: usize = 14;
+pub const IPV4_HDR_LEN: usize = 20;
+pub const UDP_HDR_LEN: usize = 8;
+pub const VXLAN_HDR_LEN: usize = 8;
+/// Bytes added in front of an inner Ethernet frame: outer Ethernet, IPv4
+/// (no options), UDP and VXLAN headers.
+pub const VXLAN_ENCAP_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN + VXLAN_HDR_LEN;
+const _: () = assert!(VXLAN_ENCAP_LEN == 50);
+/// The I flag of the VXLAN header: "MUST be set to 1 for a valid VNI" (RFC 7348 section 5).
+pub const VXLAN_FLAG_VNI_VALID: u8 = 0x08;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Names and capacities of the datapath's maps. The eBPF side declares each
+/// map with the static of this name; `overlay-user` finds them by these names.
+pub mod maps {
+    /// (VNI, MAC) of a remote endpoint -> [`crate::FdbEntry`] (its VTEP).
+    pub const FDB: &str = "FDB";
+    pub const FDB_CAPACITY: u32 = 65536;
+    /// VNI -> [`crate::VniInfo`]: the VNIs this node carries.
+    pub const VNIS: &str = "VNIS";
+    pub const VNIS_CAPACITY: u32 = 4096;
+    /// (VNI, MAC) of a local endpoint -> [`crate::LocalEndpoint`] (its port).
+    pub const LOCAL_ENDPOINTS: &str = "LOCAL_ENDPOINTS";
+    pub const LOCAL_ENDPOINTS_CAPACITY: u32 = 4096;
+    /// Host-side ifindex of an endpoint port -> [`crate::PortInfo`] (its VNI).
+    pub const PORTS: &str = "PORTS";
+    pub const PORTS_CAPACITY: u32 = 4096;
+    /// Peer VTEP IPv4 address -> [`crate::PeerInfo`]: who may send us VXLAN.
+    pub const PEERS: &str = "PEERS";
+    pub const PEERS_CAPACITY: u32 = 4096;
+    /// (VNI, IPv4 address) -> [`crate::NeighbourEntry`] (its MAC), for ARP answers.
+    pub const NEIGHBOURS: &str = "NEIGHBOURS";
+    pub const NEIGHBOURS_CAPACITY: u32 = 65536;
+    /// Array of one [`crate::NodeConfig`].
+    pub const NODE: &str = "NODE";
+    /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const COUNTERS_CAPACITY: u32 = crate::reason::DIRECTION_COUNT * crate::reason::REASON_SLOTS;
+}
+
+/// Names of the eBPF programs in the object.
+pub mod programs {
+    /// XDP, on the underlay device: VXLAN decapsulation.
+    pub const DECAP_XDP: &str = "overlay_decap";
+    /// TC ingress of each endpoint's host-side port (the container's egress):
+    /// encapsulation, local switching, ARP answers.
+    pub const ENDPOINT_TC: &str = "overlay_endpoint";
+}
+
+/// Key of the FDB and of the local endpoint table: a MAC address within a VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VniMac {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<VniMac>() == 12);
+
+impl VniMac {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self { vni, mac, _pad: [0; 2] }
+    }
+}
+
+/// Key of the neighbour table: an IPv4 address within a VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VniIpv4 {
+    pub vni: u32,
+    pub addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<VniIpv4>() == 8);
+
+/// FDB value: where a remote MAC lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdbEntry {
+    /// The remote VTEP's IPv4 address.
+    pub vtep_addr_be: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<FdbEntry>() == 8);
+
+/// Local endpoint value: the host-side port (ifindex) that reaches it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalEndpoint {
+    pub ifindex: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<LocalEndpoint>() == 8);
+
+/// Port value: the VNI of every frame a port sends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortInfo {
+    pub vni: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortInfo>() == 8);
+
+/// VNI table value. Presence means the node carries the VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VniInfo {
+    pub flags: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<VniInfo>() == 8);
+
+/// Peer table value. Presence means VXLAN from that source address is accepted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerInfo {
+    pub flags: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerInfo>() == 8);
+
+/// Neighbour table value: the MAC that owns an overlay IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NeighbourEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<NeighbourEntry>() == 8);
+
+/// This node's VTEP settings (the single entry of the `NODE` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeConfig {
+    /// Our VTEP IPv4 address: the outer source on encap, the accepted outer
+    /// destination on decap.
+    pub vtep_addr_be: u32,
+    /// Underlay device; the FIB lookup for a peer VTEP is made from it.
+    pub underlay_ifindex: u32,
+    /// VXLAN UDP destination port (sent and accepted).
+    pub vxlan_port_be: u16,
+    /// Outer UDP source port range, host byte order, inclusive.
+    pub source_port_min: u16,
+    pub source_port_max: u16,
+    /// Outer IPv4 TTL.
+    pub ttl: u8,
+    pub _pad0: u8,
+    /// Non-zero once the agent has written this entry; the datapath passes
+    /// everything untouched until then.
+    pub configured: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+
+/// A packet and byte counter (one per CPU, direction and reason).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// Index into the `COUNTERS` array for a direction and reason.
+#[inline(always)]
+pub const fn counter_index(direction: Direction, reason: Reason) -> u32 {
+    direction.0 * reason::REASON_SLOTS + (reason.0 % reason::REASON_SLOTS)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays,
+    // with explicit padding, so every bit pattern is valid and none is hidden.
+    unsafe impl aya::Pod for super::VniMac {}
+    unsafe impl aya::Pod for super::VniIpv4 {}
+    unsafe impl aya::Pod for super::FdbEntry {}
+    unsafe impl aya::Pod for super::LocalEndpoint {}
+    unsafe impl aya::Pod for super::PortInfo {}
+    unsafe impl aya::Pod for super::VniInfo {}
+    unsafe impl aya::Pod for super::PeerInfo {}
+    unsafe impl aya::Pod for super::NeighbourEntry {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::Counter {}
+}

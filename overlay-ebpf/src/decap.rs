@@ -1,0 +1,137 @@
+//! XDP on the underlay device: VXLAN decapsulation (RFC 7348).
+//!
+//! Anything that is not UDP to this node's VTEP address and VXLAN port goes
+//! to the kernel stack untouched (XDP_PASS). What is addressed to our VXLAN
+//! port is ours to judge: it is either delivered to the local endpoint that
+//! owns the inner destination, or dropped with a counted reason.
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use overlay_common::{
+    ETH_HDR_LEN, ETH_P_ARP, ETH_P_IPV4, IPPROTO_UDP, IPV4_HDR_LEN, Reason, UDP_HDR_LEN,
+    VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI_VALID, VXLAN_HDR_LEN, VniIpv4, VniMac,
+};
+
+use crate::{
+    arp,
+    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, PEERS, VNIS, node_config},
+    packet::{BROADCAST_MAC, Verdict, is_multicast, ptr_at},
+};
+
+const VXLAN_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN;
+const INNER_ETH_OFFSET: usize = VXLAN_ENCAP_LEN;
+/// IPv4 flags/fragment-offset field: More Fragments flag and offset bits.
+const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+const PASS: Verdict<u32> = Verdict { action: xdp_action::XDP_PASS, reason: Reason::PASSED };
+
+pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(node) = node_config() else { return Ok(PASS) };
+
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else { return Ok(PASS) };
+    // SAFETY (all packet reads below): ptr_at checked the bounds.
+    if unsafe { (*eth).ether_type } != ETH_P_IPV4.to_be() {
+        return Ok(PASS);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN) else { return Ok(PASS) };
+    let ip = unsafe { &*ip };
+    if ip.proto != IPPROTO_UDP
+        || u32::from_ne_bytes(ip.dst_addr) != node.vtep_addr_be
+        || ip.vihl >> 4 != 4
+    {
+        return Ok(PASS);
+    }
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Ok(PASS); // not a valid IPv4 header; the stack drops it
+    }
+    let fragment = u16::from_be_bytes(ip.frags);
+    if fragment & IPV4_OFFSET_MASK != 0 {
+        return Ok(PASS); // a later fragment has no UDP header to judge by
+    }
+    // The masked ihl bounds the offset to 34..=74, which the verifier tracks.
+    let udp_offset = ETH_HDR_LEN + ihl * 4;
+    let Some(udp) = ptr_at::<UdpHdr>(start, end, udp_offset) else { return Ok(PASS) };
+    let udp = unsafe { &*udp };
+    if u16::from_ne_bytes(udp.dst) != node.vxlan_port_be {
+        return Ok(PASS);
+    }
+
+    // UDP to our VTEP's VXLAN port: from here on, ours to deliver or drop.
+    if fragment & IPV4_MF_AND_OFFSET != 0 {
+        return Err(Reason::OUTER_FRAGMENT);
+    }
+    if ihl != 5 {
+        return Err(Reason::OUTER_IP_OPTIONS);
+    }
+    let source_be = u32::from_ne_bytes(ip.src_addr);
+    // SAFETY: presence test only.
+    if unsafe { PEERS.get(&source_be) }.is_none() {
+        return Err(Reason::UNKNOWN_PEER);
+    }
+    let ip_total = u16::from_be_bytes(ip.tot_len) as usize;
+    let udp_total = u16::from_be_bytes(udp.len) as usize;
+    if ETH_HDR_LEN + ip_total != end - start || IPV4_HDR_LEN + udp_total != ip_total {
+        return Err(Reason::OUTER_LENGTH_MISMATCH);
+    }
+    let vxlan = ptr_at::<VxlanHdr>(start, end, VXLAN_OFFSET).ok_or(Reason::VXLAN_TRUNCATED)?;
+    let vxlan = unsafe { &*vxlan };
+    // RFC 7348 section 5: the I flag MUST be 1; the other flag bits and the
+    // reserved fields are ignored on receipt.
+    if vxlan.flags & VXLAN_FLAG_VNI_VALID == 0 {
+        return Err(Reason::VXLAN_FLAGS_INVALID);
+    }
+    let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
+    // SAFETY: presence test only.
+    if unsafe { VNIS.get(&vni) }.is_none() {
+        return Err(Reason::UNKNOWN_VNI);
+    }
+    let ifindex = local_port_for(start, end, vni)?;
+
+    // SAFETY: plain helper call; no packet pointer is used after it.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, VXLAN_ENCAP_LEN as i32) } != 0 {
+        return Err(Reason::DECAP_FAILED);
+    }
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
+    Ok(Verdict { action, reason: Reason::FORWARDED })
+}
+
+/// The host-side port of the local endpoint that should receive the inner
+/// frame: the owner of a unicast destination MAC, or for a broadcast ARP
+/// request, the owner of the requested address.
+#[inline(always)]
+fn local_port_for(start: usize, end: usize, vni: u32) -> Result<u32, Reason> {
+    const _: () = assert!(VXLAN_OFFSET + VXLAN_HDR_LEN == INNER_ETH_OFFSET);
+    let inner = ptr_at::<EthHdr>(start, end, INNER_ETH_OFFSET).ok_or(Reason::VXLAN_TRUNCATED)?;
+    // SAFETY: bounds checked by ptr_at.
+    let inner = unsafe { &*inner };
+    let destination = inner.dst_addr;
+    let owner_mac = if !is_multicast(&destination) {
+        destination
+    } else if destination == BROADCAST_MAC && inner.ether_type == ETH_P_ARP.to_be() {
+        let request = ptr_at::<ArpHdr>(start, end, INNER_ETH_OFFSET + ETH_HDR_LEN)
+            .ok_or(Reason::ARP_MALFORMED)?;
+        // SAFETY: bounds checked by ptr_at.
+        let request = unsafe { &*request };
+        arp::check_request(request)?;
+        let key = VniIpv4 { vni, addr_be: u32::from_ne_bytes(request.tpa) };
+        // SAFETY: read and copied at once.
+        unsafe { NEIGHBOURS.get(&key) }.ok_or(Reason::ARP_UNKNOWN_TARGET)?.mac
+    } else {
+        return Err(Reason::FLOOD_UNSUPPORTED);
+    };
+    // SAFETY: read and copied at once.
+    match unsafe { LOCAL_ENDPOINTS.get(&VniMac::new(vni, owner_mac)) } {
+        Some(endpoint) => Ok(endpoint.ifindex),
+        // A request for an address that lives on another node reaches every
+        // VTEP the sender floods to; only the owner's node delivers it.
+        None if is_multicast(&destination) => Err(Reason::ARP_UNKNOWN_TARGET),
+        None => Err(Reason::UNKNOWN_DESTINATION),
+    }
+}

@@ -1,0 +1,67 @@
+//! The overlay datapath: VXLAN (RFC 7348) in XDP and TC.
+//!
+//! Entry points are thin: they run a `try_*` function, count the outcome or
+//! drop reason, and return the hook's action. Nothing is dropped uncounted.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod counters;
+mod decap;
+mod endpoint;
+mod maps;
+mod packet;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::debug;
+use overlay_common::Direction;
+
+use crate::counters::count;
+
+/// XDP on the underlay device: decapsulates VXLAN for local endpoints.
+#[xdp]
+pub fn overlay_decap(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    match decap::try_decap(&ctx) {
+        Ok(verdict) => {
+            count(Direction::FROM_UNDERLAY, verdict.reason, bytes);
+            verdict.action
+        }
+        Err(reason) => {
+            count(Direction::FROM_UNDERLAY, reason, bytes);
+            debug!(&ctx, "decap drop: reason {}", reason.0);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// TC ingress of an endpoint's host-side port: the endpoint's egress.
+#[classifier]
+pub fn overlay_endpoint(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    match endpoint::try_endpoint(&ctx) {
+        Ok(verdict) => {
+            count(Direction::FROM_ENDPOINT, verdict.reason, bytes);
+            verdict.action
+        }
+        Err(reason) => {
+            count(Direction::FROM_ENDPOINT, reason, bytes);
+            debug!(&ctx, "endpoint drop: reason {}", reason.0);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,614 @@
+//! The node configuration file (TOML): parsing and validation.
+//!
+//! Parsing reads every address as text so that a bad value can be reported
+//! with the field it is in and the value as written; validation then checks
+//! the whole file and reports every problem at once. Nothing here touches
+//! the kernel (interfaces are resolved later, see [`crate::netdev`]).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use overlay_common::{
+    DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN, DEFAULT_VXLAN_PORT,
+    VNI_MAX,
+};
+use serde::Deserialize;
+
+/// A MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or(())?;
+            if part.len() != 2 {
+                return Err(());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| ())?;
+        }
+        if parts.next().is_some() {
+            return Err(());
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub node: Node,
+    pub endpoints: Vec<LocalEndpoint>,
+    pub peers: Vec<Peer>,
+}
+
+/// This node's VTEP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub underlay_interface: String,
+    pub vtep_address: Ipv4Addr,
+    pub vxlan_port: u16,
+    pub ttl: u8,
+    pub source_port_min: u16,
+    pub source_port_max: u16,
+}
+
+/// A container (or any endpoint) attached to this node through a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// Host-side interface of the endpoint's veth pair.
+    pub interface: String,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub vni: u32,
+}
+
+/// Another node and the endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub vtep_address: Ipv4Addr,
+    pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// An endpoint behind a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub vni: u32,
+}
+
+/// One thing wrong in a configuration: the field, its value as written, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the field, e.g. `peers[1].endpoints[0].mac`.
+    pub field: String,
+    /// The offending value as written (empty when the field is missing).
+    pub value: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {:?}: {}", self.field, self.value, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML or does not have the expected structure.
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// The file parsed but some values are wrong.
+    #[error("config file {path} has {} problem(s):\n{}", .problems.len(), format_problems(.problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    /// The problems found, for an invalid configuration.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+// The file as written. Addresses stay text until validation so that errors
+// can quote them; unknown keys are rejected so a typo cannot silently fall
+// back to a default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    endpoints: Vec<RawLocalEndpoint>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    underlay_interface: String,
+    vtep_address: String,
+    vxlan_port: Option<i64>,
+    ttl: Option<i64>,
+    source_port_range: Option<[i64; 2]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalEndpoint {
+    interface: String,
+    mac: String,
+    ip: String,
+    vni: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    vtep_address: String,
+    #[serde(default)]
+    endpoints: Vec<RawRemoteEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteEndpoint {
+    mac: String,
+    ip: String,
+    vni: i64,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        let mut check = Checker::default();
+        let config = check.config(&raw);
+        match config {
+            Some(config) if check.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid { path: path.to_owned(), problems: check.problems }),
+        }
+    }
+
+    /// The VNIs that have a local endpoint: the ones this node carries.
+    pub fn local_vnis(&self) -> BTreeSet<u32> {
+        self.endpoints.iter().map(|e| e.vni).collect()
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { field: field.into(), value: value.into(), message: message.into() });
+    }
+
+    fn non_empty(&mut self, field: &str, value: &str) -> Option<String> {
+        if value.trim().is_empty() {
+            self.problem(field, value, "must not be empty");
+            return None;
+        }
+        Some(value.to_owned())
+    }
+
+    fn ipv4(&mut self, field: &str, value: &str) -> Option<Ipv4Addr> {
+        match value.parse::<Ipv4Addr>() {
+            Ok(addr) if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() => {
+                self.problem(field, value, "must be a unicast IPv4 address");
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) if value.parse::<std::net::Ipv6Addr>().is_ok() => {
+                self.problem(field, value, "IPv6 is not supported here yet; use an IPv4 address");
+                None
+            }
+            Err(_) => {
+                self.problem(field, value, "not an IPv4 address (expected dotted quad like 192.0.2.1)");
+                None
+            }
+        }
+    }
+
+    fn mac(&mut self, field: &str, value: &str) -> Option<MacAddr> {
+        match value.parse::<MacAddr>() {
+            Ok(mac) if mac.is_multicast() => {
+                self.problem(field, value, "must be a unicast MAC address (lowest bit of the first byte clear)");
+                None
+            }
+            Ok(mac) if mac.0 == [0; 6] => {
+                self.problem(field, value, "must not be the all-zero MAC address");
+                None
+            }
+            Ok(mac) => Some(mac),
+            Err(()) => {
+                self.problem(field, value, "not a MAC address (expected six hex pairs like 02:00:00:00:00:01)");
+                None
+            }
+        }
+    }
+
+    fn vni(&mut self, field: &str, value: i64) -> Option<u32> {
+        if (1..=VNI_MAX as i64).contains(&value) {
+            Some(value as u32)
+        } else {
+            self.problem(field, value.to_string(), format!("VNI must be in 1..={VNI_MAX} (24 bits, 0 is reserved here)"));
+            None
+        }
+    }
+
+    fn port(&mut self, field: &str, value: i64) -> Option<u16> {
+        if (1..=65535).contains(&value) {
+            Some(value as u16)
+        } else {
+            self.problem(field, value.to_string(), "UDP port must be in 1..=65535");
+            None
+        }
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Option<Config> {
+        let node = self.node(&raw.node);
+        let endpoints: Vec<_> = raw
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| self.local_endpoint(i, e))
+            .collect();
+        let peers: Vec<_> = raw.peers.iter().enumerate().map(|(i, p)| self.peer(i, p)).collect();
+        let node = node?;
+        let endpoints: Option<Vec<_>> = endpoints.into_iter().collect();
+        let peers: Option<Vec<_>> = peers.into_iter().collect();
+        let config = Config { node, endpoints: endpoints?, peers: peers? };
+        self.relations(&config);
+        Some(config)
+    }
+
+    fn node(&mut self, raw: &RawNode) -> Option<Node> {
+        let name = self.non_empty("node.name", &raw.name);
+        let underlay_interface = self.non_empty("node.underlay_interface", &raw.underlay_interface);
+        let vtep_address = self.ipv4("node.vtep_address", &raw.vtep_address);
+        let vxlan_port = self.port("node.vxlan_port", raw.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT.into()));
+        let ttl = match raw.ttl {
+            None => Some(DEFAULT_OUTER_TTL),
+            Some(ttl @ 1..=255) => Some(ttl as u8),
+            Some(ttl) => {
+                self.problem("node.ttl", ttl.to_string(), "TTL must be in 1..=255");
+                None
+            }
+        };
+        let [min, max] = raw
+            .source_port_range
+            .unwrap_or([DEFAULT_SOURCE_PORT_MIN.into(), DEFAULT_SOURCE_PORT_MAX.into()]);
+        let range = match (self.port("node.source_port_range[0]", min), self.port("node.source_port_range[1]", max)) {
+            (Some(min), Some(max)) if min <= max => Some((min, max)),
+            (Some(_), Some(_)) => {
+                self.problem("node.source_port_range", format!("[{min}, {max}]"), "first port must not be above the second");
+                None
+            }
+            _ => None,
+        };
+        let (source_port_min, source_port_max) = range?;
+        Some(Node {
+            name: name?,
+            underlay_interface: underlay_interface?,
+            vtep_address: vtep_address?,
+            vxlan_port: vxlan_port?,
+            ttl: ttl?,
+            source_port_min,
+            source_port_max,
+        })
+    }
+
+    fn local_endpoint(&mut self, index: usize, raw: &RawLocalEndpoint) -> Option<LocalEndpoint> {
+        let at = format!("endpoints[{index}]");
+        let interface = self.non_empty(&format!("{at}.interface"), &raw.interface);
+        let mac = self.mac(&format!("{at}.mac"), &raw.mac);
+        let ip = self.ipv4(&format!("{at}.ip"), &raw.ip);
+        let vni = self.vni(&format!("{at}.vni"), raw.vni);
+        Some(LocalEndpoint { interface: interface?, mac: mac?, ip: ip?, vni: vni? })
+    }
+
+    fn peer(&mut self, index: usize, raw: &RawPeer) -> Option<Peer> {
+        let at = format!("peers[{index}]");
+        let name = self.non_empty(&format!("{at}.name"), &raw.name);
+        let vtep_address = self.ipv4(&format!("{at}.vtep_address"), &raw.vtep_address);
+        let endpoints: Vec<_> = raw
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let at = format!("{at}.endpoints[{i}]");
+                let mac = self.mac(&format!("{at}.mac"), &e.mac);
+                let ip = self.ipv4(&format!("{at}.ip"), &e.ip);
+                let vni = self.vni(&format!("{at}.vni"), e.vni);
+                Some(RemoteEndpoint { mac: mac?, ip: ip?, vni: vni? })
+            })
+            .collect();
+        let endpoints: Option<Vec<_>> = endpoints.into_iter().collect();
+        Some(Peer { name: name?, vtep_address: vtep_address?, endpoints: endpoints? })
+    }
+
+    /// Checks between fields: uniqueness and consistency.
+    fn relations(&mut self, config: &Config) {
+        // Every endpoint, local or remote, by VNI: a MAC or an IP may appear
+        // once per VNI (the same ones may appear in different VNIs).
+        let mut macs: BTreeMap<(u32, MacAddr), String> = BTreeMap::new();
+        let mut ips: BTreeMap<(u32, Ipv4Addr), String> = BTreeMap::new();
+        let all = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("endpoints[{i}]"), e.mac, e.ip, e.vni))
+            .chain(config.peers.iter().enumerate().flat_map(|(p, peer)| {
+                peer.endpoints
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, e)| (format!("peers[{p}].endpoints[{i}]"), e.mac, e.ip, e.vni))
+            }));
+        for (at, mac, ip, vni) in all {
+            if let Some(first) = macs.insert((vni, mac), at.clone()) {
+                self.problem(format!("{at}.mac"), mac.to_string(), format!("MAC already used in VNI {vni} by {first}"));
+            }
+            if let Some(first) = ips.insert((vni, ip), at.clone()) {
+                self.problem(format!("{at}.ip"), ip.to_string(), format!("IP already used in VNI {vni} by {first}"));
+            }
+        }
+
+        // A port carries one VNI.
+        let mut port_vni: BTreeMap<&str, (u32, usize)> = BTreeMap::new();
+        for (i, endpoint) in config.endpoints.iter().enumerate() {
+            match port_vni.get(endpoint.interface.as_str()) {
+                Some(&(vni, first)) if vni != endpoint.vni => self.problem(
+                    format!("endpoints[{i}].vni"),
+                    endpoint.vni.to_string(),
+                    format!("interface {} already carries VNI {vni} (endpoints[{first}]); a port carries one VNI", endpoint.interface),
+                ),
+                Some(_) => {}
+                None => {
+                    port_vni.insert(&endpoint.interface, (endpoint.vni, i));
+                }
+            }
+            if endpoint.interface == config.node.underlay_interface {
+                self.problem(format!("endpoints[{i}].interface"), &endpoint.interface, "is the underlay interface");
+            }
+        }
+
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut vteps: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        for (i, peer) in config.peers.iter().enumerate() {
+            if peer.vtep_address == config.node.vtep_address {
+                self.problem(format!("peers[{i}].vtep_address"), peer.vtep_address.to_string(), "is this node's own vtep_address");
+            }
+            if let Some(first) = vteps.insert(peer.vtep_address, i) {
+                self.problem(format!("peers[{i}].vtep_address"), peer.vtep_address.to_string(), format!("already used by peers[{first}]"));
+            }
+            if let Some(first) = names.insert(&peer.name, i) {
+                self.problem(format!("peers[{i}].name"), &peer.name, format!("already used by peers[{first}]"));
+            }
+            if peer.name == config.node.name {
+                self.problem(format!("peers[{i}].name"), &peer.name, "is this node's own name");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "host-a"
+underlay_interface = "eth0"
+vtep_address = "192.0.2.1"
+
+[[endpoints]]
+interface = "veth-a1"
+mac = "02:00:00:00:01:01"
+ip = "10.10.0.1"
+vni = 100
+
+[[peers]]
+name = "host-b"
+vtep_address = "192.0.2.2"
+
+  [[peers.endpoints]]
+  mac = "02:00:00:00:02:01"
+  ip = "10.10.0.2"
+  vni = 100
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("node.toml"))
+    }
+
+    /// Parses `text` expecting exactly one problem, and returns it.
+    fn only_problem(text: &str) -> Problem {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) if problems.len() == 1 => problems[0].clone(),
+            other => panic!("expected exactly one problem, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.node.vxlan_port, 4789);
+        assert_eq!(config.node.ttl, 64);
+        assert_eq!((config.node.source_port_min, config.node.source_port_max), (49152, 65535));
+        assert_eq!(config.endpoints[0].mac, MacAddr([2, 0, 0, 0, 1, 1]));
+        assert_eq!(config.peers[0].endpoints[0].ip, Ipv4Addr::new(10, 10, 0, 2));
+        assert_eq!(config.local_vnis().into_iter().collect::<Vec<_>>(), vec![100]);
+    }
+
+    #[test]
+    fn malformed_mac_names_field_and_value() {
+        let p = only_problem(&GOOD.replace("02:00:00:00:01:01", "02:00:zz:00:01:01"));
+        assert_eq!(p.field, "endpoints[0].mac");
+        assert_eq!(p.value, "02:00:zz:00:01:01");
+        let p = only_problem(&GOOD.replace("02:00:00:00:02:01", "02:00:00:00:02"));
+        assert_eq!(p.field, "peers[0].endpoints[0].mac");
+    }
+
+    #[test]
+    fn multicast_mac_is_rejected() {
+        let p = only_problem(&GOOD.replace("02:00:00:00:01:01", "01:00:5e:00:00:01"));
+        assert_eq!(p.field, "endpoints[0].mac");
+        assert!(p.message.contains("unicast"), "{p}");
+    }
+
+    #[test]
+    fn malformed_ip_names_field_and_value() {
+        let p = only_problem(&GOOD.replace("\"10.10.0.1\"", "\"10.10.0.300\""));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[0].ip", "10.10.0.300"));
+        let p = only_problem(&GOOD.replace("\"192.0.2.2\"", "\"not-an-ip\""));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].vtep_address", "not-an-ip"));
+        let p = only_problem(&GOOD.replace("\"192.0.2.1\"", "\"2001:db8::1\""));
+        assert_eq!(p.field, "node.vtep_address");
+        assert!(p.message.contains("IPv6"), "{p}");
+    }
+
+    #[test]
+    fn vni_out_of_range_is_rejected() {
+        for bad in ["0", "16777216", "-5"] {
+            let p = only_problem(&GOOD.replacen("vni = 100", &format!("vni = {bad}"), 1));
+            assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[0].vni", bad));
+        }
+        let ok = parse(&GOOD.replace("vni = 100", "vni = 16777215")).unwrap();
+        assert_eq!(ok.endpoints[0].vni, 16_777_215);
+    }
+
+    #[test]
+    fn same_mac_twice_in_one_vni_is_rejected() {
+        let p = only_problem(&GOOD.replace("02:00:00:00:02:01", "02:00:00:00:01:01"));
+        assert_eq!(p.field, "peers[0].endpoints[0].mac");
+        assert!(p.message.contains("endpoints[0]"), "{p}");
+    }
+
+    #[test]
+    fn same_ip_twice_in_one_vni_is_rejected() {
+        let p = only_problem(&GOOD.replace("\"10.10.0.2\"", "\"10.10.0.1\""));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].endpoints[0].ip", "10.10.0.1"));
+    }
+
+    #[test]
+    fn same_mac_and_ip_in_different_vnis_are_allowed() {
+        let text = GOOD
+            .replace("02:00:00:00:02:01", "02:00:00:00:01:01")
+            .replace("\"10.10.0.2\"", "\"10.10.0.1\"")
+            .replace("  vni = 100", "  vni = 200");
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn peer_with_our_own_vtep_is_rejected() {
+        let p = only_problem(&GOOD.replace("\"192.0.2.2\"", "\"192.0.2.1\""));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].vtep_address", "192.0.2.1"));
+    }
+
+    #[test]
+    fn duplicate_peers_are_rejected() {
+        let text = format!("{GOOD}\n[[peers]]\nname = \"host-b\"\nvtep_address = \"192.0.2.2\"\n");
+        let problems = parse(&text).unwrap_err().problems().to_vec();
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["peers[1].vtep_address", "peers[1].name"], "{problems:?}");
+    }
+
+    #[test]
+    fn port_with_two_vnis_is_rejected() {
+        let text = format!(
+            "{GOOD}\n[[endpoints]]\ninterface = \"veth-a1\"\nmac = \"02:00:00:00:01:02\"\nip = \"10.20.0.1\"\nvni = 200\n"
+        );
+        let p = only_problem(&text);
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[1].vni", "200"));
+    }
+
+    #[test]
+    fn bad_port_ttl_and_range_are_rejected() {
+        let with = |line: &str| GOOD.replace("vtep_address = \"192.0.2.1\"", &format!("vtep_address = \"192.0.2.1\"\n{line}"));
+        assert_eq!(only_problem(&with("vxlan_port = 70000")).field, "node.vxlan_port");
+        assert_eq!(only_problem(&with("ttl = 0")).field, "node.ttl");
+        assert_eq!(only_problem(&with("source_port_range = [60000, 50000]")).field, "node.source_port_range");
+        assert_eq!(parse(&with("vxlan_port = 8472")).unwrap().node.vxlan_port, 8472);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = GOOD.replace("02:00:00:00:01:01", "bad").replace("\"192.0.2.2\"", "\"bad\"");
+        let problems = parse(&text).unwrap_err().problems().to_vec();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_key_is_a_syntax_error_naming_it() {
+        let err = parse(&GOOD.replace("vtep_address = \"192.0.2.1\"", "vtep_address = \"192.0.2.1\"\nvxlan_prot = 1")).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }) && err.to_string().contains("vxlan_prot"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_a_syntax_error_naming_it() {
+        let err = parse(&GOOD.replace("underlay_interface = \"eth0\"", "")).unwrap_err();
+        assert!(err.to_string().contains("underlay_interface"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = Config::load(Path::new("/nonexistent/overlay/node.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/overlay/node.toml"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! The overlay agent's library: configuration, interface lookup, the map
+//! state and its diffs, and the datapath facade. The `overlay` CLI, the
+//! agent and the integration tests all go through this layer.
+pub mod config;
+pub mod datapath;
+pub mod netdev;
+pub mod state;
+
+pub use config::{Config, ConfigError};
+pub use datapath::{Counters, Datapath, DatapathError, XdpAttachMode};
+pub use netdev::ResolvedConfig;
+pub use state::MapState;

@@ -1,0 +1,89 @@
+//! Network interfaces, looked up through the kernel (SIOCGIFINDEX ioctl via
+//! if_nametoindex), never by running `ip`.
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use crate::config::{Config, ConfigError, Problem};
+
+/// The kernel's index of interface `name` in this network namespace.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+/// A configuration whose interfaces all exist, with their indexes.
+#[derive(Clone, Debug)]
+pub struct ResolvedConfig {
+    pub config: Config,
+    pub underlay_ifindex: u32,
+    /// Ifindex of `config.endpoints[i].interface`, index for index.
+    pub endpoint_ifindex: Vec<u32>,
+}
+
+impl ResolvedConfig {
+    /// Looks up every interface the configuration names; reports all the
+    /// missing ones at once, in the same form as validation problems.
+    pub fn resolve(config: Config, path: &Path) -> Result<ResolvedConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut lookup = |field: String, name: &str| {
+            let index = ifindex(name);
+            if index.is_none() {
+                problems.push(Problem {
+                    field,
+                    value: name.to_owned(),
+                    message: "no such network interface in this network namespace".to_owned(),
+                });
+            }
+            index.unwrap_or(0)
+        };
+        let underlay_ifindex = lookup("node.underlay_interface".to_owned(), &config.node.underlay_interface);
+        let endpoint_ifindex = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| lookup(format!("endpoints[{i}].interface"), &e.interface))
+            .collect();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: path.to_owned(), problems });
+        }
+        Ok(ResolvedConfig { config, underlay_ifindex, endpoint_ifindex })
+    }
+}
+
+/// IPv4 forwarding on the underlay device, which `bpf_fib_lookup` (a
+/// forwarding lookup) needs to resolve the next hop to a peer VTEP: with it
+/// off, every lookup fails as "not forwarded". Container hosts (Docker,
+/// every Kubernetes CNI) run with forwarding on; the agent turns it on for
+/// the underlay device only, and [`ForwardingGuard`] restores the previous
+/// value when dropped.
+pub fn enable_ipv4_forwarding(interface: &str) -> std::io::Result<ForwardingGuard> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"));
+    let previous = std::fs::read_to_string(&path)?.trim().to_owned();
+    if previous != "1" {
+        std::fs::write(&path, "1")?;
+        log::info!("enabled IPv4 forwarding on underlay {interface} (was {previous}); it is restored at exit");
+    }
+    Ok(ForwardingGuard { path, restore: (previous != "1").then_some(previous) })
+}
+
+/// Puts the underlay's forwarding setting back as it was.
+pub struct ForwardingGuard {
+    path: PathBuf,
+    restore: Option<String>,
+}
+
+impl Drop for ForwardingGuard {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.restore {
+            if let Err(error) = std::fs::write(&self.path, previous) {
+                log::warn!("restoring {} to {previous}: {error}", self.path.display());
+            }
+        }
+    }
+}
