@@ -1,1 +1,127 @@
-fn main(){}
+//! `cargo xtask`: setup, build, run, demo and test for the overlay workspace.
+//!
+//! Every command first makes sure the toolchain is there (nightly rust-src,
+//! bpf-linker built against the nightly's own LLVM, the Debian tools the lab
+//! uses), so each works on a fresh machine.
+mod build;
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, demo and test the overlay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, Debian tools.
+    Setup,
+    /// Build the eBPF object and the `overlay` binary (release).
+    Build,
+    /// Build, then run `overlay` as root with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run a multi-host lab with the real agent on every host.
+    Demo,
+    /// Build, then run every test: unit tests, packet tests, namespace tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::setup(),
+        Task::Build => build::build().map(|_| ()),
+        Task::Run { args } => run(args),
+        Task::Demo => demo::demo(),
+        Task::Test { filter } => test(filter),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: plain syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command to completion, failing if it does not succeed.
+pub fn status(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let binary = build::build()?;
+    let mut command = if is_root() {
+        Command::new(&binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("-E").arg(&binary);
+        sudo
+    };
+    let status = command.args(&args).status().with_context(|| format!("starting {}", binary.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(filter: Option<String>) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the tests load BPF programs and create network namespaces: run as root");
+    }
+    let binary = build::build()?;
+    let root = root();
+    let stale = overlay_lab::netns::sweep_stale();
+    if !stale.is_empty() {
+        println!("removed namespaces left by killed runs: {}", stale.join(", "));
+    }
+    let object = build::ebpf_object();
+    let filter_args: Vec<String> = filter.into_iter().collect();
+    println!("== unit tests");
+    status(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env("OVERLAY_EBPF_OBJECT", &object)
+            .args(["test", "--workspace", "--exclude", "overlay-tests", "--"])
+            .args(&filter_args),
+    )?;
+    println!("== lab, packet and namespace tests (one at a time: they share the kernel)");
+    let result = status(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env("OVERLAY_EBPF_OBJECT", &object)
+            .env("OVERLAY_BIN", &binary)
+            .args(["test", "-p", "overlay-tests", "--", "--test-threads=1"])
+            .args(&filter_args),
+    );
+    let stale = overlay_lab::netns::sweep_stale();
+    if !stale.is_empty() {
+        println!("warning: tests left namespaces behind (removed): {}", stale.join(", "));
+    }
+    result
+}

@@ -1,0 +1,487 @@
+//! A multi-host lab on one machine: hosts and containers in network
+//! namespaces, an underlay switch between the hosts, and on each host
+//! either the real `overlay` agent or the kernel's vxlan device + bridge.
+//!
+//! Underlay links are set up as a physical wire behaves: the sending end
+//! computes checksums (`tx off`), because a NIC does that before the wire,
+//! while veth would otherwise pass CHECKSUM_PARTIAL skbs that native XDP on
+//! the receiving veth cannot carry (see shared/notes/toolchain.md). The
+//! container end of each port has GRO on: a native XDP_REDIRECT into a veth
+//! is only received when the peer runs NAPI, which GRO turns on.
+use std::{
+    fmt::Write as _,
+    io::Read as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::netns::Netns;
+
+/// What forwards overlay traffic on a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// The `overlay` agent with its eBPF datapath.
+    Overlay,
+    /// The Linux kernel's vxlan device and a bridge (as Flannel's vxlan
+    /// backend and Docker's overlay driver use).
+    KernelVxlan,
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub vni: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct HostSpec {
+    pub name: String,
+    pub kind: HostKind,
+    pub containers: Vec<ContainerSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    /// Short name of the test or demo; part of every namespace name.
+    pub scope: String,
+    pub hosts: Vec<HostSpec>,
+    pub vxlan_port: u16,
+}
+
+/// Underlay MTU of the lab's wire.
+pub const UNDERLAY_MTU: u32 = 1500;
+/// Container MTU: the underlay MTU less the 50 bytes of VXLAN over IPv4.
+pub const OVERLAY_MTU: u32 = UNDERLAY_MTU - 50;
+/// Overlay prefix length given to container addresses.
+pub const OVERLAY_PREFIX_LEN: u8 = 24;
+
+pub struct Container {
+    pub spec: ContainerSpec,
+    pub netns: Netns,
+    /// Host-side interface name of the container's port.
+    pub port: String,
+}
+
+pub struct Host {
+    pub spec: HostSpec,
+    pub netns: Netns,
+    pub underlay: String,
+    pub vtep: Ipv4Addr,
+    pub containers: Vec<Container>,
+    /// The agent's configuration file, for overlay hosts.
+    pub config_path: Option<PathBuf>,
+}
+
+/// A running `overlay run`; stopped with SIGTERM on drop.
+pub struct Agent {
+    pub host: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+pub struct Lab {
+    // Field order is drop order: agents stop before namespaces go.
+    pub agents: Vec<Agent>,
+    pub hosts: Vec<Host>,
+    pub wire: Netns,
+    pub dir: PathBuf,
+    pub spec: LabSpec,
+}
+
+impl Lab {
+    /// Creates every namespace, link and address of `spec`, and writes each
+    /// overlay host's configuration file. Starts no agent.
+    pub fn build(spec: LabSpec) -> anyhow::Result<Lab> {
+        let tag = format!("{:x}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("{}-{}-{}", crate::netns::PREFIX, spec.scope, std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let wire = Netns::new(&spec.scope, "wire")?;
+        let bridge = format!("br{tag}");
+        wire.ip(&["link", "add", &bridge, "type", "bridge"])?;
+        wire.ip(&["link", "set", &bridge, "up"])?;
+        let mut lab = Lab { agents: Vec::new(), hosts: Vec::new(), wire, dir, spec: spec.clone() };
+
+        for (index, host_spec) in spec.hosts.iter().enumerate() {
+            let number = index + 1;
+            let netns = Netns::new(&spec.scope, &host_spec.name)?;
+            let underlay = format!("ul{tag}{number}");
+            let wire_end = format!("w{tag}{number}");
+            let vtep = Ipv4Addr::new(192, 0, 2, number as u8);
+            lab.wire.ip(&["link", "add", &wire_end, "type", "veth", "peer", "name", &underlay, "netns", netns.name()])?;
+            lab.wire.ip(&["link", "set", &wire_end, "master", &bridge, "up"])?;
+            netns.ip(&["addr", "add", &format!("{vtep}/24"), "dev", &underlay])?;
+            netns.ip(&["link", "set", &underlay, "mtu", &UNDERLAY_MTU.to_string(), "up"])?;
+            // Wire-like: the sender computes checksums, as a NIC does.
+            netns.exec("ethtool", &["-K", &underlay, "tx", "off"])?;
+            lab.hosts.push(Host { spec: host_spec.clone(), netns, underlay, vtep, containers: Vec::new(), config_path: None });
+        }
+
+        for host_index in 0..lab.hosts.len() {
+            let number = host_index + 1;
+            for (k, container_spec) in lab.spec.hosts[host_index].containers.clone().into_iter().enumerate() {
+                let host = &mut lab.hosts[host_index];
+                let netns = Netns::new(&spec.scope, &format!("{}{}", host.spec.name, container_spec.name))?;
+                let port = format!("p{tag}{number}{k}");
+                let inside = format!("e{tag}{number}{k}");
+                host.netns.ip(&["link", "add", &port, "type", "veth", "peer", "name", &inside, "netns", netns.name()])?;
+                host.netns.ip(&["link", "set", &port, "up"])?;
+                let mac = format_mac(&container_spec.mac);
+                netns.ip(&["link", "set", &inside, "address", &mac, "mtu", &OVERLAY_MTU.to_string(), "up"])?;
+                netns.ip(&["addr", "add", &format!("{}/{OVERLAY_PREFIX_LEN}", container_spec.ip), "dev", &inside])?;
+                // NAPI on the receiving end of XDP_REDIRECT (see module docs).
+                netns.exec("ethtool", &["-K", &inside, "gro", "on"])?;
+                host.containers.push(Container { spec: container_spec, netns, port });
+            }
+        }
+
+        for host_index in 0..lab.hosts.len() {
+            match lab.hosts[host_index].spec.kind {
+                HostKind::Overlay => {
+                    let text = lab.overlay_config(host_index);
+                    let path = lab.dir.join(format!("{}.toml", lab.hosts[host_index].spec.name));
+                    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                    lab.hosts[host_index].config_path = Some(path);
+                }
+                HostKind::KernelVxlan => lab.setup_kernel_vxlan(host_index, &tag)?,
+            }
+        }
+        Ok(lab)
+    }
+
+    /// The `overlay` configuration for host `index`: its containers as
+    /// endpoints, every other host as a peer with its containers.
+    pub fn overlay_config(&self, index: usize) -> String {
+        let host = &self.hosts[index];
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "[node]\nname = \"{}\"\nunderlay_interface = \"{}\"\nvtep_address = \"{}\"\nvxlan_port = {}\n",
+            host.spec.name, host.underlay, host.vtep, self.spec.vxlan_port
+        );
+        for container in &host.containers {
+            let _ = writeln!(
+                text,
+                "[[endpoints]]\ninterface = \"{}\"\nmac = \"{}\"\nip = \"{}\"\nvni = {}\n",
+                container.port,
+                format_mac(&container.spec.mac),
+                container.spec.ip,
+                container.spec.vni
+            );
+        }
+        for (other_index, other) in self.hosts.iter().enumerate() {
+            if other_index == index {
+                continue;
+            }
+            let _ = writeln!(text, "[[peers]]\nname = \"{}\"\nvtep_address = \"{}\"\n", other.spec.name, other.vtep);
+            for container in &other.containers {
+                let _ = writeln!(
+                    text,
+                    "  [[peers.endpoints]]\n  mac = \"{}\"\n  ip = \"{}\"\n  vni = {}\n",
+                    format_mac(&container.spec.mac),
+                    container.spec.ip,
+                    container.spec.vni
+                );
+            }
+        }
+        text
+    }
+
+    /// A kernel vxlan device and bridge per VNI, with static FDB entries
+    /// for every remote container and head-end replication of BUM frames
+    /// to every other host that has the VNI (the all-zero MAC entries).
+    fn setup_kernel_vxlan(&mut self, index: usize, tag: &str) -> anyhow::Result<()> {
+        let port = self.spec.vxlan_port.to_string();
+        let mut vnis: Vec<u32> = self.hosts[index].containers.iter().map(|c| c.spec.vni).collect();
+        vnis.sort();
+        vnis.dedup();
+        for (n, vni) in vnis.iter().enumerate() {
+            let host = &self.hosts[index];
+            let vxlan = format!("vx{tag}{n}");
+            let bridge = format!("b{tag}{n}");
+            let vtep = host.vtep.to_string();
+            host.netns.ip(&[
+                "link", "add", &vxlan, "type", "vxlan", "id", &vni.to_string(), "local", &vtep, "dstport", &port,
+                "nolearning", "dev", &host.underlay,
+            ])?;
+            host.netns.ip(&["link", "add", &bridge, "type", "bridge"])?;
+            host.netns.ip(&["link", "set", &vxlan, "master", &bridge, "mtu", &OVERLAY_MTU.to_string(), "up"])?;
+            for container in host.containers.iter().filter(|c| c.spec.vni == *vni) {
+                host.netns.ip(&["link", "set", &container.port, "master", &bridge])?;
+            }
+            host.netns.ip(&["link", "set", &bridge, "up"])?;
+            for (other_index, other) in self.hosts.iter().enumerate() {
+                let remote: Vec<_> = other.containers.iter().filter(|c| c.spec.vni == *vni).collect();
+                if other_index == index || remote.is_empty() {
+                    continue;
+                }
+                let dst = other.vtep.to_string();
+                host.netns.exec("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", &vxlan, "dst", &dst])?;
+                for container in remote {
+                    host.netns.exec("bridge", &["fdb", "append", &format_mac(&container.spec.mac), "dev", &vxlan, "dst", &dst])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `overlay run` on every overlay host and waits until each says
+    /// it is forwarding.
+    pub fn start_agents(&mut self, overlay_bin: &Path) -> anyhow::Result<()> {
+        for index in 0..self.hosts.len() {
+            if self.hosts[index].spec.kind == HostKind::Overlay {
+                let agent = self.start_agent(index, overlay_bin)?;
+                self.agents.push(agent);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `overlay run` on host `index`.
+    pub fn start_agent(&self, index: usize, overlay_bin: &Path) -> anyhow::Result<Agent> {
+        let host = &self.hosts[index];
+        let config = host.config_path.as_ref().context("host has no overlay configuration")?;
+        let log_path = self.dir.join(format!("{}.log", host.spec.name));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let child = host
+            .netns
+            .command(overlay_bin.to_str().context("overlay binary path is not UTF-8")?)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} on {}", overlay_bin.display(), host.spec.name))?;
+        let mut agent = Agent { host: host.spec.name.clone(), child: Some(child), log_path };
+        agent.wait_until_forwarding(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts.iter().find(|h| h.spec.name == name).unwrap_or_else(|| panic!("no host {name} in the lab"))
+    }
+
+    /// The container `name` on host `host`.
+    pub fn container(&self, host: &str, name: &str) -> &Container {
+        self.host(host)
+            .containers
+            .iter()
+            .find(|c| c.spec.name == name)
+            .unwrap_or_else(|| panic!("no container {name} on host {host}"))
+    }
+
+    /// Stops every agent and returns their output (logs and exit counters).
+    pub fn stop_agents(&mut self) -> Vec<(String, String)> {
+        self.agents.drain(..).map(|mut agent| (agent.host.clone(), agent.stop())).collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut agent in self.agents.drain(..) {
+            agent.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Agent {
+    fn wait_until_forwarding(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains("forwarding:") {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                bail!("overlay on {} exited ({status}) before forwarding:\n{log}", self.host);
+            }
+            if Instant::now() > deadline {
+                bail!("overlay on {} did not report forwarding within {timeout:?}:\n{log}", self.host);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's output so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The process id of the agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; returns the agent's whole output.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.log()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Pings `target` from inside `from`; returns (transmitted, received).
+pub fn ping(from: &Netns, target: Ipv4Addr, count: u32) -> anyhow::Result<(u32, u32)> {
+    let output = from
+        .command("ping")
+        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", &target.to_string()])
+        .output()
+        .context("running ping")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_ping_summary(&text).with_context(|| format!("no summary in ping output:\n{text}"))
+}
+
+fn parse_ping_summary(text: &str) -> Option<(u32, u32)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut numbers = line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    Some((numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?))
+}
+
+/// The byte at `offset` of a transfer: position-dependent, so a dropped,
+/// duplicated or reordered segment shows up as a mismatch.
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (offset as u8)
+}
+
+/// What a TCP transfer delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferReport {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// First offset whose byte differs from the pattern, if any.
+    pub first_mismatch: Option<u64>,
+    pub elapsed: Duration,
+}
+
+/// Sends `bytes` of [`pattern_byte`] over TCP from a socket inside `sender`
+/// to a listener inside `receiver` on `receiver_ip`, and checks every byte
+/// that arrives.
+pub fn tcp_transfer(sender: &Netns, receiver: &Netns, receiver_ip: Ipv4Addr, bytes: u64) -> anyhow::Result<TransferReport> {
+    use std::{
+        io::Write as _,
+        net::{Shutdown, TcpListener, TcpStream},
+    };
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let server = receiver.spawn_inside(move || {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding the receiver")?;
+        port_tx.send(listener.local_addr()?.port())?;
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("accepting the sender's connection"),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut received = 0u64;
+        let mut first_mismatch = None;
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            let n = stream.read(&mut buffer).context("receiving")?;
+            if n == 0 {
+                break;
+            }
+            if first_mismatch.is_none() {
+                first_mismatch = buffer[..n]
+                    .iter()
+                    .enumerate()
+                    .find(|(i, b)| **b != pattern_byte(received + *i as u64))
+                    .map(|(i, _)| received + i as u64);
+            }
+            received += n as u64;
+        }
+        Ok((received, first_mismatch))
+    })?;
+    let port = port_rx.recv_timeout(Duration::from_secs(10)).context("receiver did not start")?;
+    let started = Instant::now();
+    let client = sender.spawn_inside(move || {
+        let address = std::net::SocketAddr::from((receiver_ip, port));
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = chunk.len().min((bytes - sent) as usize);
+            for (i, byte) in chunk[..n].iter_mut().enumerate() {
+                *byte = pattern_byte(sent + i as u64);
+            }
+            stream.write_all(&chunk[..n]).context("sending")?;
+            sent += n as u64;
+        }
+        stream.shutdown(Shutdown::Write)?;
+        Ok(sent)
+    })?;
+    let sent = client.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
+    let received = server.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    let sent = sent.context("sender")?;
+    let (bytes_received, first_mismatch) = received.context("receiver")?;
+    Ok(TransferReport { bytes_sent: sent, bytes_received, first_mismatch, elapsed: started.elapsed() })
+}
+
+/// The `overlay` binary to test: `$OVERLAY_BIN`, else the workspace's
+/// release build, else its debug build.
+pub fn overlay_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OVERLAY_BIN") {
+        let path = PathBuf::from(path);
+        return path.canonicalize().with_context(|| format!("OVERLAY_BIN={}", path.display()));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["release", "debug"] {
+        let candidate = root.join("target").join(profile).join("overlay");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no overlay binary: build with `cargo xtask build` or set OVERLAY_BIN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_summary_is_parsed() {
+        let text = "--- 10.0.0.2 ping statistics ---\n5 packets transmitted, 4 received, 20% packet loss, time 804ms\n";
+        assert_eq!(parse_ping_summary(text), Some((5, 4)));
+    }
+}

@@ -1,0 +1,142 @@
+//! `cargo xtask demo`: a three-host lab running the real agent on each host.
+use std::{
+    net::Ipv4Addr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use overlay_lab::{
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU, ping, tcp_transfer},
+    netns,
+};
+
+use crate::{build, is_root, setup};
+
+const SCOPE: &str = "demo";
+const TRANSFER_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Agent pids, for the interrupt handler (the lab's destructors do not run
+/// when the process is interrupted).
+static AGENT_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn container(name: &str, last_octet: u8, vni: u32) -> ContainerSpec {
+    ContainerSpec { name: name.into(), mac: [0x02, 0, 0, 0, 0, last_octet], ip: Ipv4Addr::new(10, 10, 0, last_octet), vni }
+}
+
+pub fn demo() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the demo creates network namespaces and loads BPF programs: run it as root");
+    }
+    setup::ensure_lab_tools()?;
+    let overlay_bin = build::build()?;
+    install_interrupt_handler()?;
+
+    let spec = LabSpec {
+        scope: SCOPE.into(),
+        vxlan_port: 4789,
+        hosts: vec![
+            HostSpec { name: "h1".into(), kind: HostKind::Overlay, containers: vec![container("a", 11, 100), container("d", 14, 100)] },
+            HostSpec { name: "h2".into(), kind: HostKind::Overlay, containers: vec![container("b", 12, 100)] },
+            HostSpec { name: "h3".into(), kind: HostKind::Overlay, containers: vec![container("c", 13, 100)] },
+        ],
+    };
+    println!("\n== building the lab: 3 hosts on one underlay switch (192.0.2.0/24), 4 containers in VNI 100 (10.10.0.0/24, MTU {OVERLAY_MTU})");
+    let mut lab = Lab::build(spec)?;
+    for host in &lab.hosts {
+        let containers: Vec<String> = host.containers.iter().map(|c| format!("{} {} on port {}", c.spec.name, c.spec.ip, c.port)).collect();
+        println!("   {} (namespace {}): VTEP {} on {}; containers: {}", host.spec.name, host.netns.name(), host.vtep, host.underlay, containers.join(", "));
+    }
+
+    println!("\n== starting `overlay run` on every host ({})", overlay_bin.display());
+    lab.start_agents(&overlay_bin)?;
+    AGENT_PIDS.lock().unwrap().extend(lab.agents.iter().filter_map(|a| a.pid()));
+    for agent in &lab.agents {
+        if let Some(line) = agent.log().lines().find(|l| l.contains("forwarding:")) {
+            println!("   {}", line.split("] ").last().unwrap_or(line));
+        }
+    }
+
+    println!("\n== ping between every pair of containers");
+    let all: Vec<(String, String)> = lab
+        .hosts
+        .iter()
+        .flat_map(|h| h.containers.iter().map(move |c| (h.spec.name.clone(), c.spec.name.clone())))
+        .collect();
+    let mut failures = Vec::new();
+    for (from_host, from) in &all {
+        for (to_host, to) in &all {
+            if (from_host, from) == (to_host, to) {
+                continue;
+            }
+            let source = lab.container(from_host, from);
+            let target = lab.container(to_host, to);
+            let (sent, received) = ping(&source.netns, target.spec.ip, 3)?;
+            let path = if from_host == to_host { "local switch" } else { "VXLAN" };
+            println!("   {from}@{from_host} -> {to}@{to_host} ({}, {path}): {received}/{sent} replies", target.spec.ip);
+            if received != sent {
+                failures.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "pings failed: {}", failures.join(", "));
+
+    println!("\n== TCP: {} MiB each way between a@h1 and c@h3, every byte checked", TRANSFER_BYTES >> 20);
+    let a = lab.container("h1", "a");
+    let c = lab.container("h3", "c");
+    for (from, to) in [(a, c), (c, a)] {
+        let report = tcp_transfer(&from.netns, &to.netns, to.spec.ip, TRANSFER_BYTES)?;
+        ensure!(
+            report.bytes_received == TRANSFER_BYTES && report.first_mismatch.is_none(),
+            "transfer {} -> {} delivered {} of {TRANSFER_BYTES} bytes, first wrong byte at {:?}",
+            from.spec.name,
+            to.spec.name,
+            report.bytes_received,
+            report.first_mismatch
+        );
+        let rate = report.bytes_received as f64 * 8.0 / report.elapsed.as_secs_f64() / 1e9;
+        println!("   {} -> {}: {} bytes intact in {:.2?} ({rate:.2} Gbit/s)", from.spec.name, to.spec.name, report.bytes_received, report.elapsed);
+    }
+
+    println!("\n== stopping the agents (SIGTERM: each detaches and prints its counters)");
+    AGENT_PIDS.lock().unwrap().clear();
+    for (host, output) in lab.stop_agents() {
+        let counters: Vec<&str> = output.lines().skip_while(|l| !l.starts_with("datapath counters")).collect();
+        println!("-- {host}");
+        for line in counters {
+            println!("   {line}");
+        }
+    }
+
+    drop(lab);
+    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let ours: Vec<&String> = left.iter().filter(|n| n.starts_with(&format!("{}-{SCOPE}-{}-", netns::PREFIX, std::process::id()))).collect();
+    ensure!(ours.is_empty(), "namespaces left behind: {ours:?}");
+    println!("\n== lab removed: every namespace and link is gone. Demo complete.");
+    Ok(())
+}
+
+fn install_interrupt_handler() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: stopping agents and removing the lab");
+        let pids: Vec<u32> = AGENT_PIDS.lock().map(|p| p.clone()).unwrap_or_default();
+        for pid in &pids {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+        // Wait (reaping them: they are our children) until each has detached.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut running = pids;
+        while !running.is_empty() && Instant::now() < deadline {
+            // SAFETY: plain syscall; a null status pointer is allowed.
+            running.retain(|pid| unsafe { libc::waitpid(*pid as i32, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        netns::remove_all_of_this_process(SCOPE);
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-{SCOPE}-{}", netns::PREFIX, std::process::id())));
+        std::process::exit(130);
+    })
+    .context("installing the interrupt handler")
+}

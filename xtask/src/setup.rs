@@ -1,0 +1,139 @@
+//! Bootstrapping: what the build and the lab need, installed on demand.
+//!
+//! The eBPF half needs nightly with rust-src and bpf-linker. This machine
+//! kind has no LLVM 21+ and no prebuilt bpf-linker download, so bpf-linker
+//! is built against the nightly toolchain's own libLLVM and cached under
+//! target/tools.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+
+use crate::{is_root, root, status};
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything: build tools and the lab's Debian tools.
+pub fn setup() -> anyhow::Result<()> {
+    ensure_build_tools()?;
+    ensure_lab_tools()?;
+    println!("setup complete: nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, lab tools");
+    Ok(())
+}
+
+/// Directory holding our bpf-linker build.
+pub fn tools_dir() -> PathBuf {
+    root().join("target/tools")
+}
+
+pub fn ensure_build_tools() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    ensure_rust_src(&sysroot)?;
+    ensure_bpf_linker(&sysroot)
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let output = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running `rustc +nightly` (is rustup installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "the nightly toolchain is missing (needed to build the eBPF programs): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
+fn ensure_rust_src(sysroot: &Path) -> anyhow::Result<()> {
+    if sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        return Ok(());
+    }
+    println!("installing rust-src for the nightly toolchain (build-std for bpfel-unknown-none needs it)");
+    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("installing rust-src for nightly")
+}
+
+fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
+    let linker = tools_dir().join("bin/bpf-linker");
+    if let Ok(output) = Command::new(&linker).arg("--version").output() {
+        if output.status.success() && String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+    }
+    let llvm_major = nightly_llvm_major()?;
+    let library = find_libllvm(&sysroot.join("lib")).with_context(|| {
+        format!("the nightly toolchain has no libLLVM shared library in {}/lib to build bpf-linker against", sysroot.display())
+    })?;
+    // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so.
+    let prefix = tools_dir().join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&library, &link).with_context(|| format!("linking {}", link.display()))?;
+    println!("building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} ({}); about a minute, once", library.display());
+    status(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm_major}"))
+            .arg("--root")
+            .arg(tools_dir()),
+    )
+    .context("building bpf-linker")
+}
+
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let output = Command::new("rustc").args(["+nightly", "-vV"]).output().context("running rustc +nightly -vV")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|version| version.split('.').next()?.parse().ok())
+        .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{text}"))
+}
+
+fn find_libllvm(dir: &Path) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("libLLVM") && name.contains(".so")
+        })
+        .collect();
+    candidates.sort();
+    candidates.into_iter().next()
+}
+
+/// Commands the lab runs, and the Debian package of each.
+const LAB_TOOLS: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping")];
+
+pub fn ensure_lab_tools() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = LAB_TOOLS.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| *package).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}; install them as root (apt-get install {})", missing.join(" "));
+    }
+    println!("installing Debian packages: {}", missing.join(" "));
+    status(Command::new("apt-get").arg("update").arg("-qq"))?;
+    status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false)
+}
