@@ -94,6 +94,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load BPF programs and create network namespaces: run as root");
     }
+    setup::ensure_lab_tools()?;
     let binary = build::build()?;
     let root = root();
     let stale = overlay_lab::netns::sweep_stale();
