@@ -91,7 +91,7 @@ reasons! {
     UNKNOWN_DESTINATION = 23, "unknown-destination";
     /// Broadcast or multicast frame that needs flooding, which this datapath does not do yet.
     FLOOD_UNSUPPORTED = 24, "flood-unsupported";
-    /// No underlay route to the peer VTEP (FIB lookup failed; IPv4 forwarding off on the underlay device also causes this).
+    /// No underlay route to the peer VTEP (FIB lookup failed).
     NO_UNDERLAY_ROUTE = 25, "no-underlay-route";
     /// Underlay next hop not resolved and the frame is not IP, so the kernel cannot resolve it for us.
     UNDERLAY_NEIGHBOUR_UNRESOLVED = 26, "underlay-neighbour-unresolved";
@@ -111,6 +111,8 @@ reasons! {
     TOO_BIG_FOR_UNDERLAY = 33, "too-big-for-underlay";
     /// Frame shorter than an Ethernet header.
     TRUNCATED_ETHERNET = 34, "truncated-ethernet";
+    /// IPv4 forwarding is off on the underlay device, so the kernel will not route to peer VTEPs (the agent turns it on).
+    UNDERLAY_FORWARDING_DISABLED = 35, "underlay-forwarding-disabled";
 }
 
 impl Reason {

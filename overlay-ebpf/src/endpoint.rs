@@ -1,7 +1,13 @@
 //! TC ingress of an endpoint's host-side port, i.e. every frame a container
 //! sends: ARP answers, local switching, or VXLAN encapsulation to a peer.
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, bpf_fib_lookup, bpf_redir_neigh},
+    bindings::{
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_OUTPUT, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        bpf_redir_neigh,
+    },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
         bpf_redirect_peer, bpf_skb_change_head,
@@ -20,32 +26,19 @@ use crate::{
     packet::{BROADCAST_MAC, EncapHeaders, Verdict, ipv4_header_checksum, is_multicast},
 };
 
-// include/uapi/linux/bpf.h: flags of bpf_skb_adjust_room and bpf_fib_lookup.
-const BPF_ADJ_ROOM_MAC: u32 = 1;
-const BPF_F_ADJ_ROOM_FIXED_GSO: u64 = 1 << 0;
-const BPF_F_ADJ_ROOM_ENCAP_L3_IPV4: u64 = 1 << 1;
-const BPF_F_ADJ_ROOM_ENCAP_L4_UDP: u64 = 1 << 4;
-const BPF_F_ADJ_ROOM_ENCAP_L2_ETH: u64 = 1 << 6;
-const fn adj_room_encap_l2(len: u64) -> u64 {
-    (len & 0xff) << 56
-}
 /// Room for the outer headers goes between the MAC and network headers, and
 /// the kernel is told it is UDP-in-IPv4 carrying Ethernet with a 14-byte
 /// inner MAC header, so inner_* offsets and gso_type (SKB_GSO_UDP_TUNNEL)
 /// are set as the kernel's own vxlan device sets them. FIXED_GSO keeps
 /// gso_size: without it the kernel shrinks it by 50 bytes and every
 /// segment leaves 50 bytes short of the MTU.
-const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
     | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
-    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH
-    | adj_room_encap_l2(ETH_HDR_LEN as u64);
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | (ETH_HDR_LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT;
 
 const AF_INET: u8 = 2;
-const BPF_FIB_LOOKUP_OUTPUT: u32 = 1 << 1;
-const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
-const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 6;
-const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
 /// IPv4 Don't Fragment: VTEPs must not fragment (RFC 7348 section 4.3).
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
@@ -118,15 +111,16 @@ fn encap_to_peer(
             BPF_FIB_LOOKUP_OUTPUT,
         )
     };
-    let neighbour_known = match rc {
+    let neighbour_known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         // bpf_redirect_neigh() resolves the next hop, but only for IP skbs.
         BPF_FIB_LKUP_RET_NO_NEIGH if is_ip => false,
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::UNDERLAY_NEIGHBOUR_UNRESOLVED),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::TOO_BIG_FOR_UNDERLAY),
+        // The helper is a forwarding lookup: it refuses to route when IPv4
+        // forwarding is off on the device it looks up from.
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::UNDERLAY_FORWARDING_DISABLED),
         _ => {
-            // Also BPF_FIB_LKUP_RET_NOT_FWDED when IPv4 forwarding is off on
-            // the underlay device: the helper is a forwarding lookup.
             aya_log_ebpf::debug!(ctx, "underlay FIB lookup for {:i} failed: rc {}", u32::from_be(remote_vtep_be), rc);
             return Err(Reason::NO_UNDERLAY_ROUTE);
         }

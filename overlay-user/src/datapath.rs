@@ -380,15 +380,20 @@ impl Datapath {
         Ok(Counters { rows })
     }
 
-    /// Runs the XDP decapsulation program once on `frame`.
+    /// Runs the XDP decapsulation program on `frame`, `repeat` times.
+    ///
+    /// With `repeat > 1` the kernel runs each repetition on the frame the
+    /// previous one left behind (a decapsulated frame is then decapsulated
+    /// again), so only a frame the program leaves unchanged gives a
+    /// meaningful per-packet time.
     pub fn test_decap(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, DatapathError> {
         let program: &Xdp = self.program(programs::DECAP_XDP)?;
         run_program(program, programs::DECAP_XDP, frame, None, repeat)
     }
 
-    /// Runs the endpoint TC program once on `frame` as if it arrived on the
-    /// port with index `ifindex` (which must exist in the calling thread's
-    /// network namespace).
+    /// Runs the endpoint TC program on `frame` as if it arrived on the port
+    /// with index `ifindex` (which must exist in the calling thread's network
+    /// namespace), `repeat` times; see [`Datapath::test_decap`] on repeats.
     pub fn test_endpoint(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<TestRunOutcome, DatapathError> {
         let program: &SchedClassifier = self.program(programs::ENDPOINT_TC)?;
         // struct __sk_buff up to and including `ifindex` (offset 40); the

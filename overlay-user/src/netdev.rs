@@ -58,7 +58,7 @@ impl ResolvedConfig {
 
 /// IPv4 forwarding on the underlay device, which `bpf_fib_lookup` (a
 /// forwarding lookup) needs to resolve the next hop to a peer VTEP: with it
-/// off, every lookup fails as "not forwarded". Container hosts (Docker,
+/// off, every lookup fails (BPF_FIB_LKUP_RET_FWD_DISABLED). Container hosts (Docker,
 /// every Kubernetes CNI) run with forwarding on; the agent turns it on for
 /// the underlay device only, and [`ForwardingGuard`] restores the previous
 /// value when dropped.

@@ -59,7 +59,9 @@ fn ensure_rust_src(sysroot: &Path) -> anyhow::Result<()> {
 
 fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
     let linker = tools_dir().join("bin/bpf-linker");
-    if let Ok(output) = Command::new(&linker).arg("--version").output() {
+    // It links the nightly's libLLVM dynamically; under `cargo +nightly`
+    // rustup puts the sysroot's lib on the library path, so do the same here.
+    if let Ok(output) = Command::new(&linker).env("LD_LIBRARY_PATH", sysroot.join("lib")).arg("--version").output() {
         if output.status.success() && String::from_utf8_lossy(&output.stdout).contains(BPF_LINKER_VERSION) {
             return Ok(());
         }
