@@ -97,6 +97,10 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
         .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{text}"))
 }
 
+/// The toolchain's libLLVM shared object. The sysroot also holds a
+/// `libLLVM-N-rust-*.so` that is a linker script (`INPUT(...)`) naming the
+/// real library by a relative path, which does not resolve through our
+/// symlink, so only a real ELF file is taken.
 fn find_libllvm(dir: &Path) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -104,11 +108,17 @@ fn find_libllvm(dir: &Path) -> Option<PathBuf> {
         .map(|entry| entry.path())
         .filter(|path| {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("libLLVM") && name.contains(".so")
+            name.starts_with("libLLVM") && name.contains(".so") && is_elf(path)
         })
         .collect();
     candidates.sort();
     candidates.into_iter().next()
+}
+
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
 }
 
 /// Commands the lab runs, and the Debian package of each.
