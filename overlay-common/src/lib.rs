@@ -35,7 +35,20 @@ pub const VXLAN_FLAG_VNI_VALID: u8 = 0x08;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86DD;
+/// 802.1Q and 802.1ad tags: inner frames carrying them are dropped
+/// (RFC 7348 section 6.1).
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPV6_HDR_LEN: usize = 40;
+
+/// Most local ports and peer VTEPs one VNI's flood list holds.
+pub const FLOOD_MAX_LOCAL_PORTS: usize = 32;
+pub const FLOOD_MAX_REMOTE_VTEPS: usize = 64;
+/// Default per-VNI limit on the copies one flooded frame makes.
+pub const DEFAULT_FLOOD_LIMIT: u32 = 64;
 
 /// Names and capacities of the datapath's maps. The eBPF side declares each
 /// map with the static of this name; `overlay-user` finds them by these names.
@@ -58,6 +71,15 @@ pub mod maps {
     /// (VNI, IPv4 address) -> [`crate::NeighbourEntry`] (its MAC), for ARP answers.
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const NEIGHBOURS_CAPACITY: u32 = 65536;
+    /// (VNI, IPv6 address) -> [`crate::NeighbourEntry`], for neighbour advertisements.
+    pub const NEIGHBOURS6: &str = "NEIGHBOURS6";
+    pub const NEIGHBOURS6_CAPACITY: u32 = 65536;
+    /// VNI -> [`crate::FloodTargets`]: where a broadcast, multicast or
+    /// unknown-unicast frame of the VNI is replicated to.
+    pub const FLOOD: &str = "FLOOD";
+    pub const FLOOD_CAPACITY: u32 = VNIS_CAPACITY;
+    /// Per-CPU array of one u32: the next outer IPv4 ID.
+    pub const IP_IDS: &str = "IP_IDS";
     /// Array of one [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
@@ -70,8 +92,12 @@ pub mod programs {
     /// XDP, on the underlay device: VXLAN decapsulation.
     pub const DECAP_XDP: &str = "overlay_decap";
     /// TC ingress of each endpoint's host-side port (the container's egress):
-    /// encapsulation, local switching, ARP answers.
+    /// encapsulation, local switching, ARP and ND answers, flooding.
     pub const ENDPOINT_TC: &str = "overlay_endpoint";
+    /// TC ingress of the underlay device: delivers the broadcast and
+    /// multicast VXLAN frames that XDP passes up to every local port of
+    /// their VNI (XDP cannot clone a frame).
+    pub const UNDERLAY_FLOOD_TC: &str = "overlay_underlay_flood";
 }
 
 /// Key of the FDB and of the local endpoint table: a MAC address within a VNI.
@@ -89,6 +115,15 @@ impl VniMac {
         Self { vni, mac, _pad: [0; 2] }
     }
 }
+
+/// Key of the IPv6 neighbour table: an IPv6 address within a VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VniIpv6 {
+    pub vni: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<VniIpv6>() == 20);
 
 /// Key of the neighbour table: an IPv4 address within a VNI.
 #[repr(C)]
@@ -132,7 +167,8 @@ const _: () = assert!(core::mem::size_of::<PortInfo>() == 8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VniInfo {
     pub flags: u32,
-    pub _reserved: u32,
+    /// Most copies one flooded frame of this VNI makes (ports and peers).
+    pub flood_limit: u32,
 }
 const _: () = assert!(core::mem::size_of::<VniInfo>() == 8);
 
@@ -153,6 +189,18 @@ pub struct NeighbourEntry {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<NeighbourEntry>() == 8);
+
+/// Where one VNI's flooded frames go: its local ports and the VTEPs of the
+/// peers that carry it. Only the first `*_count` entries are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FloodTargets {
+    pub local_count: u32,
+    pub remote_count: u32,
+    pub local_ifindex: [u32; FLOOD_MAX_LOCAL_PORTS],
+    pub remote_vtep_be: [u32; FLOOD_MAX_REMOTE_VTEPS],
+}
+const _: () = assert!(core::mem::size_of::<FloodTargets>() == 8 + 4 * (FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS));
 
 /// This node's VTEP settings (the single entry of the `NODE` array).
 #[repr(C)]
@@ -198,6 +246,8 @@ mod pod {
     // with explicit padding, so every bit pattern is valid and none is hidden.
     unsafe impl aya::Pod for super::VniMac {}
     unsafe impl aya::Pod for super::VniIpv4 {}
+    unsafe impl aya::Pod for super::VniIpv6 {}
+    unsafe impl aya::Pod for super::FloodTargets {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::LocalEndpoint {}
     unsafe impl aya::Pod for super::PortInfo {}

@@ -72,6 +72,16 @@ reasons! {
     ARP_REPLIED = 2, "arp-replied";
     /// Delivered to another local endpoint of the same VNI without leaving the node.
     LOCAL_SWITCHED = 3, "local-switched";
+    /// Broadcast, multicast or unknown unicast replicated to the VNI's other local ports and peers (head-end replication).
+    FLOODED = 4, "flooded";
+    /// Broadcast or multicast VXLAN frame passed by XDP to the TC program that replicates it to local ports.
+    FLOOD_HANDOFF = 5, "flood-handoff";
+    /// IPv6 neighbour solicitation answered by the datapath from the node's tables (ND suppression).
+    ND_REPLIED = 6, "nd-replied";
+    /// Frame too big for the underlay: ICMP fragmentation-needed or packet-too-big sent back to the sender.
+    ICMP_TOO_BIG_SENT = 7, "icmp-too-big-sent";
+    /// Replicated, but to fewer targets than the VNI has: its flood limit was reached.
+    FLOODED_LIMITED = 8, "flooded-limited";
 
     /// VXLAN from a source address that is not a configured peer VTEP (spoofed or stale peer).
     UNKNOWN_PEER = 16, "unknown-peer";
@@ -89,7 +99,7 @@ reasons! {
     OUTER_FRAGMENT = 22, "outer-fragment";
     /// Inner destination MAC unknown in the frame's VNI.
     UNKNOWN_DESTINATION = 23, "unknown-destination";
-    /// Broadcast or multicast frame that needs flooding, which this datapath does not do yet.
+    /// Retired (flooding is implemented): broadcast or multicast frame that needed flooding.
     FLOOD_UNSUPPORTED = 24, "flood-unsupported";
     /// No underlay route to the peer VTEP (FIB lookup failed).
     NO_UNDERLAY_ROUTE = 25, "no-underlay-route";
@@ -101,11 +111,11 @@ reasons! {
     DECAP_FAILED = 28, "decap-failed";
     /// Frame from a port that has no VNI configured (program attached to a port no longer in the config).
     PORT_NOT_CONFIGURED = 29, "port-not-configured";
-    /// ARP request for an address with no known owner in the VNI (would need flooding).
+    /// Broadcast ARP request from a peer for an address that lives on another node.
     ARP_UNKNOWN_TARGET = 30, "arp-unknown-target";
     /// ARP that is not an Ethernet/IPv4 request (bad hardware/protocol type or lengths).
     ARP_MALFORMED = 31, "arp-malformed";
-    /// ARP probe or announcement for the sender's own address: no one else to tell without flooding.
+    /// Retired (announcements are flooded): ARP probe or announcement for the sender's own address.
     ARP_ANNOUNCEMENT = 32, "arp-announcement";
     /// Encapsulated frame would exceed the underlay MTU.
     TOO_BIG_FOR_UNDERLAY = 33, "too-big-for-underlay";
@@ -113,6 +123,14 @@ reasons! {
     TRUNCATED_ETHERNET = 34, "truncated-ethernet";
     /// IPv4 forwarding is off on the underlay device, so the kernel will not route to peer VTEPs (the agent turns it on).
     UNDERLAY_FORWARDING_DISABLED = 35, "underlay-forwarding-disabled";
+    /// Inner frame carries an 802.1Q or 802.1ad tag (RFC 7348 section 6.1: such frames SHOULD be discarded).
+    INNER_VLAN = 36, "inner-vlan";
+    /// IPv4 frame without DF too big for the underlay (VTEPs must not fragment, RFC 7348 section 4.3).
+    TOO_BIG_NO_DF = 37, "too-big-no-df";
+    /// Flooded frame from a peer that this node has no flood list for (no local port in its VNI).
+    NO_FLOOD_TARGETS = 38, "no-flood-targets";
+    /// IPv6 neighbour solicitation too short or malformed.
+    ND_MALFORMED = 39, "nd-malformed";
 }
 
 impl Reason {

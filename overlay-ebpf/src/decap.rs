@@ -16,9 +16,9 @@ use overlay_common::{
 };
 
 use crate::{
-    arp,
+    arp::{self, ArpBroadcast},
     maps::{LOCAL_ENDPOINTS, NEIGHBOURS, PEERS, VNIS, node_config},
-    packet::{BROADCAST_MAC, Verdict, is_multicast, ptr_at},
+    packet::{BROADCAST_MAC, Verdict, is_inner_vlan, is_multicast, ptr_at},
 };
 
 const VXLAN_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN;
@@ -27,18 +27,27 @@ const INNER_ETH_OFFSET: usize = VXLAN_ENCAP_LEN;
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
 
-const PASS: Verdict<u32> = Verdict { action: xdp_action::XDP_PASS, reason: Reason::PASSED };
+const PASS: Verdict<u32> = Verdict {
+    action: xdp_action::XDP_PASS,
+    reason: Reason::PASSED,
+};
 
 pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let Some(node) = node_config() else { return Ok(PASS) };
+    let Some(node) = node_config() else {
+        return Ok(PASS);
+    };
 
-    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else { return Ok(PASS) };
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return Ok(PASS);
+    };
     // SAFETY (all packet reads below): ptr_at checked the bounds.
     if unsafe { (*eth).ether_type } != ETH_P_IPV4.to_be() {
         return Ok(PASS);
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN) else { return Ok(PASS) };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN) else {
+        return Ok(PASS);
+    };
     let ip = unsafe { &*ip };
     if ip.proto != IPPROTO_UDP
         || u32::from_ne_bytes(ip.dst_addr) != node.vtep_addr_be
@@ -56,7 +65,9 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     }
     // The masked ihl bounds the offset to 34..=74, which the verifier tracks.
     let udp_offset = ETH_HDR_LEN + ihl * 4;
-    let Some(udp) = ptr_at::<UdpHdr>(start, end, udp_offset) else { return Ok(PASS) };
+    let Some(udp) = ptr_at::<UdpHdr>(start, end, udp_offset) else {
+        return Ok(PASS);
+    };
     let udp = unsafe { &*udp };
     if u16::from_ne_bytes(udp.dst) != node.vxlan_port_be {
         return Ok(PASS);
@@ -91,7 +102,16 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     if unsafe { VNIS.get(&vni) }.is_none() {
         return Err(Reason::UNKNOWN_VNI);
     }
-    let ifindex = local_port_for(start, end, vni)?;
+    let ifindex = match delivery_for(start, end, vni)? {
+        Delivery::Port(ifindex) => ifindex,
+        // XDP cannot clone: the TC program on this device replicates it.
+        Delivery::Flood => {
+            return Ok(Verdict {
+                action: xdp_action::XDP_PASS,
+                reason: Reason::FLOOD_HANDOFF,
+            });
+        }
+    };
 
     // SAFETY: plain helper call; no packet pointer is used after it.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, VXLAN_ENCAP_LEN as i32) } != 0 {
@@ -99,39 +119,64 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
-    Ok(Verdict { action, reason: Reason::FORWARDED })
+    Ok(Verdict {
+        action,
+        reason: Reason::FORWARDED,
+    })
 }
 
-/// The host-side port of the local endpoint that should receive the inner
-/// frame: the owner of a unicast destination MAC, or for a broadcast ARP
-/// request, the owner of the requested address.
+/// Where a decapsulated frame goes.
+enum Delivery {
+    /// To the local endpoint behind this host-side port.
+    Port(u32),
+    /// To every local port of the VNI.
+    Flood,
+}
+
+/// Where the inner frame goes: to the owner of a unicast destination MAC;
+/// for a broadcast ARP request, to the owner of the requested address when
+/// it is here; other broadcast and multicast to all local ports.
 #[inline(always)]
-fn local_port_for(start: usize, end: usize, vni: u32) -> Result<u32, Reason> {
+fn delivery_for(start: usize, end: usize, vni: u32) -> Result<Delivery, Reason> {
     const _: () = assert!(VXLAN_OFFSET + VXLAN_HDR_LEN == INNER_ETH_OFFSET);
     let inner = ptr_at::<EthHdr>(start, end, INNER_ETH_OFFSET).ok_or(Reason::VXLAN_TRUNCATED)?;
     // SAFETY: bounds checked by ptr_at.
     let inner = unsafe { &*inner };
+    if is_inner_vlan(inner.ether_type) {
+        return Err(Reason::INNER_VLAN);
+    }
     let destination = inner.dst_addr;
-    let owner_mac = if !is_multicast(&destination) {
-        destination
-    } else if destination == BROADCAST_MAC && inner.ether_type == ETH_P_ARP.to_be() {
-        let request = ptr_at::<ArpHdr>(start, end, INNER_ETH_OFFSET + ETH_HDR_LEN)
-            .ok_or(Reason::ARP_MALFORMED)?;
-        // SAFETY: bounds checked by ptr_at.
-        let request = unsafe { &*request };
-        arp::check_request(request)?;
-        let key = VniIpv4 { vni, addr_be: u32::from_ne_bytes(request.tpa) };
+    if !is_multicast(&destination) {
         // SAFETY: read and copied at once.
-        unsafe { NEIGHBOURS.get(&key) }.ok_or(Reason::ARP_UNKNOWN_TARGET)?.mac
-    } else {
-        return Err(Reason::FLOOD_UNSUPPORTED);
+        return match unsafe { LOCAL_ENDPOINTS.get(&VniMac::new(vni, destination)) } {
+            Some(endpoint) => Ok(Delivery::Port(endpoint.ifindex)),
+            // The sender flooded a MAC it does not know; the owner is elsewhere.
+            None => Err(Reason::UNKNOWN_DESTINATION),
+        };
+    }
+    if destination != BROADCAST_MAC || inner.ether_type != ETH_P_ARP.to_be() {
+        return Ok(Delivery::Flood);
+    }
+    // A peer (a kernel vxlan VTEP, say) flooded an ARP request: only the
+    // owner of the address needs it.
+    let request = ptr_at::<ArpHdr>(start, end, INNER_ETH_OFFSET + ETH_HDR_LEN)
+        .ok_or(Reason::ARP_MALFORMED)?;
+    // SAFETY: bounds checked by ptr_at.
+    let request = unsafe { &*request };
+    if let ArpBroadcast::Announcement = arp::classify(request)? {
+        return Ok(Delivery::Flood);
+    }
+    let key = VniIpv4 {
+        vni,
+        addr_be: u32::from_ne_bytes(request.tpa),
     };
     // SAFETY: read and copied at once.
-    match unsafe { LOCAL_ENDPOINTS.get(&VniMac::new(vni, owner_mac)) } {
-        Some(endpoint) => Ok(endpoint.ifindex),
-        // A request for an address that lives on another node reaches every
-        // VTEP the sender floods to; only the owner's node delivers it.
-        None if is_multicast(&destination) => Err(Reason::ARP_UNKNOWN_TARGET),
-        None => Err(Reason::UNKNOWN_DESTINATION),
+    let Some(owner) = (unsafe { NEIGHBOURS.get(&key) }).map(|n| n.mac) else {
+        return Ok(Delivery::Flood);
+    };
+    // SAFETY: read and copied at once.
+    match unsafe { LOCAL_ENDPOINTS.get(&VniMac::new(vni, owner)) } {
+        Some(endpoint) => Ok(Delivery::Port(endpoint.ifindex)),
+        None => Err(Reason::ARP_UNKNOWN_TARGET),
     }
 }

@@ -8,8 +8,12 @@
 mod arp;
 mod counters;
 mod decap;
+mod encap;
 mod endpoint;
+mod flood;
+mod icmp;
 mod maps;
+mod nd;
 mod packet;
 
 use aya_ebpf::{
@@ -51,6 +55,25 @@ pub fn overlay_endpoint(ctx: TcContext) -> i32 {
         Err(reason) => {
             count(Direction::FROM_ENDPOINT, reason, bytes);
             debug!(&ctx, "endpoint drop: reason {}", reason.0);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// TC ingress of the underlay device: replicates the broadcast and
+/// multicast VXLAN frames XDP passed up to the VNI's local ports.
+#[classifier]
+pub fn overlay_underlay_flood(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    match flood::try_underlay_flood(&ctx) {
+        Ok(Some(verdict)) => {
+            count(Direction::FROM_UNDERLAY, verdict.reason, bytes);
+            verdict.action
+        }
+        Ok(None) => flood::PASS_UNTOUCHED,
+        Err(reason) => {
+            count(Direction::FROM_UNDERLAY, reason, bytes);
+            debug!(&ctx, "underlay flood drop: reason {}", reason.0);
             TC_ACT_SHOT
         }
     }

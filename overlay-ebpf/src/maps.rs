@@ -2,12 +2,13 @@
 //! names (the `#[map]` macro names a map after its static), and the
 //! userspace test `object_has_every_map` checks they agree.
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use overlay_common::{
-    Counter, FdbEntry, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo, PortInfo, VniInfo,
-    VniIpv4, VniMac, maps,
+    Counter, FdbEntry, FloodTargets, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo, PortInfo,
+    VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 #[map]
@@ -31,11 +32,58 @@ pub static NEIGHBOURS: HashMap<VniIpv4, NeighbourEntry> =
     HashMap::with_max_entries(maps::NEIGHBOURS_CAPACITY, 0);
 
 #[map]
+pub static NEIGHBOURS6: HashMap<VniIpv6, NeighbourEntry> =
+    HashMap::with_max_entries(maps::NEIGHBOURS6_CAPACITY, 0);
+
+#[map]
+pub static FLOOD: HashMap<u32, FloodTargets> = HashMap::with_max_entries(maps::FLOOD_CAPACITY, 0);
+
+#[map]
+pub static IP_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
 pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(maps::COUNTERS_CAPACITY, 0);
+
+/// Per-CPU scratch space for frames the datapath builds (ICMP and ND
+/// answers). Verifier: BPF stacks are 512 bytes for a whole call chain, too
+/// little to build a 110-byte frame beside everything else. A program's run
+/// never nests with another on the same CPU (softirq), and clones are
+/// delivered asynchronously, so one buffer per CPU is enough.
+#[map]
+pub static SCRATCH: PerCpuArray<ScratchBuffer> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C, align(8))]
+pub struct ScratchBuffer {
+    /// A frame being built.
+    pub frame: [u8; SCRATCH_FRAME_LEN],
+    /// Parameters of a FIB lookup (used while a frame is being built).
+    pub fib: bpf_fib_lookup,
+}
+pub const SCRATCH_FRAME_LEN: usize = 128;
+
+/// The scratch frame viewed as a `T` (any plain-data frame layout).
+#[inline(always)]
+pub fn scratch<T>() -> Option<&'static mut T> {
+    const { assert!(core::mem::size_of::<T>() <= SCRATCH_FRAME_LEN && core::mem::align_of::<T>() <= 8) };
+    // SAFETY: per-CPU buffer, large and aligned enough (asserted), used by
+    // one program run at a time; T is plain data, valid for any bytes.
+    SCRATCH
+        .get_ptr_mut(0)
+        .map(|buffer| unsafe { &mut *((*buffer).frame.as_mut_ptr() as *mut T) })
+}
+
+/// The scratch FIB lookup parameters.
+#[inline(always)]
+pub fn scratch_fib() -> Option<&'static mut bpf_fib_lookup> {
+    // SAFETY: as for `scratch`; bpf_fib_lookup is plain data.
+    SCRATCH
+        .get_ptr_mut(0)
+        .map(|buffer| unsafe { &mut (*buffer).fib })
+}
 
 /// This node's settings, once the agent has written them.
 #[inline(always)]

@@ -7,14 +7,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
 
 use overlay_common::{
-    DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN, DEFAULT_VXLAN_PORT,
-    VNI_MAX,
+    DEFAULT_FLOOD_LIMIT, DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN,
+    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, VNI_MAX,
 };
 use serde::Deserialize;
 
@@ -66,6 +66,15 @@ pub struct Config {
     pub node: Node,
     pub endpoints: Vec<LocalEndpoint>,
     pub peers: Vec<Peer>,
+    /// Per-VNI settings that differ from the node's defaults.
+    pub vnis: BTreeMap<u32, VniSettings>,
+}
+
+/// Settings of one VNI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VniSettings {
+    /// Most copies one flooded frame makes (local ports and peers together).
+    pub flood_limit: u32,
 }
 
 /// This node's VTEP.
@@ -78,6 +87,8 @@ pub struct Node {
     pub ttl: u8,
     pub source_port_min: u16,
     pub source_port_max: u16,
+    /// Default per-VNI flood fan-out limit.
+    pub flood_limit: u32,
 }
 
 /// A container (or any endpoint) attached to this node through a port.
@@ -87,6 +98,7 @@ pub struct LocalEndpoint {
     pub interface: String,
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
     pub vni: u32,
 }
 
@@ -96,6 +108,15 @@ pub struct Peer {
     pub name: String,
     pub vtep_address: Ipv4Addr,
     pub endpoints: Vec<RemoteEndpoint>,
+    /// VNIs the peer carries besides those of its listed endpoints.
+    pub extra_vnis: BTreeSet<u32>,
+}
+
+impl Peer {
+    /// Every VNI this peer carries: flooded frames of these go to it.
+    pub fn vnis(&self) -> BTreeSet<u32> {
+        self.endpoints.iter().map(|e| e.vni).chain(self.extra_vnis.iter().copied()).collect()
+    }
 }
 
 /// An endpoint behind a peer.
@@ -103,6 +124,7 @@ pub struct Peer {
 pub struct RemoteEndpoint {
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
     pub vni: u32,
 }
 
@@ -161,6 +183,15 @@ struct RawConfig {
     endpoints: Vec<RawLocalEndpoint>,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    #[serde(default)]
+    vnis: Vec<RawVni>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVni {
+    vni: i64,
+    flood_limit: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +203,7 @@ struct RawNode {
     vxlan_port: Option<i64>,
     ttl: Option<i64>,
     source_port_range: Option<[i64; 2]>,
+    flood_limit: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +212,7 @@ struct RawLocalEndpoint {
     interface: String,
     mac: String,
     ip: String,
+    ipv6: Option<String>,
     vni: i64,
 }
 
@@ -190,6 +223,8 @@ struct RawPeer {
     vtep_address: String,
     #[serde(default)]
     endpoints: Vec<RawRemoteEndpoint>,
+    #[serde(default)]
+    vnis: Vec<i64>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +232,7 @@ struct RawPeer {
 struct RawRemoteEndpoint {
     mac: String,
     ip: String,
+    ipv6: Option<String>,
     vni: i64,
 }
 
@@ -225,6 +261,11 @@ impl Config {
     /// The VNIs that have a local endpoint: the ones this node carries.
     pub fn local_vnis(&self) -> BTreeSet<u32> {
         self.endpoints.iter().map(|e| e.vni).collect()
+    }
+
+    /// The flood fan-out limit of `vni`.
+    pub fn flood_limit(&self, vni: u32) -> u32 {
+        self.vnis.get(&vni).map_or(self.node.flood_limit, |settings| settings.flood_limit)
     }
 }
 
@@ -261,6 +302,35 @@ impl Checker {
                 self.problem(field, value, "not an IPv4 address (expected dotted quad like 192.0.2.1)");
                 None
             }
+        }
+    }
+
+    /// An optional IPv6 address: `Some(None)` when absent, `None` when invalid.
+    fn ipv6(&mut self, field: &str, value: Option<&String>) -> Option<Option<Ipv6Addr>> {
+        let Some(value) = value else { return Some(None) };
+        match value.parse::<Ipv6Addr>() {
+            Ok(addr) if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() => {
+                self.problem(field, value, "must be a unicast IPv6 address");
+                None
+            }
+            Ok(addr) => Some(Some(addr)),
+            Err(_) => {
+                self.problem(field, value, "not an IPv6 address (expected a form like fd00::1)");
+                None
+            }
+        }
+    }
+
+    fn flood_limit(&mut self, field: &str, value: i64) -> Option<u32> {
+        if (0..=(FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS) as i64).contains(&value) {
+            Some(value as u32)
+        } else {
+            self.problem(
+                field,
+                value.to_string(),
+                format!("flood limit must be in 0..={} (copies per flooded frame; 0 turns flooding off)", FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS),
+            );
+            None
         }
     }
 
@@ -309,11 +379,37 @@ impl Checker {
             .map(|(i, e)| self.local_endpoint(i, e))
             .collect();
         let peers: Vec<_> = raw.peers.iter().enumerate().map(|(i, p)| self.peer(i, p)).collect();
+        let mut vnis = BTreeMap::new();
+        let mut vnis_valid = true;
+        for (i, raw_vni) in raw.vnis.iter().enumerate() {
+            let vni = self.vni(&format!("vnis[{i}].vni"), raw_vni.vni);
+            let flood_limit = match raw_vni.flood_limit {
+                Some(limit) => self.flood_limit(&format!("vnis[{i}].flood_limit"), limit),
+                None => node.as_ref().map(|n| n.flood_limit),
+            };
+            match (vni, flood_limit) {
+                (Some(vni), Some(flood_limit)) => {
+                    if vnis.insert(vni, VniSettings { flood_limit }).is_some() {
+                        self.problem(format!("vnis[{i}].vni"), vni.to_string(), "VNI listed twice");
+                    }
+                }
+                _ => vnis_valid = false,
+            }
+        }
         let node = node?;
         let endpoints: Option<Vec<_>> = endpoints.into_iter().collect();
         let peers: Option<Vec<_>> = peers.into_iter().collect();
-        let config = Config { node, endpoints: endpoints?, peers: peers? };
+        if !vnis_valid {
+            return None;
+        }
+        let config = Config { node, endpoints: endpoints?, peers: peers?, vnis };
         self.relations(&config);
+        let local = config.local_vnis();
+        for (i, raw_vni) in raw.vnis.iter().enumerate() {
+            if !local.contains(&(raw_vni.vni as u32)) {
+                self.problem(format!("vnis[{i}].vni"), raw_vni.vni.to_string(), "no local endpoint is in this VNI");
+            }
+        }
         Some(config)
     }
 
@@ -342,7 +438,9 @@ impl Checker {
             _ => None,
         };
         let (source_port_min, source_port_max) = range?;
+        let flood_limit = self.flood_limit("node.flood_limit", raw.flood_limit.unwrap_or(DEFAULT_FLOOD_LIMIT.into()));
         Some(Node {
+            flood_limit: flood_limit?,
             name: name?,
             underlay_interface: underlay_interface?,
             vtep_address: vtep_address?,
@@ -358,8 +456,9 @@ impl Checker {
         let interface = self.non_empty(&format!("{at}.interface"), &raw.interface);
         let mac = self.mac(&format!("{at}.mac"), &raw.mac);
         let ip = self.ipv4(&format!("{at}.ip"), &raw.ip);
+        let ipv6 = self.ipv6(&format!("{at}.ipv6"), raw.ipv6.as_ref());
         let vni = self.vni(&format!("{at}.vni"), raw.vni);
-        Some(LocalEndpoint { interface: interface?, mac: mac?, ip: ip?, vni: vni? })
+        Some(LocalEndpoint { interface: interface?, mac: mac?, ip: ip?, ipv6: ipv6?, vni: vni? })
     }
 
     fn peer(&mut self, index: usize, raw: &RawPeer) -> Option<Peer> {
@@ -374,12 +473,15 @@ impl Checker {
                 let at = format!("{at}.endpoints[{i}]");
                 let mac = self.mac(&format!("{at}.mac"), &e.mac);
                 let ip = self.ipv4(&format!("{at}.ip"), &e.ip);
+                let ipv6 = self.ipv6(&format!("{at}.ipv6"), e.ipv6.as_ref());
                 let vni = self.vni(&format!("{at}.vni"), e.vni);
-                Some(RemoteEndpoint { mac: mac?, ip: ip?, vni: vni? })
+                Some(RemoteEndpoint { mac: mac?, ip: ip?, ipv6: ipv6?, vni: vni? })
             })
             .collect();
         let endpoints: Option<Vec<_>> = endpoints.into_iter().collect();
-        Some(Peer { name: name?, vtep_address: vtep_address?, endpoints: endpoints? })
+        let extra_vnis: Option<BTreeSet<u32>> =
+            raw.vnis.iter().enumerate().map(|(i, v)| self.vni(&format!("{at}.vnis[{i}]"), *v)).collect();
+        Some(Peer { name: name?, vtep_address: vtep_address?, endpoints: endpoints?, extra_vnis: extra_vnis? })
     }
 
     /// Checks between fields: uniqueness and consistency.
@@ -388,18 +490,24 @@ impl Checker {
         // once per VNI (the same ones may appear in different VNIs).
         let mut macs: BTreeMap<(u32, MacAddr), String> = BTreeMap::new();
         let mut ips: BTreeMap<(u32, Ipv4Addr), String> = BTreeMap::new();
+        let mut ipv6s: BTreeMap<(u32, Ipv6Addr), String> = BTreeMap::new();
         let all = config
             .endpoints
             .iter()
             .enumerate()
-            .map(|(i, e)| (format!("endpoints[{i}]"), e.mac, e.ip, e.vni))
+            .map(|(i, e)| (format!("endpoints[{i}]"), e.mac, e.ip, e.ipv6, e.vni))
             .chain(config.peers.iter().enumerate().flat_map(|(p, peer)| {
                 peer.endpoints
                     .iter()
                     .enumerate()
-                    .map(move |(i, e)| (format!("peers[{p}].endpoints[{i}]"), e.mac, e.ip, e.vni))
+                    .map(move |(i, e)| (format!("peers[{p}].endpoints[{i}]"), e.mac, e.ip, e.ipv6, e.vni))
             }));
-        for (at, mac, ip, vni) in all {
+        for (at, mac, ip, ipv6, vni) in all {
+            if let Some(ipv6) = ipv6 {
+                if let Some(first) = ipv6s.insert((vni, ipv6), at.clone()) {
+                    self.problem(format!("{at}.ipv6"), ipv6.to_string(), format!("IPv6 address already used in VNI {vni} by {first}"));
+                }
+            }
             if let Some(first) = macs.insert((vni, mac), at.clone()) {
                 self.problem(format!("{at}.mac"), mac.to_string(), format!("MAC already used in VNI {vni} by {first}"));
             }
@@ -424,6 +532,33 @@ impl Checker {
             }
             if endpoint.interface == config.node.underlay_interface {
                 self.problem(format!("endpoints[{i}].interface"), &endpoint.interface, "is the underlay interface");
+            }
+        }
+
+        // Flood lists have a fixed size in the datapath.
+        let mut ports_in_vni: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+        for (i, endpoint) in config.endpoints.iter().enumerate() {
+            let ports = ports_in_vni.entry(endpoint.vni).or_default();
+            if ports.insert(&endpoint.interface) && ports.len() > FLOOD_MAX_LOCAL_PORTS {
+                self.problem(
+                    format!("endpoints[{i}].interface"),
+                    &endpoint.interface,
+                    format!("VNI {} already has {FLOOD_MAX_LOCAL_PORTS} local ports, the most one VNI can have on a node", endpoint.vni),
+                );
+            }
+        }
+        let mut peers_in_vni: BTreeMap<u32, usize> = BTreeMap::new();
+        for (i, peer) in config.peers.iter().enumerate() {
+            for vni in peer.vnis() {
+                let count = peers_in_vni.entry(vni).or_default();
+                *count += 1;
+                if *count == FLOOD_MAX_REMOTE_VTEPS + 1 {
+                    self.problem(
+                        format!("peers[{i}]"),
+                        &peer.name,
+                        format!("VNI {vni} already has {FLOOD_MAX_REMOTE_VTEPS} peers, the most one VNI can flood to"),
+                    );
+                }
             }
         }
 

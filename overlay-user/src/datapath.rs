@@ -184,7 +184,7 @@ impl Datapath {
     pub fn load(log_level: log::LevelFilter) -> Result<Datapath, DatapathError> {
         let level = log_level as u8;
         let mut ebpf = EbpfLoader::new().override_global(aya_log::LEVEL, &level, false).load(EBPF_OBJECT)?;
-        for name in [programs::DECAP_XDP, programs::ENDPOINT_TC] {
+        for name in [programs::DECAP_XDP, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
             let program = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
             let result = match program {
                 aya::programs::Program::Xdp(xdp) => xdp.load(),
@@ -200,6 +200,9 @@ impl Datapath {
             maps::PORTS,
             maps::PEERS,
             maps::NEIGHBOURS,
+            maps::NEIGHBOURS6,
+            maps::FLOOD,
+            maps::IP_IDS,
             maps::NODE,
             maps::COUNTERS,
         ] {
@@ -250,6 +253,8 @@ impl Datapath {
         let peers = diff(&old.peers, &new.peers);
         let local = diff(&old.local_endpoints, &new.local_endpoints);
         let neighbours = diff(&old.neighbours, &new.neighbours);
+        let neighbours6 = diff(&old.neighbours6, &new.neighbours6);
+        let flood = diff(&old.flood, &new.flood);
         let fdb = diff(&old.fdb, &new.fdb);
         let ports = diff(&old.ports, &new.ports);
         // Additions from the leaves inwards (a port is classified into a VNI
@@ -264,10 +269,14 @@ impl Datapath {
         upsert(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
         upsert(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
         upsert(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
+        upsert(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
         upsert(ebpf, maps::FDB, &fdb, &old.fdb, undo)?;
+        upsert(ebpf, maps::FLOOD, &flood, &old.flood, undo)?;
         upsert(ebpf, maps::PORTS, &ports, &old.ports, undo)?;
         delete(ebpf, maps::PORTS, &ports, &old.ports, undo)?;
+        delete(ebpf, maps::FLOOD, &flood, &old.flood, undo)?;
         delete(ebpf, maps::FDB, &fdb, &old.fdb, undo)?;
+        delete(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
         delete(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
         delete(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
         delete(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
@@ -279,6 +288,8 @@ impl Datapath {
                 (maps::PEERS, peers.len()),
                 (maps::LOCAL_ENDPOINTS, local.len()),
                 (maps::NEIGHBOURS, neighbours.len()),
+                (maps::NEIGHBOURS6, neighbours6.len()),
+                (maps::FLOOD, flood.len()),
                 (maps::FDB, fdb.len()),
                 (maps::PORTS, ports.len()),
             ],
@@ -324,12 +335,15 @@ impl Datapath {
             },
         };
         self.xdp_mode = Some(attached);
+        self.tc_mut(programs::UNDERLAY_FLOOD_TC)?.attach(underlay, TcAttachType::Ingress).map_err(|source| {
+            DatapathError::Attach { program: programs::UNDERLAY_FLOOD_TC, interface: underlay.clone(), source, hint: "" }
+        })?;
         let mut attached_ports = std::collections::BTreeSet::new();
         for endpoint in &resolved.config.endpoints {
             if !attached_ports.insert(endpoint.interface.as_str()) {
                 continue; // one program per port, however many endpoints it has
             }
-            self.tc_mut()?.attach(&endpoint.interface, TcAttachType::Ingress).map_err(|source| {
+            self.tc_mut(programs::ENDPOINT_TC)?.attach(&endpoint.interface, TcAttachType::Ingress).map_err(|source| {
                 DatapathError::Attach { program: programs::ENDPOINT_TC, interface: endpoint.interface.clone(), source, hint: "" }
             })?;
         }
@@ -340,7 +354,7 @@ impl Datapath {
     pub fn detach(&mut self) {
         // Unloading drops each program's links; the programs are reloaded
         // lazily only by a new Datapath, so this is final for this object.
-        for name in [programs::DECAP_XDP, programs::ENDPOINT_TC] {
+        for name in [programs::DECAP_XDP, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
             if let Some(program) = self.ebpf.program_mut(name) {
                 let result = match program {
                     aya::programs::Program::Xdp(xdp) => xdp.unload(),
@@ -396,11 +410,15 @@ impl Datapath {
     /// namespace), `repeat` times; see [`Datapath::test_decap`] on repeats.
     pub fn test_endpoint(&self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<TestRunOutcome, DatapathError> {
         let program: &SchedClassifier = self.program(programs::ENDPOINT_TC)?;
-        // struct __sk_buff up to and including `ifindex` (offset 40); the
-        // kernel only accepts a few fields here and requires the rest zero.
-        let mut ctx = [0u8; 44];
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        run_program(program, programs::ENDPOINT_TC, frame, Some(&ctx), repeat)
+        run_program(program, programs::ENDPOINT_TC, frame, Some(&skb_context(ifindex)), repeat)
+    }
+
+    /// Runs the underlay flood TC program on `frame` as if it arrived on
+    /// the device with index `ifindex` (see [`Datapath::test_endpoint`]).
+    /// Its clones really are sent to the local ports it names.
+    pub fn test_underlay_flood(&self, frame: &[u8], ifindex: u32) -> Result<TestRunOutcome, DatapathError> {
+        let program: &SchedClassifier = self.program(programs::UNDERLAY_FLOOD_TC)?;
+        run_program(program, programs::UNDERLAY_FLOOD_TC, frame, Some(&skb_context(ifindex)), 1)
     }
 
     fn program<'a, T>(&'a self, name: &'static str) -> Result<&'a T, DatapathError>
@@ -417,8 +435,7 @@ impl Datapath {
         program.try_into().map_err(|_| DatapathError::Missing { kind: "XDP program", name })
     }
 
-    fn tc_mut(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        let name = programs::ENDPOINT_TC;
+    fn tc_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         let program = self.ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
         program.try_into().map_err(|_| DatapathError::Missing { kind: "TC program", name })
     }
@@ -449,6 +466,14 @@ where
         frame: out,
         duration_ns: result.duration.as_nanos() as u64,
     })
+}
+
+/// A `struct __sk_buff` up to and including `ifindex` (offset 40), for a
+/// TC test run; the kernel only accepts a few fields and requires the rest zero.
+fn skb_context(ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
 }
 
 fn map_error(map: &'static str, operation: &'static str, source: MapError) -> DatapathError {

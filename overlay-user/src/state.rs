@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use overlay_common::{
-    FdbEntry, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo, PortInfo, VniInfo, VniIpv4,
-    VniMac,
+    FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LocalEndpoint,
+    NeighbourEntry, NodeConfig, PeerInfo, PortInfo, VniInfo, VniIpv4, VniIpv6, VniMac,
 };
 
 use crate::netdev::ResolvedConfig;
@@ -21,6 +21,8 @@ pub struct MapState {
     pub fdb: BTreeMap<VniMac, FdbEntry>,
     pub peers: BTreeMap<u32, PeerInfo>,
     pub neighbours: BTreeMap<VniIpv4, NeighbourEntry>,
+    pub neighbours6: BTreeMap<VniIpv6, NeighbourEntry>,
+    pub flood: BTreeMap<u32, FloodTargets>,
 }
 
 /// Network byte order as the datapath compares it: the address's octets in memory order.
@@ -45,8 +47,17 @@ impl MapState {
             }),
             ..MapState::default()
         };
+        let mut flood_ports: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
+        let mut flood_vteps: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
         for (endpoint, &ifindex) in config.endpoints.iter().zip(&resolved.endpoint_ifindex) {
-            state.vnis.insert(endpoint.vni, VniInfo { flags: 0, _reserved: 0 });
+            state.vnis.insert(endpoint.vni, VniInfo { flags: 0, flood_limit: config.flood_limit(endpoint.vni) });
+            flood_ports.entry(endpoint.vni).or_default().insert(ifindex);
+            if let Some(ipv6) = endpoint.ipv6 {
+                state.neighbours6.insert(
+                    VniIpv6 { vni: endpoint.vni, addr: ipv6.octets() },
+                    NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
+                );
+            }
             state.ports.insert(ifindex, PortInfo { vni: endpoint.vni, _reserved: 0 });
             state
                 .local_endpoints
@@ -59,7 +70,16 @@ impl MapState {
         for peer in &config.peers {
             let vtep_addr_be = ipv4_be(peer.vtep_address);
             state.peers.insert(vtep_addr_be, PeerInfo { flags: 0, _reserved: 0 });
+            for vni in peer.vnis() {
+                flood_vteps.entry(vni).or_default().insert(vtep_addr_be);
+            }
             for endpoint in &peer.endpoints {
+                if let Some(ipv6) = endpoint.ipv6 {
+                    state.neighbours6.insert(
+                        VniIpv6 { vni: endpoint.vni, addr: ipv6.octets() },
+                        NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
+                    );
+                }
                 state
                     .fdb
                     .insert(VniMac::new(endpoint.vni, endpoint.mac.0), FdbEntry { vtep_addr_be, _reserved: 0 });
@@ -68,6 +88,24 @@ impl MapState {
                     NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
                 );
             }
+        }
+        // A flood list for every VNI with a local port (validation bounds the counts).
+        for (vni, ports) in flood_ports {
+            let mut targets = FloodTargets {
+                local_count: 0,
+                remote_count: 0,
+                local_ifindex: [0; FLOOD_MAX_LOCAL_PORTS],
+                remote_vtep_be: [0; FLOOD_MAX_REMOTE_VTEPS],
+            };
+            for (slot, port) in targets.local_ifindex.iter_mut().zip(&ports) {
+                *slot = *port;
+                targets.local_count += 1;
+            }
+            for (slot, vtep) in targets.remote_vtep_be.iter_mut().zip(flood_vteps.get(&vni).into_iter().flatten()) {
+                *slot = *vtep;
+                targets.remote_count += 1;
+            }
+            state.flood.insert(vni, targets);
         }
         state
     }

@@ -1,0 +1,356 @@
+//! VXLAN encapsulation (RFC 7348 section 5): the route to a peer VTEP, room
+//! for the outer headers, and the headers themselves.
+use aya_ebpf::{
+    bindings::{
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_OUTPUT, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
+        bpf_skb_change_head,
+    },
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use overlay_common::{
+    ETH_HDR_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HDR_LEN,
+    NodeConfig, Reason, UDP_HDR_LEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI_VALID,
+};
+
+use crate::{
+    maps::{IP_IDS, scratch, scratch_fib},
+    packet::{EncapHeaders, EndpointFrame, PackedVerdict, Verdict, ipv4_header_checksum},
+};
+
+/// Room for the outer headers goes between the MAC and network headers, and
+/// the kernel is told it is UDP-in-IPv4 carrying Ethernet with a 14-byte
+/// inner MAC header, so inner_* offsets and gso_type (SKB_GSO_UDP_TUNNEL)
+/// are set as the kernel's own vxlan device sets them. FIXED_GSO keeps
+/// gso_size: without it the kernel shrinks it by 50 bytes and every
+/// segment leaves 50 bytes short of the MTU.
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | (ETH_HDR_LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT;
+
+const AF_INET: u8 = 2;
+
+/// IPv4 Don't Fragment: VTEPs must not fragment (RFC 7348 section 4.3).
+const IPV4_DONT_FRAGMENT: u16 = 0x4000;
+
+/// How to reach a peer VTEP on the underlay.
+pub struct Route {
+    pub ifindex: u32,
+    pub source_mac: [u8; 6],
+    pub next_hop_mac: [u8; 6],
+    /// The next hop's IPv4 address (the peer, or a gateway).
+    pub next_hop_be: u32,
+    /// False when the next hop's MAC is not resolved yet.
+    pub resolved: bool,
+}
+
+/// What a route lookup says about a frame.
+pub enum RouteLookup {
+    Found(Route),
+    /// The encapsulated frame would exceed the route's MTU, which is given.
+    TooBig(u32),
+}
+
+/// Looks up the underlay route and next hop to `remote_vtep_be` for an
+/// outer packet whose IPv4 total length is `outer_ip_len` (0: no MTU check).
+#[inline(always)]
+pub fn route_to_peer(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    remote_vtep_be: u32,
+    source_port: u16,
+    outer_ip_len: u32,
+) -> Result<RouteLookup, Reason> {
+    let fib = scratch_fib().ok_or(Reason::NO_UNDERLAY_ROUTE)?;
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.sport = source_port.to_be();
+    fib.dport = node.vxlan_port_be;
+    // With tot_len set the kernel checks it against the route's MTU.
+    fib.__bindgen_anon_1.tot_len = outer_ip_len as u16;
+    fib.ifindex = node.underlay_ifindex;
+    fib.__bindgen_anon_3.ipv4_src = node.vtep_addr_be;
+    fib.__bindgen_anon_4.ipv4_dst = remote_vtep_be;
+    // SAFETY: fib is a valid, fully sized parameter block on our stack.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            fib as *mut bpf_fib_lookup,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    let resolved = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        // SAFETY: on FRAG_NEEDED the kernel wrote mtu_result.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            return Ok(RouteLookup::TooBig(
+                unsafe { fib.__bindgen_anon_1.mtu_result } as u32,
+            ));
+        }
+        // The helper is a forwarding lookup: it refuses to route when IPv4
+        // forwarding is off on the device it looks up from.
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::UNDERLAY_FORWARDING_DISABLED),
+        _ => {
+            aya_log_ebpf::debug!(
+                ctx,
+                "underlay FIB lookup for {:i} failed: rc {}",
+                u32::from_be(remote_vtep_be),
+                rc
+            );
+            return Err(Reason::NO_UNDERLAY_ROUTE);
+        }
+    };
+    Ok(RouteLookup::Found(Route {
+        ifindex: fib.ifindex,
+        source_mac: fib.smac,
+        next_hop_mac: fib.dmac,
+        // SAFETY: for AF_INET the kernel leaves the next hop in ipv4_dst.
+        next_hop_be: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        resolved,
+    }))
+}
+
+/// Outer UDP source port: the skb's flow hash (of the inner frame, computed
+/// before encapsulation) scaled into the configured range, as the kernel's
+/// udp_flow_src_port() does, so one flow keeps one port and the underlay's
+/// ECMP can spread flows (RFC 7348 section 5, "Source Port").
+#[inline(always)]
+pub fn source_port_for(ctx: &TcContext, node: &NodeConfig) -> u16 {
+    // SAFETY: plain helper call.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) } as u64;
+    let min = node.source_port_min as u64;
+    let span = (node.source_port_max as u64).saturating_sub(min) + 1;
+    (min + ((hash * span) >> 32)) as u16
+}
+
+#[inline(always)]
+pub fn is_ip(ether_type_be: u16) -> bool {
+    ether_type_be == ETH_P_IPV4.to_be() || ether_type_be == ETH_P_IPV6.to_be()
+}
+
+/// Makes room for the outer headers in front of the inner frame.
+///
+/// bpf_skb_adjust_room refuses skbs that are not IPv4/IPv6 (ARP gets
+/// -ENOTSUPP); those cannot be GSO, so pushing plain headroom in front with
+/// bpf_skb_change_head is enough for them.
+#[inline(always)]
+pub fn grow_for_outer_headers(ctx: &TcContext, inner_is_ip: bool) -> Result<(), Reason> {
+    let grown = if inner_is_ip {
+        ctx.skb
+            .adjust_room(VXLAN_ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+            .is_ok()
+    } else {
+        // SAFETY: plain helper call.
+        unsafe { bpf_skb_change_head(ctx.skb.skb, VXLAN_ENCAP_LEN as u32, 0) == 0 }
+    };
+    if grown {
+        Ok(())
+    } else {
+        Err(Reason::ENCAP_FAILED)
+    }
+}
+
+/// The next outer IPv4 ID, reserving one per GSO segment (the stack numbers
+/// the segments consecutively), as the kernel's tunnels give every outer
+/// packet an ID even with DF set.
+#[inline(always)]
+pub fn next_ip_id(ctx: &TcContext) -> u16 {
+    // SAFETY: reading a context field.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);
+    match IP_IDS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        Some(counter) => unsafe {
+            let id = *counter;
+            *counter = id.wrapping_add(segments);
+            id as u16
+        },
+        None => 0,
+    }
+}
+
+/// Writes outer Ethernet/IPv4/UDP/VXLAN headers for `route` to
+/// `remote_vtep_be` (and the inner Ethernet header after them) into a frame
+/// already grown by [`grow_for_outer_headers`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn write_outer_headers(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    vni: u32,
+    remote_vtep_be: u32,
+    route: &Route,
+    source_port: u16,
+    ip_id: u16,
+    inner_eth: &EthHdr,
+) -> Result<(), Reason> {
+    let outer_len = ctx.len() as usize;
+    let headers: &mut EncapHeaders = scratch().ok_or(Reason::ENCAP_FAILED)?;
+    headers.outer_eth = EthHdr {
+        dst_addr: route.next_hop_mac,
+        src_addr: route.source_mac,
+        ether_type: ETH_P_IPV4.to_be(),
+    };
+    headers.ip = Ipv4Hdr {
+        vihl: 0x45,
+        tos: 0,
+        // For a GSO skb this is rewritten per segment by the stack.
+        tot_len: ((outer_len - ETH_HDR_LEN) as u16).to_be_bytes(),
+        id: ip_id.to_be_bytes(),
+        frags: IPV4_DONT_FRAGMENT.to_be_bytes(),
+        ttl: node.ttl,
+        proto: IPPROTO_UDP,
+        check: [0; 2],
+        src_addr: node.vtep_addr_be.to_ne_bytes(),
+        dst_addr: remote_vtep_be.to_ne_bytes(),
+    };
+    headers.udp = UdpHdr {
+        src: source_port.to_be_bytes(),
+        dst: node.vxlan_port_be.to_ne_bytes(),
+        len: ((outer_len - ETH_HDR_LEN - IPV4_HDR_LEN) as u16).to_be_bytes(),
+        // Zero: no UDP checksum over IPv4 (RFC 7348 section 5).
+        check: [0; 2],
+    };
+    headers.vxlan = VxlanHdr {
+        flags: VXLAN_FLAG_VNI_VALID,
+        _reserved1: [0; 3],
+        vni: [(vni >> 16) as u8, (vni >> 8) as u8, vni as u8],
+        _reserved2: 0,
+    };
+    headers.inner_eth = *inner_eth;
+    headers.ip.check = ipv4_header_checksum(&headers.ip).to_be_bytes();
+    ctx.store(0, headers, 0).map_err(|_| Reason::ENCAP_FAILED)
+}
+
+/// Sends an encapsulated frame out along `route`: straight to the next hop
+/// when its MAC is known, else through the kernel's neighbour resolution
+/// (which queues the packet meanwhile and writes the MACs itself).
+#[inline(always)]
+pub fn send_along(route: &Route) -> Result<i32, Reason> {
+    let action = if route.resolved {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(route.ifindex, 0) }
+    } else {
+        // SAFETY: all-zero is a valid bpf_redir_neigh; the union member we
+        // set is the one nh_family selects.
+        let mut next_hop: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        next_hop.nh_family = AF_INET as u32;
+        next_hop.__bindgen_anon_1.ipv4_nh = route.next_hop_be;
+        // SAFETY: next_hop is a valid, fully sized parameter block.
+        unsafe {
+            bpf_redirect_neigh(
+                route.ifindex,
+                &mut next_hop,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        }
+    } as i32;
+    if action == TC_ACT_REDIRECT as i32 {
+        Ok(action)
+    } else {
+        Err(Reason::NO_UNDERLAY_ROUTE)
+    }
+}
+
+/// IPv4 total length of the largest outer packet this frame becomes: for a
+/// GSO skb one segment (gso_size plus the inner IP and transport headers),
+/// otherwise the whole frame.
+#[inline(always)]
+pub fn outer_ip_len(ctx: &TcContext, inner_eth: &EthHdr) -> u32 {
+    // SAFETY: reading context fields.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let inner_l3_len = if gso_size == 0 {
+        ctx.len() - ETH_HDR_LEN as u32
+    } else {
+        gso_size + inner_headers_len(ctx, inner_eth)
+    };
+    inner_l3_len + VXLAN_ENCAP_LEN as u32
+}
+
+/// Length of the inner IP and TCP/UDP headers of a GSO frame.
+#[inline(always)]
+fn inner_headers_len(ctx: &TcContext, inner_eth: &EthHdr) -> u32 {
+    let (l3_len, protocol) = if inner_eth.ether_type == ETH_P_IPV4.to_be() {
+        let vihl: u8 = ctx.load(ETH_HDR_LEN).unwrap_or(0x45);
+        let protocol: u8 = ctx.load(ETH_HDR_LEN + 9).unwrap_or(IPPROTO_TCP);
+        (((vihl & 0x0f) as u32) * 4, protocol)
+    } else {
+        // Extension headers are not followed: GSO packets do not carry them.
+        let next_header: u8 = ctx.load(ETH_HDR_LEN + 6).unwrap_or(IPPROTO_TCP);
+        (IPV6_HDR_LEN as u32, next_header)
+    };
+    let l4_len = if protocol == IPPROTO_TCP {
+        let data_offset: u8 = ctx
+            .load(ETH_HDR_LEN + l3_len as usize + 12)
+            .unwrap_or(5 << 4);
+        ((data_offset >> 4) as u32) * 4
+    } else {
+        UDP_HDR_LEN as u32
+    };
+    l3_len + l4_len
+}
+
+/// Wraps the frame in outer headers addressed to `remote_vtep_be` and sends
+/// it along `route` (from [`route_to_peer`], which also settled that it fits).
+// Verifier/stack: a BPF-to-BPF call of its own, so the frames this path
+// builds do not share the caller's 512-byte stack with the other paths'.
+#[inline(never)]
+pub fn encap_along(
+    frame: &EndpointFrame,
+    remote_vtep_be: u32,
+    route: &Route,
+    source_port: u16,
+) -> PackedVerdict {
+    PackedVerdict::pack(try_encap_along(frame, remote_vtep_be, route, source_port).map(Some))
+}
+
+#[inline(always)]
+fn try_encap_along(
+    frame: &EndpointFrame,
+    remote_vtep_be: u32,
+    route: &Route,
+    source_port: u16,
+) -> Result<Verdict<i32>, Reason> {
+    let EndpointFrame {
+        ctx,
+        node,
+        vni,
+        eth: inner_eth,
+        ..
+    } = frame;
+    let inner_is_ip = is_ip(inner_eth.ether_type);
+    // bpf_redirect_neigh() resolves the next hop, but only for IP skbs.
+    if !route.resolved && !inner_is_ip {
+        return Err(Reason::UNDERLAY_NEIGHBOUR_UNRESOLVED);
+    }
+    let ip_id = next_ip_id(ctx);
+    grow_for_outer_headers(ctx, inner_is_ip)?;
+    write_outer_headers(
+        ctx,
+        node,
+        *vni,
+        remote_vtep_be,
+        route,
+        source_port,
+        ip_id,
+        inner_eth,
+    )?;
+    let action = send_along(route)?;
+    Ok(Verdict {
+        action,
+        reason: Reason::FORWARDED,
+    })
+}
