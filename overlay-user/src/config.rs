@@ -741,6 +741,57 @@ vtep_address = "192.0.2.2"
     }
 
     #[test]
+    fn ipv6_addresses_parse_and_must_be_unique_per_vni() {
+        let with_v6 = GOOD
+            .replace("ip = \"10.10.0.1\"", "ip = \"10.10.0.1\"\nipv6 = \"fd00::1\"")
+            .replace("  ip = \"10.10.0.2\"", "  ip = \"10.10.0.2\"\n  ipv6 = \"fd00::2\"");
+        let config = parse(&with_v6).unwrap();
+        assert_eq!(config.endpoints[0].ipv6, Some("fd00::1".parse().unwrap()));
+        assert_eq!(config.peers[0].endpoints[0].ipv6, Some("fd00::2".parse().unwrap()));
+        let p = only_problem(&with_v6.replace("fd00::2", "fd00::1"));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].endpoints[0].ipv6", "fd00::1"));
+        let p = only_problem(&with_v6.replace("fd00::1", "ff02::1"));
+        assert_eq!(p.field, "endpoints[0].ipv6");
+        let p = only_problem(&with_v6.replace("fd00::1", "fd00::zz"));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[0].ipv6", "fd00::zz"));
+    }
+
+    #[test]
+    fn flood_limits_default_and_override_per_vni() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.flood_limit(100), DEFAULT_FLOOD_LIMIT);
+        let text = GOOD.replace("vtep_address = \"192.0.2.1\"", "vtep_address = \"192.0.2.1\"\nflood_limit = 8");
+        assert_eq!(parse(&text).unwrap().flood_limit(100), 8);
+        let text = format!("{GOOD}\n[[vnis]]\nvni = 100\nflood_limit = 2\n");
+        assert_eq!(parse(&text).unwrap().flood_limit(100), 2);
+        let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 100\nflood_limit = 1000\n"));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("vnis[0].flood_limit", "1000"));
+        let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 300\n"));
+        assert_eq!((p.field.as_str(), p.value.as_str()), ("vnis[0].vni", "300"));
+    }
+
+    #[test]
+    fn peer_vnis_include_extra_ones() {
+        let text = GOOD.replace("vtep_address = \"192.0.2.2\"", "vtep_address = \"192.0.2.2\"\nvnis = [300]");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.peers[0].vnis().into_iter().collect::<Vec<_>>(), vec![100, 300]);
+        let p = only_problem(&GOOD.replace("vtep_address = \"192.0.2.2\"", "vtep_address = \"192.0.2.2\"\nvnis = [0]"));
+        assert_eq!(p.field, "peers[0].vnis[0]");
+    }
+
+    #[test]
+    fn too_many_ports_in_one_vni_is_rejected() {
+        let mut text = GOOD.to_owned();
+        for i in 0..FLOOD_MAX_LOCAL_PORTS {
+            text.push_str(&format!(
+                "\n[[endpoints]]\ninterface = \"port{i}\"\nmac = \"02:00:00:01:00:{i:02x}\"\nip = \"10.10.1.{i}\"\nvni = 100\n"
+            ));
+        }
+        let p = only_problem(&text);
+        assert!(p.field.ends_with(".interface") && p.message.contains("VNI 100"), "{p}");
+    }
+
+    #[test]
     fn missing_file_names_the_path() {
         let err = Config::load(Path::new("/nonexistent/overlay/node.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");

@@ -110,7 +110,18 @@ fn run(path: PathBuf, xdp_mode: XdpAttachMode, counters_interval: u64) -> anyhow
             .context("enabling IPv4 forwarding on the underlay device")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
         let mode = datapath.attach(&resolved, xdp_mode).context("attaching the datapath")?;
+        for (peer, error) in overlay::neighbour::keep_peers_resolved(&resolved.config) {
+            log::warn!("peer {peer}: cannot keep its underlay next hop resolved ({error}); flooded and non-IP frames to it may be lost until it is");
+        }
         let node = &resolved.config.node;
+        match overlay::netdev::mtu(&node.underlay_interface) {
+            Ok(mtu) => log::info!(
+                "overlay MTU {} (underlay {} MTU {mtu} less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
+                mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32),
+                node.underlay_interface
+            ),
+            Err(error) => log::warn!("reading the MTU of {}: {error}", node.underlay_interface),
+        }
         log::info!(
             "node {} forwarding: VTEP {} port {}, underlay {} (XDP {mode}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
             node.name,

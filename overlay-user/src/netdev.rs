@@ -17,6 +17,33 @@ pub fn ifindex(name: &str) -> Option<u32> {
     }
 }
 
+/// The MTU of interface `name` (SIOCGIFMTU ioctl).
+pub fn mtu(name: &str) -> std::io::Result<u32> {
+    // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain syscalls on a socket we own; the ifreq outlives them.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(socket, libc::SIOCGIFMTU, &mut request);
+        let error = std::io::Error::last_os_error();
+        libc::close(socket);
+        if rc < 0 {
+            return Err(error);
+        }
+        Ok(request.ifr_ifru.ifru_mtu as u32)
+    }
+}
+
 /// A configuration whose interfaces all exist, with their indexes.
 #[derive(Clone, Debug)]
 pub struct ResolvedConfig {
