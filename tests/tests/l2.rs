@@ -196,3 +196,64 @@ fn path_mtu_discovery_converges_when_container_mtu_is_too_high() {
     let sent: u64 = outputs.iter().map(|(_, o)| counted(o, "from-endpoint", "icmp-too-big-sent")).sum();
     assert!(sent >= 1, "expected ICMP too-big answers in the counters:\n{outputs:?}");
 }
+
+/// Interop with the Linux kernel's vxlan device and bridge on `port`: two
+/// VNIs, in both directions ARP (the kernel floods it, we answer or steer
+/// it), ping, IPv6 (ping6 and TCP) and flooding to an address only the
+/// other side's container holds.
+fn interop_with_kernel_vxlan(scope: &str, port: u16) {
+    let spec = LabSpec {
+        scope: scope.into(),
+        vxlan_port: port,
+        hosts: vec![
+            HostSpec { name: "h1".into(), kind: HostKind::Overlay, containers: vec![container("blue", 7, 1, 100), container("green", 8, 1, 200)] },
+            HostSpec { name: "h2".into(), kind: HostKind::KernelVxlan, containers: vec![container("blue", 7, 2, 100), container("green", 8, 2, 200)] },
+        ],
+    };
+    let mut lab = Lab::build(spec).expect("building the lab");
+    for host in ["h1", "h2"] {
+        for tenant in ["blue", "green"] {
+            let last = if host == "h1" { 1 } else { 2 };
+            let interface = inside_interface(&lab, host, tenant);
+            lab.container(host, tenant).netns.ip(&["addr", "add", &format!("fd00::{last}/64"), "dev", &interface, "nodad"]).unwrap();
+        }
+    }
+    // Addresses no configuration knows, one on each side: found only by flooding.
+    let blue_on = |host: &str| inside_interface(&lab, host, "blue");
+    lab.container("h1", "blue").netns.ip(&["addr", "add", "10.10.0.101/24", "dev", &blue_on("h1")]).unwrap();
+    lab.container("h2", "blue").netns.ip(&["addr", "add", "10.10.0.102/24", "dev", &blue_on("h2")]).unwrap();
+    start(&mut lab);
+
+    for tenant in ["blue", "green"] {
+        // The kernel side first: its ARP request reaches us flooded as VXLAN.
+        let (kernel, ours) = (&lab.container("h2", tenant).netns, &lab.container("h1", tenant).netns);
+        assert_ping(&lab, kernel, Ipv4Addr::new(10, 10, 0, 1), &format!("{tenant}: kernel vxlan -> overlay"));
+        assert_ping(&lab, ours, Ipv4Addr::new(10, 10, 0, 2), &format!("{tenant}: overlay -> kernel vxlan"));
+        for (from, target) in [(kernel, "fd00::1"), (ours, "fd00::2")] {
+            let output = from.command("ping").args(["-6", "-c", "2", "-i", "0.2", "-W", "2", target]).output().unwrap();
+            assert!(output.status.success(), "{tenant}: ping6 {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), agent_logs(&lab));
+        }
+    }
+    // Flooding both ways: ARP for an unconfigured address crosses as BUM.
+    assert_ping(&lab, &lab.container("h1", "blue").netns, Ipv4Addr::new(10, 10, 0, 102), "overlay floods to the kernel VTEP");
+    assert_ping(&lab, &lab.container("h2", "blue").netns, Ipv4Addr::new(10, 10, 0, 101), "kernel VTEP floods to the overlay");
+    // TCP over IPv6, and tenants stay apart across the two implementations.
+    let _servers = [
+        NameServer::start(&lab.container("h2", "blue").netns, "blue@kernel").unwrap(),
+        NameServer::start(&lab.container("h2", "green").netns, "green@kernel").unwrap(),
+    ];
+    for tenant in ["blue", "green"] {
+        let answer = ask_name(&lab.container("h1", tenant).netns, IpAddr::V6("fd00::2".parse().unwrap())).unwrap();
+        assert_eq!(answer, format!("{tenant}@kernel"), "{tenant}: TCP over IPv6 reached the wrong container");
+    }
+}
+
+#[test]
+fn interoperates_with_kernel_vxlan_on_4789() {
+    interop_with_kernel_vxlan("kvx4789", 4789);
+}
+
+#[test]
+fn interoperates_with_kernel_vxlan_on_8472() {
+    interop_with_kernel_vxlan("kvx8472", 8472);
+}
