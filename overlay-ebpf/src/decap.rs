@@ -115,6 +115,9 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
 
     // SAFETY: plain helper call; no packet pointer is used after it.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, VXLAN_ENCAP_LEN as i32) } != 0 {
+        // Should never happen: worth a log line (cold path, outside any loop,
+        // so it costs the verifier little at any log level).
+        aya_log_ebpf::warn!(ctx, "bpf_xdp_adjust_head failed on a VXLAN frame of {} bytes", end - start);
         return Err(Reason::DECAP_FAILED);
     }
     // SAFETY: plain helper call.

@@ -103,15 +103,8 @@ pub fn route_to_peer(
         // The helper is a forwarding lookup: it refuses to route when IPv4
         // forwarding is off on the device it looks up from.
         BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::UNDERLAY_FORWARDING_DISABLED),
-        _ => {
-            aya_log_ebpf::debug!(
-                ctx,
-                "underlay FIB lookup for {:i} failed: rc {}",
-                u32::from_be(remote_vtep_be),
-                rc
-            );
-            return Err(Reason::NO_UNDERLAY_ROUTE);
-        }
+        // Unreachable, blackhole, prohibited, no source address, ...
+        _ => return Err(Reason::NO_UNDERLAY_ROUTE),
     };
     Ok(RouteLookup::Found(Route {
         ifindex: fib.ifindex,

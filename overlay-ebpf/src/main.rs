@@ -2,6 +2,11 @@
 //!
 //! Entry points are thin: they run a `try_*` function, count the outcome or
 //! drop reason, and return the hook's action. Nothing is dropped uncounted.
+//!
+//! There is no per-packet logging: a log call is code the verifier walks
+//! once for every distinct state that reaches it, and per-drop logs pushed
+//! the endpoint program past the verifier's budget at debug level. Drops
+//! are counted by reason instead (see tests/tests/load.rs).
 #![no_std]
 #![no_main]
 
@@ -21,7 +26,6 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use aya_log_ebpf::debug;
 use overlay_common::Direction;
 
 use crate::counters::count;
@@ -37,7 +41,6 @@ pub fn overlay_decap(ctx: XdpContext) -> u32 {
         }
         Err(reason) => {
             count(Direction::FROM_UNDERLAY, reason, bytes);
-            debug!(&ctx, "decap drop: reason {}", reason.0);
             xdp_action::XDP_DROP
         }
     }
@@ -54,7 +57,6 @@ pub fn overlay_endpoint(ctx: TcContext) -> i32 {
         }
         Err(reason) => {
             count(Direction::FROM_ENDPOINT, reason, bytes);
-            debug!(&ctx, "endpoint drop: reason {}", reason.0);
             TC_ACT_SHOT
         }
     }
@@ -73,7 +75,6 @@ pub fn overlay_underlay_flood(ctx: TcContext) -> i32 {
         Ok(None) => flood::PASS_UNTOUCHED,
         Err(reason) => {
             count(Direction::FROM_UNDERLAY, reason, bytes);
-            debug!(&ctx, "underlay flood drop: reason {}", reason.0);
             TC_ACT_SHOT
         }
     }
