@@ -68,6 +68,10 @@ pub mod maps {
     /// Peer VTEP IPv4 address -> [`crate::PeerInfo`]: who may send us VXLAN.
     pub const PEERS: &str = "PEERS";
     pub const PEERS_CAPACITY: u32 = 4096;
+    /// (peer VTEP, VNI) -> [`crate::PeerInfo`]: which peer may send which
+    /// VNI, so a peer of one tenant cannot inject frames into another.
+    pub const PEER_VNIS: &str = "PEER_VNIS";
+    pub const PEER_VNIS_CAPACITY: u32 = 65536;
     /// (VNI, IPv4 address) -> [`crate::NeighbourEntry`] (its MAC), for ARP answers.
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const NEIGHBOURS_CAPACITY: u32 = 65536;
@@ -133,6 +137,15 @@ pub struct VniIpv4 {
     pub addr_be: u32,
 }
 const _: () = assert!(core::mem::size_of::<VniIpv4>() == 8);
+
+/// Key of the peer-VNI table: a peer VTEP and a VNI it carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerVni {
+    pub vtep_addr_be: u32,
+    pub vni: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerVni>() == 8);
 
 /// FDB value: where a remote MAC lives.
 #[repr(C)]
@@ -247,6 +260,7 @@ mod pod {
     unsafe impl aya::Pod for super::VniMac {}
     unsafe impl aya::Pod for super::VniIpv4 {}
     unsafe impl aya::Pod for super::VniIpv6 {}
+    unsafe impl aya::Pod for super::PeerVni {}
     unsafe impl aya::Pod for super::FloodTargets {}
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::LocalEndpoint {}

@@ -129,8 +129,10 @@ reasons! {
     TOO_BIG_NO_DF = 37, "too-big-no-df";
     /// Flooded frame from a peer that this node has no flood list for (no local port in its VNI).
     NO_FLOOD_TARGETS = 38, "no-flood-targets";
-    /// IPv6 neighbour solicitation too short or malformed.
+    /// IPv6 neighbour solicitation with a bad code, hop limit (RFC 4861 section 7.1.1) or length.
     ND_MALFORMED = 39, "nd-malformed";
+    /// VXLAN from a configured peer for a VNI that peer does not carry (tenant isolation).
+    PEER_NOT_IN_VNI = 40, "peer-not-in-vni";
 }
 
 impl Reason {

@@ -17,7 +17,7 @@ use overlay_common::{
 
 use crate::{
     arp::{self, ArpBroadcast},
-    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, PEERS, VNIS, node_config},
+    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, admit, node_config},
     packet::{BROADCAST_MAC, Verdict, is_inner_vlan, is_multicast, ptr_at},
 };
 
@@ -80,11 +80,6 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     if ihl != 5 {
         return Err(Reason::OUTER_IP_OPTIONS);
     }
-    let source_be = u32::from_ne_bytes(ip.src_addr);
-    // SAFETY: presence test only.
-    if unsafe { PEERS.get(&source_be) }.is_none() {
-        return Err(Reason::UNKNOWN_PEER);
-    }
     let ip_total = u16::from_be_bytes(ip.tot_len) as usize;
     let udp_total = u16::from_be_bytes(udp.len) as usize;
     if ETH_HDR_LEN + ip_total != end - start || IPV4_HDR_LEN + udp_total != ip_total {
@@ -98,10 +93,9 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
         return Err(Reason::VXLAN_FLAGS_INVALID);
     }
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
-    // SAFETY: presence test only.
-    if unsafe { VNIS.get(&vni) }.is_none() {
-        return Err(Reason::UNKNOWN_VNI);
-    }
+    // Only a configured peer, and only for a VNI it carries (spoofing and
+    // tenant isolation).
+    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
     let ifindex = match delivery_for(start, end, vni)? {
         Delivery::Port(ifindex) => ifindex,
         // XDP cannot clone: the TC program on this device replicates it.

@@ -21,7 +21,7 @@ use overlay_common::{
 
 use crate::{
     encap::{self, RouteLookup},
-    maps::{FLOOD, PEERS, VNIS, node_config},
+    maps::{FLOOD, VNIS, admit, node_config},
     packet::{EndpointFrame, PackedVerdict, Verdict, is_inner_vlan, is_multicast},
 };
 
@@ -81,9 +81,19 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
         sent += 1;
     }
 
-    if remote_budget > 0 {
+    // The size check is made once, against the first peer's route (peers
+    // share the underlay device and its MTU). Verifier: a flag set per copy
+    // inside the loop doubles the states the verifier walks per iteration
+    // and exhausted its budget. A flooded frame gets no ICMP answer: one too
+    // big for the underlay reaches local ports only, and is counted so.
+    let outer_len = encap::outer_ip_len(ctx, inner_eth);
+    let source_port = encap::source_port_for(ctx, node);
+    // SAFETY: the map value stays valid for the program's run.
+    let first_vtep = unsafe { (*targets).remote_vtep_be[0] };
+    let too_big = remote_budget > 0
+        && matches!(encap::route_to_peer(ctx, node, first_vtep, source_port, outer_len), Ok(RouteLookup::TooBig(_)));
+    if remote_budget > 0 && !too_big {
         let inner_is_ip = encap::is_ip(inner_eth.ether_type);
-        let source_port = encap::source_port_for(ctx, node);
         let ip_id = encap::next_ip_id(ctx);
         encap::grow_for_outer_headers(ctx, inner_is_ip)?;
         for i in 0..FLOOD_MAX_REMOTE_VTEPS {
@@ -94,15 +104,11 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
             let vtep = unsafe { (*targets).remote_vtep_be[i] };
             // Copies are cloned, and a clone cannot wait for neighbour
             // resolution: a peer whose next hop is unresolved misses this
-            // flood (unicast traffic resolves it).
-            let Ok(RouteLookup::Found(route)) =
-                encap::route_to_peer(ctx, node, vtep, source_port, 0)
-            else {
-                continue;
+            // flood (the agent keeps peers' next hops resolved).
+            let route = match encap::route_to_peer(ctx, node, vtep, source_port, 0) {
+                Ok(RouteLookup::Found(route)) if route.resolved => route,
+                _ => continue,
             };
-            if !route.resolved {
-                continue;
-            }
             encap::write_outer_headers(
                 ctx,
                 node,
@@ -117,6 +123,8 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
             unsafe { bpf_clone_redirect(ctx.skb.skb, route.ifindex, 0) };
         }
     }
+    // Frames too big for the underlay reached local ports only: say so.
+    let reason = if too_big { Reason::TOO_BIG_FOR_UNDERLAY } else { reason };
     // Every copy has gone; the original is done with.
     Ok(Verdict {
         action: TC_ACT_SHOT,
@@ -124,6 +132,8 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
     })
 }
 
+/// IPv4 flags/fragment-offset field: More Fragments flag and offset bits.
+const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 const VXLAN_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN;
 
 /// TC ingress of the underlay: replicates a broadcast or multicast VXLAN
@@ -142,8 +152,11 @@ pub fn try_underlay_flood(ctx: &TcContext) -> Result<Option<Verdict<i32>>, Reaso
     let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HDR_LEN) else {
         return Ok(None);
     };
-    // XDP has dropped VXLAN with options or fragments; anything else is not ours.
+    // XDP has dropped VXLAN with options and first fragments; a later
+    // fragment has no UDP header at all (its data could look like one) and
+    // is the stack's to reassemble: not ours.
     if ip.vihl != 0x45
+        || u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0
         || ip.proto != IPPROTO_UDP
         || u32::from_ne_bytes(ip.dst_addr) != node.vtep_addr_be
     {
@@ -161,11 +174,6 @@ pub fn try_underlay_flood(ctx: &TcContext) -> Result<Option<Verdict<i32>>, Reaso
     if !is_multicast(&inner.dst_addr) {
         return Ok(None); // unicast was delivered or dropped by XDP
     }
-    // Checked again, so that this path is safe on its own.
-    // SAFETY: presence test only.
-    if unsafe { PEERS.get(&u32::from_ne_bytes(ip.src_addr)) }.is_none() {
-        return Err(Reason::UNKNOWN_PEER);
-    }
     let vxlan: VxlanHdr = ctx
         .load(VXLAN_OFFSET)
         .map_err(|_| Reason::VXLAN_TRUNCATED)?;
@@ -176,6 +184,8 @@ pub fn try_underlay_flood(ctx: &TcContext) -> Result<Option<Verdict<i32>>, Reaso
         return Err(Reason::INNER_VLAN);
     }
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
+    // Checked again, so that this path is safe on its own.
+    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
     let targets: *const FloodTargets = FLOOD.get_ptr(&vni).ok_or(Reason::NO_FLOOD_TARGETS)?;
 
     // Decapsulate: the inner Ethernet header goes over the outer one, then

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use overlay_common::{
-    Counter, FdbEntry, FloodTargets, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo, PortInfo,
-    VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    Counter, FdbEntry, FloodTargets, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo, PeerVni,
+    PortInfo, Reason, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 #[map]
@@ -26,6 +26,9 @@ pub static PORTS: HashMap<u32, PortInfo> = HashMap::with_max_entries(maps::PORTS
 
 #[map]
 pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(maps::PEERS_CAPACITY, 0);
+
+#[map]
+pub static PEER_VNIS: HashMap<PeerVni, PeerInfo> = HashMap::with_max_entries(maps::PEER_VNIS_CAPACITY, 0);
 
 #[map]
 pub static NEIGHBOURS: HashMap<VniIpv4, NeighbourEntry> =
@@ -83,6 +86,23 @@ pub fn scratch_fib() -> Option<&'static mut bpf_fib_lookup> {
     SCRATCH
         .get_ptr_mut(0)
         .map(|buffer| unsafe { &mut (*buffer).fib })
+}
+
+/// Whether VXLAN from `source_be` for `vni` is accepted: one lookup on the
+/// fast path; on a miss, which check failed.
+#[inline(always)]
+pub fn admit(source_be: u32, vni: u32) -> Result<(), Reason> {
+    // SAFETY (all three): presence tests only.
+    if unsafe { PEER_VNIS.get(&PeerVni { vtep_addr_be: source_be, vni }) }.is_some() {
+        return Ok(());
+    }
+    if unsafe { PEERS.get(&source_be) }.is_none() {
+        Err(Reason::UNKNOWN_PEER)
+    } else if unsafe { VNIS.get(&vni) }.is_none() {
+        Err(Reason::UNKNOWN_VNI)
+    } else {
+        Err(Reason::PEER_NOT_IN_VNI)
+    }
 }
 
 /// This node's settings, once the agent has written them.

@@ -199,6 +199,7 @@ impl Datapath {
             maps::LOCAL_ENDPOINTS,
             maps::PORTS,
             maps::PEERS,
+            maps::PEER_VNIS,
             maps::NEIGHBOURS,
             maps::NEIGHBOURS6,
             maps::FLOOD,
@@ -251,6 +252,7 @@ impl Datapath {
         let ebpf = &mut self.ebpf;
         let vnis = diff(&old.vnis, &new.vnis);
         let peers = diff(&old.peers, &new.peers);
+        let peer_vnis = diff(&old.peer_vnis, &new.peer_vnis);
         let local = diff(&old.local_endpoints, &new.local_endpoints);
         let neighbours = diff(&old.neighbours, &new.neighbours);
         let neighbours6 = diff(&old.neighbours6, &new.neighbours6);
@@ -267,6 +269,7 @@ impl Datapath {
         }
         upsert(ebpf, maps::VNIS, &vnis, &old.vnis, undo)?;
         upsert(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
+        upsert(ebpf, maps::PEER_VNIS, &peer_vnis, &old.peer_vnis, undo)?;
         upsert(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
         upsert(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
         upsert(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
@@ -279,6 +282,7 @@ impl Datapath {
         delete(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
         delete(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
         delete(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
+        delete(ebpf, maps::PEER_VNIS, &peer_vnis, &old.peer_vnis, undo)?;
         delete(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
         delete(ebpf, maps::VNIS, &vnis, &old.vnis, undo)?;
         Ok(ApplyReport {
@@ -286,6 +290,7 @@ impl Datapath {
                 (maps::NODE, node_changed as usize),
                 (maps::VNIS, vnis.len()),
                 (maps::PEERS, peers.len()),
+                (maps::PEER_VNIS, peer_vnis.len()),
                 (maps::LOCAL_ENDPOINTS, local.len()),
                 (maps::NEIGHBOURS, neighbours.len()),
                 (maps::NEIGHBOURS6, neighbours6.len()),

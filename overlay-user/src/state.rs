@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use overlay_common::{
     FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LocalEndpoint,
-    NeighbourEntry, NodeConfig, PeerInfo, PortInfo, VniInfo, VniIpv4, VniIpv6, VniMac,
+    NeighbourEntry, NodeConfig, PeerInfo, PeerVni, PortInfo, VniInfo, VniIpv4, VniIpv6, VniMac,
 };
 
 use crate::netdev::ResolvedConfig;
@@ -20,6 +20,7 @@ pub struct MapState {
     pub local_endpoints: BTreeMap<VniMac, LocalEndpoint>,
     pub fdb: BTreeMap<VniMac, FdbEntry>,
     pub peers: BTreeMap<u32, PeerInfo>,
+    pub peer_vnis: BTreeMap<PeerVni, PeerInfo>,
     pub neighbours: BTreeMap<VniIpv4, NeighbourEntry>,
     pub neighbours6: BTreeMap<VniIpv6, NeighbourEntry>,
     pub flood: BTreeMap<u32, FloodTargets>,
@@ -72,6 +73,10 @@ impl MapState {
             state.peers.insert(vtep_addr_be, PeerInfo { flags: 0, _reserved: 0 });
             for vni in peer.vnis() {
                 flood_vteps.entry(vni).or_default().insert(vtep_addr_be);
+                // Only VNIs this node carries: VXLAN for others is dropped anyway.
+                if state.vnis.contains_key(&vni) {
+                    state.peer_vnis.insert(PeerVni { vtep_addr_be, vni }, PeerInfo { flags: 0, _reserved: 0 });
+                }
             }
             for endpoint in &peer.endpoints {
                 if let Some(ipv6) = endpoint.ipv6 {

@@ -1,12 +1,14 @@
 //! Test frames built from named header fields, and the outer headers of a
 //! VXLAN frame read back field by field.
 //!
-//! This is an independent encoding of the wire formats (IEEE 802.3, RFC 791,
-//! 768, 826, 792, 8200, 9293, 7348): it deliberately shares no constant or
+//! This is an independent encoding of the wire formats (IEEE 802.3, 802.1Q,
+//! RFC 791, 768, 826, 792, 8200, 4443, 4861, 9293, 7348): it deliberately
+//! shares no constant or
 //! layout with the datapath, so a wrong number there cannot hide behind the
 //! same wrong number here. Fields are in host byte order; the builders write
-//! network byte order. Lengths and the IPv4 header checksum are computed;
-//! checksums the datapath never reads (UDP, TCP) are left zero.
+//! network byte order. Lengths, the IPv4 header checksum and the ICMP and
+//! ICMPv6 checksums are computed; checksums the datapath never reads (UDP,
+//! TCP) are left zero.
 use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
@@ -15,10 +17,15 @@ use std::{
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86DD;
+/// TPID of an 802.1Q (customer) VLAN tag.
+pub const ETHERTYPE_8021Q: u16 = 0x8100;
+/// TPID of an 802.1ad (service, "QinQ") VLAN tag.
+pub const ETHERTYPE_8021AD: u16 = 0x88A8;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// IPv4 flags/fragment-offset field: Don't Fragment.
 pub const IPV4_DONT_FRAGMENT: u16 = 0x4000;
@@ -30,6 +37,8 @@ pub const ETHERNET_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
 pub const VXLAN_LEN: usize = 8;
+/// An IPv6 header (no extension headers).
+pub const IPV6_LEN: usize = 40;
 /// Offset of the IPv4 header in an Ethernet frame.
 const IPV4_AT: usize = ETHERNET_LEN;
 /// Offset of the UDP header behind an option-less IPv4 header.
@@ -86,6 +95,18 @@ impl Ethernet {
         frame.extend_from_slice(payload);
         frame
     }
+}
+
+/// An 802.1Q tag and what it carries: the bytes after an Ethernet header
+/// whose EtherType is the tag's TPID ([`ETHERTYPE_8021Q`] or
+/// [`ETHERTYPE_8021AD`]). Priority and DEI are zero.
+pub fn vlan_tagged(vlan_id: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    assert!(vlan_id < 0x1000, "VLAN ID {vlan_id} does not fit 12 bits");
+    let mut tagged = Vec::with_capacity(4 + payload.len());
+    tagged.extend_from_slice(&vlan_id.to_be_bytes());
+    tagged.extend_from_slice(&ethertype.to_be_bytes());
+    tagged.extend_from_slice(payload);
+    tagged
 }
 
 /// An IPv4 header; total length and header checksum are computed.
@@ -164,6 +185,97 @@ impl Ipv6 {
         packet.extend_from_slice(payload);
         packet
     }
+
+    /// This header followed by the ICMPv6 `message` (whose checksum field
+    /// is zero), with the checksum filled in.
+    pub fn icmpv6_packet(&self, message: &[u8]) -> Vec<u8> {
+        assert_eq!(self.next_header, IPPROTO_ICMPV6, "an ICMPv6 message needs next header 58");
+        let mut message = message.to_vec();
+        let checksum = icmpv6_checksum(self.src, self.dst, &message);
+        message[2..4].copy_from_slice(&checksum.to_be_bytes());
+        self.packet(&message)
+    }
+}
+
+/// The ICMPv6 checksum (RFC 4443 section 2.3) of `message` from `src` to
+/// `dst`: the Internet checksum over the IPv6 pseudo-header (RFC 8200
+/// section 8.1) and the message, whose own checksum field is zero.
+pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
+    let length = u32::try_from(message.len()).expect("ICMPv6 message over 4 GiB");
+    let mut summed = Vec::with_capacity(IPV6_LEN + message.len());
+    summed.extend_from_slice(&src.octets());
+    summed.extend_from_slice(&dst.octets());
+    summed.extend_from_slice(&length.to_be_bytes());
+    summed.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+    summed.extend_from_slice(message);
+    internet_checksum(&summed)
+}
+
+/// An ICMPv6 message (RFC 4443 section 2.1): type, code, a zero checksum
+/// (see [`Ipv6::icmpv6_packet`]) and `body`.
+pub fn icmpv6_message(message_type: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![message_type, code, 0, 0];
+    message.extend_from_slice(body);
+    message
+}
+
+pub const ICMPV6_DESTINATION_UNREACHABLE: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ND_ROUTER_SOLICITATION: u8 = 133;
+pub const ND_NEIGHBOUR_SOLICITATION: u8 = 135;
+pub const ND_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+/// Neighbour advertisement flags (RFC 4861 section 4.4), in the first
+/// 32-bit word after the checksum.
+pub const NA_FLAG_ROUTER: u32 = 0x8000_0000;
+pub const NA_FLAG_SOLICITED: u32 = 0x4000_0000;
+pub const NA_FLAG_OVERRIDE: u32 = 0x2000_0000;
+/// ND option types (RFC 4861 section 4.6.1).
+const ND_OPTION_SOURCE_LINK_LAYER: u8 = 1;
+const ND_OPTION_TARGET_LINK_LAYER: u8 = 2;
+
+/// A neighbour solicitation for `target` (RFC 4861 section 4.3), with a
+/// source link-layer address option when `source_mac` is given (it must
+/// not be when the source is the unspecified address).
+pub fn neighbour_solicitation(target: Ipv6Addr, source_mac: Option<Mac>) -> Vec<u8> {
+    let mut body = vec![0; 4]; // reserved
+    body.extend_from_slice(&target.octets());
+    if let Some(mac) = source_mac {
+        body.extend_from_slice(&[ND_OPTION_SOURCE_LINK_LAYER, 1]); // length in 8-byte units
+        body.extend_from_slice(&mac.0);
+    }
+    icmpv6_message(ND_NEIGHBOUR_SOLICITATION, 0, &body)
+}
+
+/// A neighbour advertisement for `target` (RFC 4861 section 4.4) with the
+/// given `NA_FLAG_*` bits and a target link-layer address option when
+/// `target_mac` is given.
+pub fn neighbour_advertisement(flags: u32, target: Ipv6Addr, target_mac: Option<Mac>) -> Vec<u8> {
+    let mut body = flags.to_be_bytes().to_vec();
+    body.extend_from_slice(&target.octets());
+    if let Some(mac) = target_mac {
+        body.extend_from_slice(&[ND_OPTION_TARGET_LINK_LAYER, 1]);
+        body.extend_from_slice(&mac.0);
+    }
+    icmpv6_message(ND_NEIGHBOUR_ADVERTISEMENT, 0, &body)
+}
+
+/// The solicited-node multicast address of `address` (RFC 4291 section
+/// 2.7.1): ff02::1:ff00:0/104 and its low 24 bits.
+pub fn solicited_node(address: Ipv6Addr) -> Ipv6Addr {
+    let octets = address.octets();
+    let mut group = [0u8; 16];
+    group[..2].copy_from_slice(&[0xff, 0x02]);
+    group[11..13].copy_from_slice(&[0x01, 0xff]);
+    group[13..].copy_from_slice(&octets[13..]);
+    Ipv6Addr::from(group)
+}
+
+/// The Ethernet address of an IPv6 multicast group (RFC 2464 section 7):
+/// 33:33 and the group's low 32 bits.
+pub fn ipv6_multicast_mac(group: Ipv6Addr) -> Mac {
+    let octets = group.octets();
+    Mac([0x33, 0x33, octets[12], octets[13], octets[14], octets[15]])
 }
 
 /// A UDP header; the length is computed, the checksum left zero ("no
@@ -215,16 +327,36 @@ impl Tcp {
     }
 }
 
-/// An ICMP echo request (RFC 792) with its checksum.
-pub fn icmp_echo_request(identifier: u16, sequence: u16, payload: &[u8]) -> Vec<u8> {
-    const ECHO_REQUEST: u8 = 8;
-    let mut message = vec![ECHO_REQUEST, 0, 0, 0];
-    message.extend_from_slice(&identifier.to_be_bytes());
-    message.extend_from_slice(&sequence.to_be_bytes());
-    message.extend_from_slice(payload);
+pub const ICMP_DESTINATION_UNREACHABLE: u8 = 3;
+/// Destination unreachable code: fragmentation needed and DF set (RFC 792, RFC 1191).
+pub const ICMP_FRAGMENTATION_NEEDED: u8 = 4;
+pub const ICMP_HOST_UNREACHABLE: u8 = 1;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// An ICMP message (RFC 792) with its checksum: type, code, the four
+/// bytes after the checksum (`rest_of_header`) and `data`.
+pub fn icmp_message(message_type: u8, code: u8, rest_of_header: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut message = vec![message_type, code, 0, 0];
+    message.extend_from_slice(&rest_of_header);
+    message.extend_from_slice(data);
     let checksum = internet_checksum(&message);
     message[2..4].copy_from_slice(&checksum.to_be_bytes());
     message
+}
+
+/// An ICMP echo request (RFC 792) with its checksum.
+pub fn icmp_echo_request(identifier: u16, sequence: u16, payload: &[u8]) -> Vec<u8> {
+    let [id_high, id_low] = identifier.to_be_bytes();
+    let [sequence_high, sequence_low] = sequence.to_be_bytes();
+    icmp_message(ICMP_ECHO_REQUEST, 0, [id_high, id_low, sequence_high, sequence_low], payload)
+}
+
+/// An ICMP "fragmentation needed and DF set" (RFC 792, with the next-hop
+/// MTU of RFC 1191 section 4) quoting `quote` (the offending IPv4 header
+/// and the first 8 bytes of its payload).
+pub fn icmp_fragmentation_needed(next_hop_mtu: u16, quote: &[u8]) -> Vec<u8> {
+    let [mtu_high, mtu_low] = next_hop_mtu.to_be_bytes();
+    icmp_message(ICMP_DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, [0, 0, mtu_high, mtu_low], quote)
 }
 
 /// A VXLAN header (RFC 7348 section 5) with every bit settable.
@@ -448,6 +580,21 @@ mod tests {
     fn ipv4_header_checksum_verifies() {
         let packet = Ipv4::new(IPPROTO_UDP, Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 1)).packet(&[]);
         assert_eq!(internet_checksum(&packet[..IPV4_LEN]), 0, "header:\n{}", hex(&packet));
+    }
+
+    /// RFC 4443 section 2.3 over a neighbour solicitation: with the
+    /// checksum in place, pseudo-header and message sum to zero; and the
+    /// solicited-node group of fd00::2 is ff02::1:ff00:2 on 33:33:ff:00:00:02.
+    #[test]
+    fn icmpv6_checksum_verifies() {
+        let (src, target): (Ipv6Addr, Ipv6Addr) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let group = solicited_node(target);
+        assert_eq!(group, "ff02::1:ff00:2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(ipv6_multicast_mac(group), Mac([0x33, 0x33, 0xff, 0, 0, 2]));
+        let packet = Ipv6 { next_header: IPPROTO_ICMPV6, hop_limit: 255, src, dst: group }
+            .icmpv6_packet(&neighbour_solicitation(target, Some(Mac([2, 0, 0, 0, 1, 1]))));
+        assert_eq!(packet.len(), IPV6_LEN + 32);
+        assert_eq!(icmpv6_checksum(src, group, &packet[IPV6_LEN..]), 0, "packet:\n{}", hex(&packet));
     }
 
     #[test]

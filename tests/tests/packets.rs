@@ -3,30 +3,43 @@
 //!
 //! Tests are tables, as Katran's and Cilium's BPF tests are: each row is a
 //! name, the hook, an input frame, the expected action, the expected counted
-//! reason, and the expected output (a frame, or a check of every field).
-//! Every run also checks that exactly one counter moved: the expected
-//! (direction, reason), by one packet of the input's length. A table runs
-//! all its rows, prints `ok`/`FAIL` for each, and then fails listing every
-//! row that did not match, with input and output in hex.
+//! reason, the expected output (a frame, or a check of every field), and the
+//! frames the run must really have sent elsewhere. Every run also checks
+//! that exactly one counter moved: the expected (direction, reason), by one
+//! packet of the input's length (or none, for the few frames a program
+//! leaves to others). A table runs all its rows, prints `ok`/`FAIL` for each,
+//! and then fails listing every row that did not match, with input and
+//! output in hex.
 //!
 //! Fixture: one network namespace per node (removed on drop, also when a
-//! test panics) holding a veth underlay `ul0` with the node's VTEP address,
-//! the peer VTEP as a permanent neighbour and IPv4 forwarding on (the
-//! endpoint program's `bpf_fib_lookup` is a forwarding lookup), and two veth
-//! endpoint ports `p1`/`p2` (peers `q1`/`q2`). The endpoint program runs in
-//! the namespace of the ctx's ifindex, which the kernel looks up in the
-//! calling thread's namespace, so endpoint runs enter the node's namespace
-//! for their duration. Needs root.
+//! test panics) holding a veth underlay `ul0` (far end `ul0peer`) with the
+//! node's VTEP address, every resolved peer VTEP as a permanent neighbour
+//! and IPv4 forwarding on (the endpoint program's `bpf_fib_lookup` is a
+//! forwarding lookup), and three veth endpoint ports `p1`/`p2`/`p3`
+//! (container sides `q1`/`q2`/`q3`). The TC programs run in the namespace of
+//! the ctx's ifindex, which the kernel looks up in the calling thread's
+//! namespace, so those runs enter the node's namespace for their duration.
+//!
+//! Flooding clones frames with `bpf_clone_redirect`, and those clones really
+//! leave during a test run: raw AF_PACKET sockets on `q1`/`q2`/`q3` and
+//! `ul0peer` see them. Every row states what must arrive there (nothing, by
+//! default) and the run fails on anything missing or extra. IPv6 is off in
+//! the node's namespace so that no autoconfiguration traffic reaches those
+//! sockets. Needs root.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt::{self, Write as _},
     fs::File,
+    io,
+    mem,
     net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
     sync::{
         Once,
         atomic::{AtomicU32, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -38,9 +51,11 @@ use overlay::{
 use overlay_common::{Direction, Reason};
 use overlay_lab::{
     frames::{
-        self, Arp, BROADCAST, ETHERNET_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ethernet, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV4_MORE_FRAGMENTS, Ipv4, Ipv6, Mac, Tcp, UDP_LEN, Udp,
-        VXLAN_LEN, Vxlan, VxlanOverIpv4,
+        self, Arp, BROADCAST, ETHERNET_LEN, ETHERTYPE_8021AD, ETHERTYPE_8021Q, ETHERTYPE_IPV4,
+        ETHERTYPE_IPV6, Ethernet, ICMP_HOST_UNREACHABLE, ICMP_DESTINATION_UNREACHABLE, ICMPV6_DESTINATION_UNREACHABLE,
+        ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN,
+        IPV4_MORE_FRAGMENTS, IPV6_LEN, Ipv4, Ipv6, Mac, NA_FLAG_OVERRIDE, NA_FLAG_SOLICITED, ND_ROUTER_SOLICITATION, Tcp,
+        UDP_LEN, Udp, VXLAN_LEN, Vxlan, VxlanOverIpv4,
     },
     netns::{self, Netns},
 };
@@ -49,6 +64,7 @@ use overlay_lab::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -61,69 +77,164 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 const ENCAP_LEN: usize = ETHERNET_LEN + IPV4_LEN + UDP_LEN + VXLAN_LEN;
 /// End of the outer UDP header in a VXLAN frame.
 const UDP_END: usize = ETHERNET_LEN + IPV4_LEN + UDP_LEN;
+/// The fixture's underlay MTU (the veth default) and the overlay MTU the
+/// datapath must announce in ICMP "too big" answers: 50 bytes less.
+const UNDERLAY_MTU: usize = 1500;
+const OVERLAY_MTU: usize = UNDERLAY_MTU - ENCAP_LEN;
 
+/// Tenant A's VNI: most of the fixture.
 const VNI: u32 = 100;
-const UNKNOWN_VNI: u32 = 200;
+/// Tenant B's VNI, which reuses some of tenant A's addresses.
+const TENANT_B_VNI: u32 = 200;
+const UNKNOWN_VNI: u32 = 300;
+
 const UNDERLAY: &str = "ul0";
-/// Every device the fixture creates in a node's namespace.
-const DEVICES: [&str; 6] = [UNDERLAY, "ul0peer", "p1", "q1", "p2", "q2"];
+/// The far end of the underlay veth: what leaves `ul0` arrives here.
+const UNDERLAY_PEER: &str = "ul0peer";
+/// Endpoint ports: (host side, where the endpoint program runs; container side).
+const PORTS: [(&str, &str); 3] = [("p1", "q1"), ("p2", "q2"), ("p3", "q3")];
+/// Where the fixture listens for the frames the datapath really sends.
+const CAPTURED: [&str; 4] = ["q1", "q2", "q3", UNDERLAY_PEER];
 
 const NEAR_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const FAR_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// A peer that carries VNI 100 without listing an endpoint in it.
+const THIRD_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+/// A peer that carries only tenant B's VNI.
+const TENANT_B_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 4);
+/// A peer of VNI 100 whose underlay neighbour is not resolved.
+const UNRESOLVED_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 5);
 const STRANGER_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
 const OTHER_UNDERLAY_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 const NEAR_UNDERLAY_MAC: Mac = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x01]);
 const FAR_UNDERLAY_MAC: Mac = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x02]);
+const THIRD_UNDERLAY_MAC: Mac = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x03]);
+const TENANT_B_UNDERLAY_MAC: Mac = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x04]);
 
-/// A container: the host-side port it hangs off, its MAC and IPv4 address.
+/// A container: the host-side port it hangs off (on its own node), its
+/// addresses and its VNI.
 #[derive(Clone, Copy, Debug)]
 struct Endpoint {
     port: &'static str,
     mac: Mac,
     ip: Ipv4Addr,
+    ipv6: Ipv6Addr,
+    vni: u32,
 }
 
-const NEAR_1: Endpoint = Endpoint { port: "p1", mac: Mac([2, 0, 0, 0, 1, 1]), ip: Ipv4Addr::new(10, 10, 0, 1) };
-const NEAR_2: Endpoint = Endpoint { port: "p2", mac: Mac([2, 0, 0, 0, 1, 2]), ip: Ipv4Addr::new(10, 10, 0, 3) };
-const FAR_1: Endpoint = Endpoint { port: "p1", mac: Mac([2, 0, 0, 0, 2, 1]), ip: Ipv4Addr::new(10, 10, 0, 2) };
+const NEAR_1: Endpoint = Endpoint {
+    port: "p1",
+    mac: Mac([2, 0, 0, 0, 1, 1]),
+    ip: Ipv4Addr::new(10, 10, 0, 1),
+    ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+    vni: VNI,
+};
+const NEAR_2: Endpoint = Endpoint {
+    port: "p2",
+    mac: Mac([2, 0, 0, 0, 1, 2]),
+    ip: Ipv4Addr::new(10, 10, 0, 3),
+    ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3),
+    vni: VNI,
+};
+const FAR_1: Endpoint = Endpoint {
+    port: "p1",
+    mac: Mac([2, 0, 0, 0, 2, 1]),
+    ip: Ipv4Addr::new(10, 10, 0, 2),
+    ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+    vni: VNI,
+};
+/// Tenant B's container on the near node: the very MAC and addresses of
+/// tenant A's NEAR_1, in another VNI (allowed: they are unique per VNI).
+const TENANT_B_1: Endpoint = Endpoint { port: "p3", vni: TENANT_B_VNI, ..NEAR_1 };
+/// Tenant B's second container on the near node (same port), with a MAC
+/// and addresses that only VNI 200 has.
+const TENANT_B_2: Endpoint = Endpoint {
+    port: "p3",
+    mac: Mac([2, 0, 0, 0, 0x0b, 2]),
+    ip: Ipv4Addr::new(10, 10, 0, 20),
+    ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20),
+    vni: TENANT_B_VNI,
+};
+/// Tenant B's container behind the tenant-B peer.
+const TENANT_B_REMOTE: Endpoint = Endpoint {
+    port: "p1",
+    mac: Mac([2, 0, 0, 0, 0x0b, 9]),
+    ip: Ipv4Addr::new(10, 10, 0, 21),
+    ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x21),
+    vni: TENANT_B_VNI,
+};
 /// A container on the far node that neither configuration lists.
 const UNLISTED_MAC: Mac = Mac([2, 0, 0, 0, 2, 9]);
 const UNLISTED_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 9);
 const UNKNOWN_MAC: Mac = Mac([2, 0, 0, 0, 9, 9]);
 const UNKNOWN_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 77);
+const UNKNOWN_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x77);
 
-/// One node of the two-node overlay: its VTEP, its containers, and its peer's.
+/// Another node as a node's configuration lists it.
+struct PeerSpec {
+    name: &'static str,
+    vtep: Ipv4Addr,
+    /// Its underlay MAC, installed as a permanent neighbour entry; `None`
+    /// leaves the neighbour unresolved.
+    underlay_mac: Option<Mac>,
+    endpoints: &'static [Endpoint],
+    /// VNIs it carries without listing an endpoint in them (`vnis = [...]`).
+    extra_vnis: &'static [u32],
+}
+
+/// One node of the overlay: its VTEP, its containers, its peers, and the
+/// flood limits of its VNIs.
 struct NodeSpec {
     role: &'static str,
     vtep: Ipv4Addr,
     underlay_mac: Mac,
     local: &'static [Endpoint],
-    peer_role: &'static str,
-    peer_vtep: Ipv4Addr,
-    peer_underlay_mac: Mac,
-    remote: &'static [Endpoint],
+    /// The first is "the" peer that [`Node::tunnel`] leads to.
+    peers: &'static [PeerSpec],
+    /// `[[vnis]]` entries: (VNI, flood limit).
+    flood_limits: &'static [(u32, u32)],
 }
 
+/// The node most tests run on: two tenant-A containers (p1, p2), two
+/// tenant-B ones (p3), and four peers: the far node and a third node that
+/// carry VNI 100, a node that carries only VNI 200, and a VNI-100 node whose
+/// underlay neighbour is unresolved.
 const NEAR: NodeSpec = NodeSpec {
     role: "near",
     vtep: NEAR_VTEP,
     underlay_mac: NEAR_UNDERLAY_MAC,
-    local: &[NEAR_1, NEAR_2],
-    peer_role: "far",
-    peer_vtep: FAR_VTEP,
-    peer_underlay_mac: FAR_UNDERLAY_MAC,
-    remote: &[FAR_1],
+    local: &[NEAR_1, NEAR_2, TENANT_B_1, TENANT_B_2],
+    peers: &[
+        PeerSpec { name: "far", vtep: FAR_VTEP, underlay_mac: Some(FAR_UNDERLAY_MAC), endpoints: &[FAR_1], extra_vnis: &[] },
+        PeerSpec { name: "third", vtep: THIRD_VTEP, underlay_mac: Some(THIRD_UNDERLAY_MAC), endpoints: &[], extra_vnis: &[VNI] },
+        PeerSpec {
+            name: "tenant-b-host",
+            vtep: TENANT_B_VTEP,
+            underlay_mac: Some(TENANT_B_UNDERLAY_MAC),
+            endpoints: &[TENANT_B_REMOTE],
+            extra_vnis: &[],
+        },
+        PeerSpec { name: "unresolved", vtep: UNRESOLVED_VTEP, underlay_mac: None, endpoints: &[], extra_vnis: &[VNI] },
+    ],
+    flood_limits: &[],
 };
+
+/// The near node with a flood limit of one copy in VNI 100 and none in VNI 200.
+const LIMITED: NodeSpec = NodeSpec { role: "limited", flood_limits: &[(VNI, 1), (TENANT_B_VNI, 0)], ..NEAR };
 
 const FAR: NodeSpec = NodeSpec {
     role: "far",
     vtep: FAR_VTEP,
     underlay_mac: FAR_UNDERLAY_MAC,
     local: &[FAR_1],
-    peer_role: "near",
-    peer_vtep: NEAR_VTEP,
-    peer_underlay_mac: NEAR_UNDERLAY_MAC,
-    remote: &[NEAR_1, NEAR_2],
+    peers: &[PeerSpec {
+        name: "near",
+        vtep: NEAR_VTEP,
+        underlay_mac: Some(NEAR_UNDERLAY_MAC),
+        endpoints: &[NEAR_1, NEAR_2],
+        extra_vnis: &[],
+    }],
+    flood_limits: &[],
 };
 
 impl NodeSpec {
@@ -134,13 +245,19 @@ impl NodeSpec {
             "[node]\nname = \"{}\"\nunderlay_interface = \"{UNDERLAY}\"\nvtep_address = \"{}\"\nvxlan_port = {VXLAN_PORT}\n",
             self.role, self.vtep
         );
-        for endpoint in self.local {
-            let Endpoint { port, mac, ip } = endpoint;
-            write!(text, "\n[[endpoints]]\ninterface = \"{port}\"\nmac = \"{mac}\"\nip = \"{ip}\"\nvni = {VNI}\n").unwrap();
+        for Endpoint { port, mac, ip, ipv6, vni } in self.local {
+            write!(text, "\n[[endpoints]]\ninterface = \"{port}\"\nmac = \"{mac}\"\nip = \"{ip}\"\nipv6 = \"{ipv6}\"\nvni = {vni}\n")
+                .unwrap();
         }
-        write!(text, "\n[[peers]]\nname = \"{}\"\nvtep_address = \"{}\"\n", self.peer_role, self.peer_vtep).unwrap();
-        for Endpoint { mac, ip, .. } in self.remote {
-            write!(text, "\n  [[peers.endpoints]]\n  mac = \"{mac}\"\n  ip = \"{ip}\"\n  vni = {VNI}\n").unwrap();
+        for peer in self.peers {
+            write!(text, "\n[[peers]]\nname = \"{}\"\nvtep_address = \"{}\"\nvnis = {:?}\n", peer.name, peer.vtep, peer.extra_vnis)
+                .unwrap();
+            for Endpoint { mac, ip, ipv6, vni, .. } in peer.endpoints {
+                write!(text, "\n  [[peers.endpoints]]\n  mac = \"{mac}\"\n  ip = \"{ip}\"\n  ipv6 = \"{ipv6}\"\n  vni = {vni}\n").unwrap();
+            }
+        }
+        for (vni, limit) in self.flood_limits {
+            write!(text, "\n[[vnis]]\nvni = {vni}\nflood_limit = {limit}\n").unwrap();
         }
         text
     }
@@ -151,16 +268,27 @@ const SCOPE: &str = "pkt";
 /// Makes namespace names unique within the process, so tests may also run in parallel.
 static NEXT_NODE: AtomicU32 = AtomicU32::new(0);
 
-/// A node: its namespace and topology, and a datapath loaded (not attached)
-/// with the node's configuration applied.
+/// A node: its namespace and topology, a datapath loaded (not attached)
+/// with the node's configuration applied, and capture sockets.
 struct Node {
     spec: &'static NodeSpec,
     datapath: Datapath,
     /// The underlay device's MAC as the kernel reports it.
     underlay_mac: Mac,
     ifindex: HashMap<&'static str, u32>,
+    captures: Captures,
     // Last, so the namespace goes after everything that lives in it.
     netns: Netns,
+}
+
+/// Every device the fixture creates in a node's namespace.
+fn devices() -> impl Iterator<Item = &'static str> {
+    [UNDERLAY, UNDERLAY_PEER].into_iter().chain(PORTS.iter().flat_map(|&(port, container)| [port, container]))
+}
+
+/// The container side of the veth whose host side is `port`.
+fn container_side(port: &str) -> &'static str {
+    PORTS.iter().find(|(host, _)| *host == port).map(|&(_, container)| container).unwrap_or_else(|| panic!("no port {port}"))
 }
 
 impl Node {
@@ -174,14 +302,23 @@ impl Node {
         });
         let role = format!("{}{}", spec.role, NEXT_NODE.fetch_add(1, Ordering::Relaxed));
         let netns = Netns::new(SCOPE, &role)?;
-        let (underlay_mac, peer_vtep, peer_mac) =
-            (spec.underlay_mac.to_string(), spec.peer_vtep.to_string(), spec.peer_underlay_mac.to_string());
-        netns.ip(&["link", "add", UNDERLAY, "address", &underlay_mac, "type", "veth", "peer", "name", "ul0peer"])?;
+        // Before any device exists, so that every one is created without
+        // IPv6 and sends no router solicitations, MLD reports or DAD probes.
+        netns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        let underlay_mac = spec.underlay_mac.to_string();
+        netns.ip(&["link", "add", UNDERLAY, "address", &underlay_mac, "type", "veth", "peer", "name", UNDERLAY_PEER])?;
         netns.ip(&["addr", "add", &format!("{}/24", spec.vtep), "dev", UNDERLAY])?;
-        netns.ip(&["neigh", "add", &peer_vtep, "lladdr", &peer_mac, "dev", UNDERLAY, "nud", "permanent"])?;
-        netns.ip(&["link", "add", "p1", "type", "veth", "peer", "name", "q1"])?;
-        netns.ip(&["link", "add", "p2", "type", "veth", "peer", "name", "q2"])?;
-        for device in DEVICES {
+        for peer in spec.peers {
+            if let Some(mac) = peer.underlay_mac {
+                let (vtep, mac) = (peer.vtep.to_string(), mac.to_string());
+                netns.ip(&["neigh", "add", &vtep, "lladdr", &mac, "dev", UNDERLAY, "nud", "permanent"])?;
+            }
+        }
+        for (port, container) in PORTS {
+            netns.ip(&["link", "add", port, "type", "veth", "peer", "name", container])?;
+        }
+        for device in devices() {
             netns.ip(&["link", "set", device, "up"])?;
         }
         netns.sysctl(&format!("net.ipv4.conf.{UNDERLAY}.forwarding"), "1")?;
@@ -189,7 +326,7 @@ impl Node {
         let address = netns.exec("cat", &[&format!("/sys/class/net/{UNDERLAY}/address")])?;
         let underlay_mac = String::from_utf8_lossy(&address.stdout).parse::<Mac>().map_err(anyhow::Error::msg)?;
 
-        let (datapath, ifindex) = {
+        let (datapath, ifindex, captures) = {
             let _inside = InsideNetns::enter(&netns)?;
             let path = Path::new("packets.toml");
             let config = Config::parse(&spec.config_toml(), path)?;
@@ -197,24 +334,33 @@ impl Node {
             let mut datapath = Datapath::load(log::LevelFilter::Info)?;
             datapath.apply(&MapState::from_config(&resolved))?;
             let mut ifindex = HashMap::new();
-            for device in DEVICES {
+            for device in devices() {
                 let index = netdev::ifindex(device).with_context(|| format!("no {device} in {}", netns.name()))?;
                 ifindex.insert(device, index);
             }
-            (datapath, ifindex)
+            // A packet socket belongs to the namespace it is made in.
+            let captures = Captures::open(&ifindex)?;
+            (datapath, ifindex, captures)
         };
-        Ok(Node { spec, datapath, underlay_mac, ifindex, netns })
+        Ok(Node { spec, datapath, underlay_mac, ifindex, captures, netns })
     }
 
-    /// What this node's encapsulation toward its peer must write.
+    /// What this node's encapsulation toward its (first) peer in VNI 100 must write.
     fn tunnel(&self) -> Tunnel {
-        Tunnel {
-            src_mac: self.underlay_mac,
-            dst_mac: self.spec.peer_underlay_mac,
-            src_vtep: self.spec.vtep,
-            dst_vtep: self.spec.peer_vtep,
-            vni: VNI,
-        }
+        self.tunnel_to(self.spec.peers[0].vtep, VNI)
+    }
+
+    /// What this node's encapsulation toward the peer at `vtep` in `vni` must write.
+    fn tunnel_to(&self, vtep: Ipv4Addr, vni: u32) -> Tunnel {
+        let peer = self.spec.peers.iter().find(|peer| peer.vtep == vtep);
+        let dst_mac = peer
+            .and_then(|peer| peer.underlay_mac)
+            .unwrap_or_else(|| panic!("the {} node has no resolved peer {vtep}", self.spec.role));
+        Tunnel { src_mac: self.underlay_mac, dst_mac, src_vtep: self.spec.vtep, dst_vtep: vtep, vni }
+    }
+
+    fn ifindex_of(&self, device: &str) -> anyhow::Result<u32> {
+        self.ifindex.get(device).copied().with_context(|| format!("the fixture has no device {device}"))
     }
 
     /// Runs `frame` through `hook` `repeat` times; returns the outcome and
@@ -224,9 +370,15 @@ impl Node {
         let outcome = match hook {
             Hook::Decap => self.datapath.test_decap(frame, repeat)?,
             Hook::Port(device) => {
-                let ifindex = *self.ifindex.get(device).with_context(|| format!("the fixture has no device {device}"))?;
+                let ifindex = self.ifindex_of(device)?;
                 let _inside = InsideNetns::enter(&self.netns)?;
                 self.datapath.test_endpoint(frame, ifindex, repeat)?
+            }
+            Hook::UnderlayFlood => {
+                anyhow::ensure!(repeat == 1, "the underlay flood program runs once per frame");
+                let ifindex = self.ifindex_of(UNDERLAY)?;
+                let _inside = InsideNetns::enter(&self.netns)?;
+                self.datapath.test_underlay_flood(frame, ifindex)?
             }
         };
         let counted = self.datapath.counters()?.since(&before);
@@ -263,18 +415,187 @@ impl Drop for InsideNetns {
     }
 }
 
-/// Where a frame is run: the XDP program of the underlay, or the TC
-/// program as if the frame arrived on the named port.
+/// The calling thread pinned to the CPU it is on until dropped, so that
+/// every test run sees the same slot of a per-CPU map.
+struct PinnedToOneCpu {
+    previous: libc::cpu_set_t,
+}
+
+impl PinnedToOneCpu {
+    fn here() -> anyhow::Result<PinnedToOneCpu> {
+        // SAFETY: all-zero is an empty CPU set; the calls get valid pointers and sizes.
+        unsafe {
+            let mut previous: libc::cpu_set_t = mem::zeroed();
+            if libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut previous) != 0 {
+                return Err(io::Error::last_os_error()).context("sched_getaffinity");
+            }
+            let cpu = libc::sched_getcpu();
+            if cpu < 0 {
+                return Err(io::Error::last_os_error()).context("sched_getcpu");
+            }
+            let mut only: libc::cpu_set_t = mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut only);
+            if libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &only) != 0 {
+                return Err(io::Error::last_os_error()).with_context(|| format!("pinning this thread to CPU {cpu}"));
+            }
+            Ok(PinnedToOneCpu { previous })
+        }
+    }
+}
+
+impl Drop for PinnedToOneCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the set read in `here`.
+        if unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &self.previous) } != 0 {
+            eprintln!("restoring this thread's CPU affinity: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// Frames that arrived on each capture device during a run, in arrival order.
+type Arrived = BTreeMap<&'static str, Vec<Vec<u8>>>;
+
+/// Raw packet sockets (AF_PACKET, every protocol, non-blocking) bound to
+/// each of [`CAPTURED`]: what the datapath's clones really sent.
+struct Captures {
+    sockets: Vec<(&'static str, OwnedFd)>,
+}
+
+impl Captures {
+    /// How long a capture waits for the frames a row expects.
+    const DEADLINE: Duration = Duration::from_secs(1);
+    /// How long no further frame may come before a capture ends. Clones are
+    /// delivered before the test run returns (the softirq runs as the
+    /// transmit path re-enables bottom halves); this is slack for a busy host.
+    const QUIET_MS: i32 = 30;
+
+    /// Opens the sockets; the calling thread must be in the node's namespace.
+    fn open(ifindex: &HashMap<&'static str, u32>) -> anyhow::Result<Captures> {
+        let all_protocols = (libc::ETH_P_ALL as u16).to_be();
+        let mut sockets = Vec::new();
+        for device in CAPTURED {
+            // SAFETY: plain syscall; the descriptor is owned at once.
+            let fd = unsafe {
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, all_protocols.into())
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error()).with_context(|| format!("opening a packet socket for {device}"));
+            }
+            // SAFETY: fd is a fresh descriptor nobody else owns.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: all-zero is a valid sockaddr_ll.
+            let mut address: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_protocol = all_protocols;
+            address.sll_ifindex = ifindex[device] as i32;
+            // SAFETY: address is a valid sockaddr_ll of the given size.
+            let bound = unsafe {
+                libc::bind(
+                    socket.as_raw_fd(),
+                    (&raw const address).cast(),
+                    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if bound != 0 {
+                return Err(io::Error::last_os_error()).with_context(|| format!("binding a packet socket to {device}"));
+            }
+            sockets.push((device, socket));
+        }
+        Ok(Captures { sockets })
+    }
+
+    /// Discards whatever is queued (frames from before this run).
+    fn drain(&self) -> anyhow::Result<()> {
+        for (device, socket) in &self.sockets {
+            receive_queued(socket).with_context(|| format!("draining the capture on {device}"))?;
+        }
+        Ok(())
+    }
+
+    /// Collects what arrives until `expected` frames have come (or the
+    /// deadline passed) and then nothing more for [`Captures::QUIET_MS`].
+    fn collect(&self, expected: usize) -> anyhow::Result<Arrived> {
+        let deadline = Instant::now() + Captures::DEADLINE;
+        let mut arrived = Arrived::new();
+        let mut count = 0;
+        loop {
+            let wait = if count >= expected {
+                Captures::QUIET_MS
+            } else {
+                deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as i32
+            };
+            let mut polled: Vec<libc::pollfd> = self
+                .sockets
+                .iter()
+                .map(|(_, socket)| libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            // SAFETY: polled is a valid array of pollfd of the given length.
+            let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait) };
+            if ready < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error).context("polling the capture sockets");
+            }
+            if ready == 0 && (count >= expected || Instant::now() >= deadline) {
+                return Ok(arrived);
+            }
+            for ((device, socket), poll) in self.sockets.iter().zip(&polled) {
+                if poll.revents & libc::POLLIN != 0 {
+                    let frames = receive_queued(socket).with_context(|| format!("reading the capture on {device}"))?;
+                    count += frames.len();
+                    arrived.entry(device).or_default().extend(frames);
+                }
+            }
+        }
+    }
+}
+
+/// Every frame queued on a packet socket that the device received (frames
+/// it sent itself are skipped).
+fn receive_queued(socket: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut frames = Vec::new();
+    let mut buffer = vec![0u8; 65536];
+    loop {
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        let mut from_len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: buffer and from are valid for the sizes given.
+        let received = unsafe {
+            libc::recvfrom(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+                (&raw mut from).cast(),
+                &mut from_len,
+            )
+        };
+        if received < 0 {
+            let error = io::Error::last_os_error();
+            return if error.kind() == io::ErrorKind::WouldBlock { Ok(frames) } else { Err(error) };
+        }
+        if from.sll_pkttype != libc::PACKET_OUTGOING {
+            frames.push(buffer[..received as usize].to_vec());
+        }
+    }
+}
+
+/// Where a frame is run: the XDP program of the underlay, the TC program
+/// as if the frame arrived on the named port, or the underlay's TC flood
+/// program (as if the frame arrived on `ul0` after XDP passed it up).
 #[derive(Clone, Copy, Debug)]
 enum Hook {
     Decap,
     Port(&'static str),
+    UnderlayFlood,
 }
 
 impl Hook {
     fn direction(self) -> Direction {
         match self {
-            Hook::Decap => Direction::FROM_UNDERLAY,
+            Hook::Decap | Hook::UnderlayFlood => Direction::FROM_UNDERLAY,
             Hook::Port(_) => Direction::FROM_ENDPOINT,
         }
     }
@@ -285,9 +606,9 @@ impl Hook {
             (Hook::Decap, XDP_PASS) => "XDP_PASS",
             (Hook::Decap, XDP_REDIRECT) => "XDP_REDIRECT",
             (Hook::Decap, 0) => "XDP_ABORTED",
-            (Hook::Port(_), TC_ACT_SHOT) => "TC_ACT_SHOT",
-            (Hook::Port(_), TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
-            (Hook::Port(_), 0) => "TC_ACT_OK",
+            (Hook::Port(_) | Hook::UnderlayFlood, TC_ACT_SHOT) => "TC_ACT_SHOT",
+            (Hook::Port(_) | Hook::UnderlayFlood, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
+            (Hook::Port(_) | Hook::UnderlayFlood, TC_ACT_OK) => "TC_ACT_OK",
             _ => "unexpected",
         };
         format!("{name} ({action})")
@@ -309,20 +630,51 @@ enum Output {
     Ignored,
 }
 
+/// A frame the datapath must really have sent during a run, as a capture
+/// device saw it.
+enum Arrival {
+    /// Exactly this frame, on this container side of a port (`q1`...).
+    Frame(&'static str, Vec<u8>),
+    /// This inner frame in VXLAN along this tunnel, on the underlay's far end.
+    Vxlan(Tunnel, Vec<u8>),
+}
+
+impl Arrival {
+    fn device(&self) -> &'static str {
+        match self {
+            Arrival::Frame(device, _) => device,
+            Arrival::Vxlan(..) => UNDERLAY_PEER,
+        }
+    }
+}
+
+/// `frame`, unchanged, in the container behind host-side `port`.
+fn unchanged_at(port: &str, frame: &[u8]) -> Arrival {
+    Arrival::Frame(container_side(port), frame.to_vec())
+}
+
 /// One row of a table.
 struct Case {
     name: String,
     hook: Hook,
     input: Vec<u8>,
     action: u32,
-    reason: Reason,
+    /// `None`: the program counts nothing (the frame is left to others).
+    reason: Option<Reason>,
     output: Output,
+    /// Exactly what must arrive on the capture devices.
+    arrivals: Vec<Arrival>,
 }
 
 impl Case {
     /// A case for `input` run through `hook`; its expectations follow.
     fn given(name: impl Into<String>, hook: Hook, input: Vec<u8>) -> Given {
         Given { name: name.into(), hook, input }
+    }
+
+    /// These frames, and no others, must arrive on the capture devices.
+    fn arriving(self, arrivals: Vec<Arrival>) -> Case {
+        Case { arrivals, ..self }
     }
 }
 
@@ -334,16 +686,30 @@ struct Given {
 }
 
 impl Given {
+    /// `action`, `reason` counted once, `output`; nothing sent anywhere.
     fn expect(self, action: u32, reason: Reason, output: Output) -> Case {
-        Case { name: self.name, hook: self.hook, input: self.input, action, reason, output }
+        Case { name: self.name, hook: self.hook, input: self.input, action, reason: Some(reason), output, arrivals: Vec::new() }
+    }
+
+    /// `action` and `output`, with no counter moving and nothing sent.
+    fn expect_uncounted(self, action: u32, output: Output) -> Case {
+        Case { reason: None, ..self.expect(action, Reason::PASSED, output) }
     }
 }
 
-/// Runs one case. `Ok` with the output frame when everything matched,
-/// otherwise `Err` with what was expected and seen, and both frames in hex.
-fn run_case(node: &Node, case: &Case) -> Result<Vec<u8>, String> {
-    let (outcome, counted) =
-        node.run(case.hook, &case.input, 1).map_err(|error| format!("{}: the test run failed: {error:#}", case.name))?;
+/// What a run left: the output frame and what the capture devices saw.
+struct Ran {
+    frame: Vec<u8>,
+    arrived: Arrived,
+}
+
+/// Runs one case. `Ok` with the output when everything matched, otherwise
+/// `Err` with what was expected and seen, and both frames in hex.
+fn run_case(node: &Node, case: &Case) -> Result<Ran, String> {
+    let failed = |error: anyhow::Error| format!("{}: the test run failed: {error:#}", case.name);
+    node.captures.drain().map_err(failed)?;
+    let (outcome, counted) = node.run(case.hook, &case.input, 1).map_err(failed)?;
+    let arrived = node.captures.collect(case.arrivals.len()).map_err(failed)?;
     let mut wrong = Vec::new();
     if outcome.action != case.action {
         wrong.push(format!(
@@ -352,14 +718,17 @@ fn run_case(node: &Node, case: &Case) -> Result<Vec<u8>, String> {
             case.hook.action_name(outcome.action)
         ));
     }
-    let expected_count =
-        CounterRow { direction: case.hook.direction(), reason: case.reason, packets: 1, bytes: case.input.len() as u64 };
-    if counted.rows != [expected_count] {
-        wrong.push(format!(
-            "counters: expected only {}, counted {}",
-            describe_row(&expected_count),
-            describe_counts(&counted)
-        ));
+    let expected_counts: Vec<CounterRow> = case
+        .reason
+        .map(|reason| CounterRow { direction: case.hook.direction(), reason, packets: 1, bytes: case.input.len() as u64 })
+        .into_iter()
+        .collect();
+    if counted.rows != expected_counts {
+        let expected = match expected_counts.first() {
+            Some(row) => format!("only {}", describe_row(row)),
+            None => "nothing".to_owned(),
+        };
+        wrong.push(format!("counters: expected {expected}, counted {}", describe_counts(&counted)));
     }
     match &case.output {
         Output::Unchanged => wrong.extend(frames::difference(&case.input, &outcome.frame).map(|d| format!("output should be the input unchanged: {d}"))),
@@ -367,8 +736,9 @@ fn run_case(node: &Node, case: &Case) -> Result<Vec<u8>, String> {
         Output::Check(check) => wrong.extend(check(&case.input, &outcome.frame)),
         Output::Ignored => {}
     }
+    wrong.extend(check_arrivals(&case.arrivals, &arrived));
     if wrong.is_empty() {
-        return Ok(outcome.frame);
+        return Ok(Ran { frame: outcome.frame, arrived });
     }
     // Headers are what matter here; a frame difference above shows whole frames.
     const DUMP_LIMIT: usize = 128;
@@ -385,7 +755,7 @@ fn run_case(node: &Node, case: &Case) -> Result<Vec<u8>, String> {
 
 /// Runs every case, then fails listing all that did not match.
 fn run_table(node: &Node, cases: &[Case]) {
-    let results: Vec<Result<Vec<u8>, String>> = cases.iter().map(|case| run_case(node, case)).collect();
+    let results: Vec<Result<Ran, String>> = cases.iter().map(|case| run_case(node, case)).collect();
     report(cases.iter().map(|case| case.name.as_str()).zip(&results));
 }
 
@@ -418,7 +788,65 @@ fn describe_counts(counts: &Counters) -> String {
     counts.rows.iter().map(describe_row).collect::<Vec<_>>().join(", ")
 }
 
-/// The outer headers one node's encapsulation toward its peer must write.
+/// A captured frame in a few words: its VXLAN destination and VNI, if it is VXLAN.
+fn describe_frame(frame: &[u8]) -> String {
+    match VxlanOverIpv4::parse(frame) {
+        Some(outer) if outer.ethertype == ETHERTYPE_IPV4 && outer.ip_protocol == IPPROTO_UDP && outer.udp_dst_port == VXLAN_PORT => {
+            format!("{} bytes, VXLAN to {} in VNI {}", frame.len(), outer.ip_dst, outer.vxlan_vni)
+        }
+        _ => format!("{} bytes", frame.len()),
+    }
+}
+
+/// Lists how what arrived differs from `expected`: every expected frame
+/// must have arrived once, on its device, and nothing else anywhere.
+fn check_arrivals(expected: &[Arrival], arrived: &Arrived) -> Vec<String> {
+    const DUMP_LIMIT: usize = 96;
+    let mut wrong = Vec::new();
+    for device in CAPTURED {
+        let mut unmatched: Vec<&[u8]> = arrived.get(device).into_iter().flatten().map(Vec::as_slice).collect();
+        for arrival in expected.iter().filter(|arrival| arrival.device() == device) {
+            match arrival {
+                Arrival::Frame(_, frame) => match unmatched.iter().position(|seen| seen == frame) {
+                    Some(at) => {
+                        unmatched.remove(at);
+                    }
+                    None => wrong.push(format!(
+                        "{device}: expected the frame below, which did not arrive:\n{}",
+                        frames::hex_head(frame, DUMP_LIMIT)
+                    )),
+                },
+                Arrival::Vxlan(tunnel, inner) => {
+                    let to_this_vtep = |seen: &&[u8]| VxlanOverIpv4::parse(seen).is_some_and(|outer| outer.ip_dst == tunnel.dst_vtep);
+                    match unmatched.iter().position(to_this_vtep) {
+                        Some(at) => {
+                            let seen = unmatched.remove(at);
+                            wrong.extend(
+                                check_encapsulation(tunnel, inner, seen)
+                                    .into_iter()
+                                    .map(|problem| format!("{device}, copy to {}: {problem}", tunnel.dst_vtep)),
+                            );
+                        }
+                        None => wrong.push(format!(
+                            "{device}: expected a VXLAN copy to {} in VNI {}, none arrived",
+                            tunnel.dst_vtep, tunnel.vni
+                        )),
+                    }
+                }
+            }
+        }
+        for extra in unmatched {
+            wrong.push(format!(
+                "{device}: unexpected frame ({}):\n{}",
+                describe_frame(extra),
+                frames::hex_head(extra, DUMP_LIMIT)
+            ));
+        }
+    }
+    wrong
+}
+
+/// The outer headers one node's encapsulation toward a peer must write.
 #[derive(Clone, Copy, Debug)]
 struct Tunnel {
     src_mac: Mac,
@@ -452,7 +880,8 @@ impl Mismatches {
 }
 
 /// Every outer field of RFC 7348 section 5's frame format, as this node
-/// must write them, and the inner frame byte for byte.
+/// must write them, and the inner frame byte for byte. (The IPv4
+/// identification counts packets; `outer_ipv4_ids_count_packets` checks it.)
 fn check_encapsulation(tunnel: &Tunnel, input: &[u8], output: &[u8]) -> Vec<String> {
     let mut wrong = Mismatches::default();
     wrong.check("frame length (input + 50)", input.len() + ENCAP_LEN, output.len());
@@ -466,7 +895,6 @@ fn check_encapsulation(tunnel: &Tunnel, input: &[u8], output: &[u8]) -> Vec<Stri
     wrong.check_hex("IPv4 version/IHL", 0x45, outer.ip_version_ihl);
     wrong.check_hex("IPv4 TOS", 0, outer.ip_tos);
     wrong.check("IPv4 total length (frame length - 14)", output.len() - ETHERNET_LEN, usize::from(outer.ip_total_length));
-    wrong.check_hex("IPv4 identification", 0, outer.ip_identification);
     wrong.check_hex("IPv4 flags/fragment offset (DF only: RFC 7348 section 4.3)", 0x4000, outer.ip_flags_fragment);
     wrong.check("IPv4 TTL", 64, outer.ip_ttl);
     wrong.check("IPv4 protocol", IPPROTO_UDP, outer.ip_protocol);
@@ -516,9 +944,30 @@ fn udp_from(from: Endpoint, dst_mac: Mac, dst_ip: Ipv4Addr, udp: Udp, payload_le
         .frame(&Ipv4::new(IPPROTO_UDP, from.ip, dst_ip).packet(&udp.datagram(&payload(payload_len))))
 }
 
+/// Some UDP flow between containers.
+const FLOW: Udp = Udp { src_port: 40000, dst_port: 5201 };
+
 /// A UDP datagram between containers whose IPv4 packet is `ip_length` bytes.
 fn udp_of_ip_length(from: Endpoint, to: Endpoint, ip_length: usize) -> Vec<u8> {
-    udp_from(from, to.mac, to.ip, Udp { src_port: 40000, dst_port: 5201 }, ip_length - IPV4_LEN - UDP_LEN)
+    udp_from(from, to.mac, to.ip, FLOW, ip_length - IPV4_LEN - UDP_LEN)
+}
+
+/// `ip` (with its own addresses) carrying `payload`, from `from`'s MAC to `to`'s.
+fn ipv4_frame(from: Endpoint, to: Endpoint, ip: &Ipv4, payload: &[u8]) -> Vec<u8> {
+    Ethernet { dst: to.mac, src: from.mac, ethertype: ETHERTYPE_IPV4 }.frame(&ip.packet(payload))
+}
+
+/// IPv6 between two containers' configured addresses, carrying `payload`
+/// (an ICMPv6 message gets its checksum).
+fn ipv6_frame(from: Endpoint, to: Endpoint, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let ip = Ipv6 { next_header, hop_limit: 64, src: from.ipv6, dst: to.ipv6 };
+    let packet = if next_header == IPPROTO_ICMPV6 { ip.icmpv6_packet(payload) } else { ip.packet(payload) };
+    Ethernet { dst: to.mac, src: from.mac, ethertype: ETHERTYPE_IPV6 }.frame(&packet)
+}
+
+/// UDP over IPv6 between containers whose IPv6 packet is `ip_length` bytes.
+fn udp6_of_ip_length(from: Endpoint, to: Endpoint, ip_length: usize) -> Vec<u8> {
+    ipv6_frame(from, to, IPPROTO_UDP, &FLOW.datagram(&payload(ip_length - IPV6_LEN - UDP_LEN)))
 }
 
 /// UDP over IPv6 between containers (link-local addresses).
@@ -526,6 +975,92 @@ fn udp6_from(from: Endpoint, dst_mac: Mac, dst_ip: Ipv6Addr, udp: Udp) -> Vec<u8
     let src_ip = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, u16::from(from.mac.0[5]));
     let ip = Ipv6 { next_header: IPPROTO_UDP, hop_limit: 255, src: src_ip, dst: dst_ip };
     Ethernet { dst: dst_mac, src: from.mac, ethertype: ETHERTYPE_IPV6 }.frame(&ip.packet(&udp.datagram(&payload(32))))
+}
+
+/// A DHCP discover: IPv4 to 255.255.255.255, Ethernet broadcast.
+fn dhcp_discover(from: Endpoint) -> Vec<u8> {
+    udp_from(from, BROADCAST, Ipv4Addr::BROADCAST, Udp { src_port: 68, dst_port: 67 }, 240)
+}
+
+/// An mDNS query over IPv4: to 224.0.0.251 on 01:00:5e:00:00:fb (RFC 1112 section 6.4).
+fn mdns4(from: Endpoint) -> Vec<u8> {
+    let mdns = Udp { src_port: 5353, dst_port: 5353 };
+    udp_from(from, Mac([0x01, 0x00, 0x5e, 0, 0, 0xfb]), Ipv4Addr::new(224, 0, 0, 251), mdns, 32)
+}
+
+/// An mDNS query over IPv6: to ff02::fb on 33:33:00:00:00:fb.
+fn mdns6(from: Endpoint) -> Vec<u8> {
+    let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
+    udp6_from(from, frames::ipv6_multicast_mac(group), group, Udp { src_port: 5353, dst_port: 5353 })
+}
+
+/// A router solicitation (RFC 4861 section 4.1) to all routers, ff02::2.
+fn router_solicitation(from: Endpoint) -> Vec<u8> {
+    let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    let ip = Ipv6 { next_header: IPPROTO_ICMPV6, hop_limit: 255, src: from.ipv6, dst: all_routers };
+    let message = frames::icmpv6_message(ND_ROUTER_SOLICITATION, 0, &[0; 4]);
+    Ethernet { dst: frames::ipv6_multicast_mac(all_routers), src: from.mac, ethertype: ETHERTYPE_IPV6 }.frame(&ip.icmpv6_packet(&message))
+}
+
+/// A broadcast ARP request from a container: "who has `target`?".
+fn arp_request(from: Endpoint, target: Ipv4Addr) -> Vec<u8> {
+    Arp::request(from.mac, from.ip, target).frame(BROADCAST)
+}
+
+/// The ARP reply the datapath answers `asker`'s request for `owner`'s address with.
+fn arp_answer(owner: Endpoint, asker: Endpoint) -> Vec<u8> {
+    Arp::reply(owner.mac, owner.ip, asker.mac, asker.ip).frame(asker.mac)
+}
+
+/// A ping from `from` to `to` with an 802.1Q or 802.1ad tag (`tpid`) for VLAN 10.
+fn vlan_tagged_ping(tpid: u16, from: Endpoint, dst_mac: Mac, to: Endpoint) -> Vec<u8> {
+    let untagged = ping_to(from, dst_mac, to.ip);
+    let tagged = frames::vlan_tagged(10, ETHERTYPE_IPV4, &untagged[ETHERNET_LEN..]);
+    Ethernet { dst: dst_mac, src: from.mac, ethertype: tpid }.frame(&tagged)
+}
+
+/// A neighbour solicitation from container `from` for `target`, to the
+/// target's solicited-node group (RFC 4861 section 7.2.2).
+fn solicitation(from: Endpoint, target: Ipv6Addr) -> Vec<u8> {
+    let message = frames::neighbour_solicitation(target, Some(from.mac));
+    solicitation_with(from, from.ipv6, 255, target, &message)
+}
+
+/// A neighbour solicitation from `from`'s MAC with the given IPv6 source,
+/// hop limit and ICMPv6 message.
+fn solicitation_with(from: Endpoint, source: Ipv6Addr, hop_limit: u8, target: Ipv6Addr, message: &[u8]) -> Vec<u8> {
+    let group = frames::solicited_node(target);
+    let ip = Ipv6 { next_header: IPPROTO_ICMPV6, hop_limit, src: source, dst: group };
+    Ethernet { dst: frames::ipv6_multicast_mac(group), src: from.mac, ethertype: ETHERTYPE_IPV6 }.frame(&ip.icmpv6_packet(message))
+}
+
+/// The neighbour advertisement the datapath answers `asker`'s solicitation
+/// for `owner`'s address with (RFC 4861 section 7.2.4): solicited and
+/// override, not a router, with the owner's MAC as target link-layer address.
+fn advertisement(owner: Endpoint, asker: Endpoint) -> Vec<u8> {
+    let message = frames::neighbour_advertisement(NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE, owner.ipv6, Some(owner.mac));
+    let ip = Ipv6 { next_header: IPPROTO_ICMPV6, hop_limit: 255, src: owner.ipv6, dst: asker.ipv6 };
+    Ethernet { dst: asker.mac, src: owner.mac, ethertype: ETHERTYPE_IPV6 }.frame(&ip.icmpv6_packet(&message))
+}
+
+/// The ICMP "fragmentation needed" (RFC 792, RFC 1191 section 4) the
+/// datapath sends `from` for its oversized IPv4 `original` to `to`: as if
+/// from `to` (as the kernel's vxlan does, iptunnel_pmtud_build_icmp), TTL
+/// 64, quoting the IPv4 header and the first 8 bytes of its payload.
+fn fragmentation_needed(from: Endpoint, to: Endpoint, original: &[u8]) -> Vec<u8> {
+    let quote = &original[ETHERNET_LEN..ETHERNET_LEN + IPV4_LEN + 8];
+    let icmp = frames::icmp_fragmentation_needed(OVERLAY_MTU as u16, quote);
+    let ip = Ipv4 { flags_fragment: 0, ..Ipv4::new(IPPROTO_ICMP, to.ip, from.ip) };
+    Ethernet { dst: from.mac, src: to.mac, ethertype: ETHERTYPE_IPV4 }.frame(&ip.packet(&icmp))
+}
+
+/// The ICMPv6 "packet too big" (RFC 4443 section 3.2) the datapath sends
+/// `from` for its oversized IPv6 `original` to `to`: as if from `to`, hop
+/// limit 64, quoting the first 48 bytes (IPv6 header and 8 more).
+fn packet_too_big(from: Endpoint, to: Endpoint, original: &[u8]) -> Vec<u8> {
+    let mut body = (OVERLAY_MTU as u32).to_be_bytes().to_vec();
+    body.extend_from_slice(&original[ETHERNET_LEN..ETHERNET_LEN + IPV6_LEN + 8]);
+    ipv6_frame(to, from, IPPROTO_ICMPV6, &frames::icmpv6_message(ICMPV6_PACKET_TOO_BIG, 0, &body))
 }
 
 /// The outer IPv4 header of VXLAN from the far VTEP to the near one.
@@ -548,14 +1083,42 @@ fn vxlan_frame(ip: &Ipv4, vxlan: Vxlan, inner: &[u8]) -> Vec<u8> {
     on_underlay(ETHERTYPE_IPV4, &ip.packet(&to_vxlan_port().datagram(&vxlan.packet(inner))))
 }
 
+/// A well-formed VXLAN frame from the VTEP `source` to the near one, carrying `inner` in `vni`.
+fn vxlan_from(source: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame(&Ipv4::new(IPPROTO_UDP, source, NEAR_VTEP), Vxlan::new(vni), inner)
+}
+
 /// A well-formed VXLAN frame from the far VTEP carrying `inner` in our VNI.
 fn vxlan_from_far(inner: &[u8]) -> Vec<u8> {
-    vxlan_frame(&from_far_vtep(), Vxlan::new(VNI), inner)
+    vxlan_from(FAR_VTEP, VNI, inner)
+}
+
+/// A frame from container `from` that the near node must flood in its VNI
+/// (head-end replication to a static peer list, RFC 7348 section 4.2) and
+/// then drop. The copies: the frame unchanged on the container side of
+/// every other local port of the VNI, and the frame in VXLAN to every peer
+/// VTEP that carries the VNI and whose underlay neighbour is resolved. None
+/// to the sender's own port, to peers of other VNIs, or to the unresolved peer.
+fn flooded_on(near: &Node, name: &str, from: Endpoint, frame: Vec<u8>) -> Case {
+    let arrivals = match from.vni {
+        VNI => {
+            let other = if from.port == NEAR_1.port { NEAR_2 } else { NEAR_1 };
+            vec![
+                unchanged_at(other.port, &frame),
+                Arrival::Vxlan(near.tunnel_to(FAR_VTEP, VNI), frame.clone()),
+                Arrival::Vxlan(near.tunnel_to(THIRD_VTEP, VNI), frame.clone()),
+            ]
+        }
+        // Tenant B has one port on the near node, the sender's.
+        TENANT_B_VNI => vec![Arrival::Vxlan(near.tunnel_to(TENANT_B_VTEP, TENANT_B_VNI), frame.clone())],
+        vni => panic!("the near node has no flood list for VNI {vni}"),
+    };
+    Case::given(name, Hook::Port(from.port), frame).expect(TC_ACT_SHOT, Reason::FLOODED, Output::Ignored).arriving(arrivals)
 }
 
 // Tests.
 
-/// Loading runs the verifier over both programs; a repeated test run
+/// Loading runs the verifier over all three programs; a repeated test run
 /// reports an average duration per run (printed, not judged).
 #[test]
 fn datapath_loads_and_times_test_runs() -> anyhow::Result<()> {
@@ -599,6 +1162,7 @@ fn encapsulation_writes_every_outer_field() -> anyhow::Result<()> {
             ),
             forwarded("IPv6 UDP", udp6_from(NEAR_1, FAR_1.mac, far_ipv6, Udp { src_port: 40000, dst_port: 5201 })),
             forwarded("IPv4 of 1450 bytes: exactly the 1500 underlay MTU once encapsulated", udp_of_ip_length(NEAR_1, FAR_1, 1450)),
+            forwarded("IPv6 of 1450 bytes: exactly the 1500 underlay MTU once encapsulated", udp6_of_ip_length(NEAR_1, FAR_1, 1450)),
         ],
     );
     Ok(())
@@ -616,8 +1180,8 @@ fn outer_source_port_follows_the_inner_flow() -> anyhow::Result<()> {
             Reason::FORWARDED,
             encapsulated(near.tunnel()),
         );
-        let output = run_case(&near, &case).unwrap_or_else(|failure| panic!("{failure}"));
-        VxlanOverIpv4::parse(&output).expect("run_case checked the outer headers").udp_src_port
+        let ran = run_case(&near, &case).unwrap_or_else(|failure| panic!("{failure}"));
+        VxlanOverIpv4::parse(&ran.frame).expect("run_case checked the outer headers").udp_src_port
     };
 
     let first = source_port("ping, first time".into(), ping(NEAR_1, FAR_1));
@@ -641,9 +1205,38 @@ fn outer_source_port_follows_the_inner_flow() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a container sends that is not encapsulated: ARP requests answered
-/// from the neighbour table (ARP suppression), frames to a container on the
-/// same node switched locally, and every drop with its counted reason.
+/// Outer IPv4 identification (RFC 791 section 3.1; RFC 6864 section 4.1
+/// lets atomic datagrams carry any ID, and the kernel's own tunnels number
+/// their outer packets anyway): a per-CPU counter, one per packet sent, so
+/// consecutive encapsulations on one CPU carry consecutive IDs. The test
+/// thread is pinned to one CPU so that every run uses the same counter.
+#[test]
+fn outer_ipv4_ids_count_packets() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let _pinned = PinnedToOneCpu::here()?;
+    let frames = [
+        ("IPv4 ICMP echo request", ping(NEAR_1, FAR_1)),
+        ("the same echo request again", ping(NEAR_1, FAR_1)),
+        ("ARP reply (grown with bpf_skb_change_head)", arp_answer(NEAR_1, FAR_1)),
+        ("IPv6 UDP", udp6_of_ip_length(NEAR_1, FAR_1, 200)),
+    ];
+    let mut ids = Vec::new();
+    for (name, frame) in frames {
+        let case = Case::given(name, Hook::Port(NEAR_1.port), frame).expect(TC_ACT_REDIRECT, Reason::FORWARDED, encapsulated(near.tunnel()));
+        let ran = run_case(&near, &case).unwrap_or_else(|failure| panic!("{failure}"));
+        ids.push(VxlanOverIpv4::parse(&ran.frame).expect("run_case checked the outer headers").ip_identification);
+    }
+    let expected: Vec<u16> = (0..ids.len() as u16).map(|i| ids[0].wrapping_add(i)).collect();
+    println!("outer IPv4 IDs of {} consecutive encapsulations: {ids:?}", ids.len());
+    assert_eq!(ids, expected, "outer IPv4 IDs of consecutive encapsulations on one CPU: expected {expected:?}, seen {ids:?}");
+    Ok(())
+}
+
+/// What a container sends that is neither encapsulated nor flooded: ARP
+/// requests answered from the neighbour table (ARP suppression), frames to a
+/// container on the same node switched locally, and every drop with its
+/// counted reason, among them frames with a VLAN tag (RFC 7348 section 6.1:
+/// an encapsulating VTEP SHOULD NOT carry one). Nothing is sent anywhere.
 #[test]
 fn endpoint_port_verdicts() -> anyhow::Result<()> {
     let near = Node::start(&NEAR)?;
@@ -651,60 +1244,250 @@ fn endpoint_port_verdicts() -> anyhow::Result<()> {
     let shot = |name: &str, hook: Hook, frame: Vec<u8>, reason: Reason| {
         Case::given(name, hook, frame).expect(TC_ACT_SHOT, reason, Output::Ignored)
     };
-    let answered = |name: &str, asked: Endpoint| {
-        Case::given(name, p1, Arp::request(NEAR_1.mac, NEAR_1.ip, asked.ip).frame(BROADCAST)).expect(
+    let answered = |name: &str, asker: Endpoint, owner: Endpoint| {
+        Case::given(name, Hook::Port(asker.port), arp_request(asker, owner.ip)).expect(
             TC_ACT_REDIRECT,
             Reason::ARP_REPLIED,
-            Output::Frame(Arp::reply(asked.mac, asked.ip, NEAR_1.mac, NEAR_1.ip).frame(NEAR_1.mac)),
+            Output::Frame(arp_answer(owner, asker)),
         )
     };
-    let mdns = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
-    let dhcp = Udp { src_port: 68, dst_port: 67 };
+    let mut bad_hardware_length = arp_request(NEAR_1, FAR_1.ip);
+    bad_hardware_length[ETHERNET_LEN + 4] = 8;
+    let rarp_operation = Arp { operation: 3, ..Arp::request(NEAR_1.mac, NEAR_1.ip, FAR_1.ip) }.frame(BROADCAST);
+    let mut cut_arp = arp_request(NEAR_1, FAR_1.ip);
+    cut_arp.truncate(ETHERNET_LEN + 20);
     run_table(
         &near,
         &[
-            answered("ARP request for a remote endpoint is answered with its MAC", FAR_1),
-            answered("ARP request for the other local endpoint is answered with its MAC", NEAR_2),
-            shot(
-                "ARP request for an address nobody in the VNI owns",
-                p1,
-                Arp::request(NEAR_1.mac, NEAR_1.ip, UNKNOWN_IP).frame(BROADCAST),
-                Reason::ARP_UNKNOWN_TARGET,
-            ),
-            shot(
-                "gratuitous ARP (sender IP = target IP)",
-                p1,
-                Arp::request(NEAR_1.mac, NEAR_1.ip, NEAR_1.ip).frame(BROADCAST),
-                Reason::ARP_ANNOUNCEMENT,
-            ),
-            shot(
-                "ARP probe (RFC 5227: sender IP 0.0.0.0)",
-                p1,
-                Arp::request(NEAR_1.mac, Ipv4Addr::UNSPECIFIED, NEAR_1.ip).frame(BROADCAST),
-                Reason::ARP_ANNOUNCEMENT,
-            ),
+            answered("ARP request for a remote endpoint is answered with its MAC", NEAR_1, FAR_1),
+            answered("ARP request for the other local endpoint is answered with its MAC", NEAR_1, NEAR_2),
+            answered("ARP request from p2 for the p1 endpoint is answered", NEAR_2, NEAR_1),
             Case::given("unicast to the other local endpoint is switched locally, unchanged", p1, ping(NEAR_1, NEAR_2))
                 .expect(TC_ACT_REDIRECT, Reason::LOCAL_SWITCHED, Output::Unchanged),
-            shot("unicast to an unknown MAC", p1, ping_to(NEAR_1, UNKNOWN_MAC, FAR_1.ip), Reason::UNKNOWN_DESTINATION),
-            shot(
-                "IPv4 broadcast (DHCP discover to ff:ff:ff:ff:ff:ff)",
-                p1,
-                udp_from(NEAR_1, BROADCAST, Ipv4Addr::BROADCAST, dhcp, 240),
-                Reason::FLOOD_UNSUPPORTED,
-            ),
-            shot(
-                "IPv6 multicast (mDNS to 33:33:00:00:00:fb)",
-                p1,
-                udp6_from(NEAR_1, Mac([0x33, 0x33, 0, 0, 0, 0xfb]), mdns, Udp { src_port: 5353, dst_port: 5353 }),
-                Reason::FLOOD_UNSUPPORTED,
-            ),
             shot("frame on a port with no endpoint (q1)", Hook::Port("q1"), ping(NEAR_1, FAR_1), Reason::PORT_NOT_CONFIGURED),
+            shot("broadcast ARP with hardware length 8", p1, bad_hardware_length, Reason::ARP_MALFORMED),
+            shot("broadcast ARP with operation 3", p1, rarp_operation, Reason::ARP_MALFORMED),
+            shot("broadcast ARP cut after 20 of its 28 bytes", p1, cut_arp, Reason::ARP_MALFORMED),
             shot(
-                "IPv4 of 1500 bytes, not GSO: 1550 once encapsulated, over the 1500 underlay MTU",
+                "802.1Q-tagged unicast to a remote endpoint",
                 p1,
-                udp_of_ip_length(NEAR_1, FAR_1, 1500),
+                vlan_tagged_ping(ETHERTYPE_8021Q, NEAR_1, FAR_1.mac, FAR_1),
+                Reason::INNER_VLAN,
+            ),
+            shot(
+                "802.1ad-tagged unicast to a remote endpoint",
+                p1,
+                vlan_tagged_ping(ETHERTYPE_8021AD, NEAR_1, FAR_1.mac, FAR_1),
+                Reason::INNER_VLAN,
+            ),
+            shot(
+                "802.1Q-tagged unicast to the other local endpoint (not switched)",
+                p1,
+                vlan_tagged_ping(ETHERTYPE_8021Q, NEAR_1, NEAR_2.mac, NEAR_2),
+                Reason::INNER_VLAN,
+            ),
+            shot(
+                "802.1Q-tagged broadcast (not flooded)",
+                p1,
+                vlan_tagged_ping(ETHERTYPE_8021Q, NEAR_1, BROADCAST, FAR_1),
+                Reason::INNER_VLAN,
+            ),
+        ],
+    );
+    Ok(())
+}
+
+/// Flooding from an endpoint port (RFC 7348 section 4.2, head-end
+/// replication to a static peer list): broadcast, multicast, unknown
+/// unicast, ARP requests the node cannot answer and ARP announcements
+/// (RFC 5227 probes and announcements, gratuitous replies) are cloned
+/// unchanged to every other local port of the VNI and, in VXLAN, to every
+/// peer carrying the VNI whose underlay neighbour is resolved; then dropped.
+#[test]
+fn flooding_from_an_endpoint() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let flooded = |name: &str, from: Endpoint, frame: Vec<u8>| flooded_on(&near, name, from, frame);
+    run_table(
+        &near,
+        &[
+            flooded("IPv4 broadcast (DHCP discover to ff:ff:ff:ff:ff:ff)", NEAR_1, dhcp_discover(NEAR_1)),
+            flooded("IPv4 broadcast from p2: a copy to p1, none back to p2", NEAR_2, dhcp_discover(NEAR_2)),
+            flooded("IPv4 multicast (mDNS to 01:00:5e:00:00:fb)", NEAR_1, mdns4(NEAR_1)),
+            flooded("IPv6 multicast (mDNS to 33:33:00:00:00:fb)", NEAR_1, mdns6(NEAR_1)),
+            flooded("IPv6 router solicitation (ICMPv6 to 33:33:00:00:00:02, not a solicitation)", NEAR_1, router_solicitation(NEAR_1)),
+            flooded("unicast to an unknown MAC", NEAR_1, ping_to(NEAR_1, UNKNOWN_MAC, FAR_1.ip)),
+            flooded("unicast to an unknown MAC from p2", NEAR_2, ping_to(NEAR_2, UNKNOWN_MAC, UNKNOWN_IP)),
+            flooded("ARP request for an address nobody in the VNI owns", NEAR_1, arp_request(NEAR_1, UNKNOWN_IP)),
+            flooded("ARP request for an address the far node has but did not list", NEAR_1, arp_request(NEAR_1, UNLISTED_IP)),
+            flooded("gratuitous ARP request (sender IP = target IP)", NEAR_1, arp_request(NEAR_1, NEAR_1.ip)),
+            flooded(
+                "ARP probe (RFC 5227: sender IP 0.0.0.0)",
+                NEAR_1,
+                Arp::request(NEAR_1.mac, Ipv4Addr::UNSPECIFIED, NEAR_1.ip).frame(BROADCAST),
+            ),
+            flooded(
+                "gratuitous ARP reply to ff:ff:ff:ff:ff:ff",
+                NEAR_1,
+                Arp::reply(NEAR_1.mac, NEAR_1.ip, BROADCAST, NEAR_1.ip).frame(BROADCAST),
+            ),
+            flooded(
+                "ARP request for a known address asked by its owner (duplicate-address check)",
+                NEAR_1,
+                Arp::request(NEAR_1.mac, UNKNOWN_IP, NEAR_1.ip).frame(BROADCAST),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+/// The per-VNI flood limit (`[[vnis]] flood_limit`): a flooded frame makes
+/// at most that many copies, local ports first, and is counted as
+/// flood-limited when copies were cut; a limit of 0 turns flooding off.
+#[test]
+fn flood_limit_cuts_copies() -> anyhow::Result<()> {
+    let limited = Node::start(&LIMITED)?;
+    let limited_flood = |name: &str, from: Endpoint, frame: Vec<u8>, arrivals: Vec<Arrival>| {
+        Case::given(name, Hook::Port(from.port), frame).expect(TC_ACT_SHOT, Reason::FLOODED_LIMITED, Output::Ignored).arriving(arrivals)
+    };
+    let broadcast_1 = dhcp_discover(NEAR_1);
+    let broadcast_2 = dhcp_discover(NEAR_2);
+    let broadcast_b = dhcp_discover(TENANT_B_1);
+    run_table(
+        &limited,
+        &[
+            limited_flood(
+                "VNI 100, limit 1: broadcast from p1 reaches p2 only, no peer",
+                NEAR_1,
+                broadcast_1.clone(),
+                vec![unchanged_at(NEAR_2.port, &broadcast_1)],
+            ),
+            limited_flood(
+                "VNI 100, limit 1: broadcast from p2 reaches p1 only, no peer",
+                NEAR_2,
+                broadcast_2.clone(),
+                vec![unchanged_at(NEAR_1.port, &broadcast_2)],
+            ),
+            limited_flood("VNI 200, limit 0: broadcast goes nowhere", TENANT_B_1, broadcast_b, Vec::new()),
+            Case::given("VNI 100, limit 1: ARP for a known address is still answered", Hook::Port(NEAR_1.port), arp_request(NEAR_1, FAR_1.ip))
+                .expect(TC_ACT_REDIRECT, Reason::ARP_REPLIED, Output::Frame(arp_answer(FAR_1, NEAR_1))),
+        ],
+    );
+    Ok(())
+}
+
+/// ND suppression (RFC 4861 sections 7.2.3 and 7.2.4): a neighbour
+/// solicitation from a container for an IPv6 address the node knows in its
+/// VNI is answered with the advertisement the owner would send (solicited,
+/// override, target link-layer address), back out of the port. What the
+/// node cannot answer (unknown target, duplicate address detection from ::,
+/// a container asking for its own address) is flooded; a solicitation that
+/// breaks RFC 4861 section 7.1.1 (hop limit not 255, code not 0, shorter
+/// than 24 bytes) is dropped.
+#[test]
+fn neighbour_solicitations() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let answered = |name: &str, asker: Endpoint, owner: Endpoint| {
+        Case::given(name, Hook::Port(asker.port), solicitation(asker, owner.ipv6)).expect(
+            TC_ACT_REDIRECT,
+            Reason::ND_REPLIED,
+            Output::Frame(advertisement(owner, asker)),
+        )
+    };
+    let malformed = |name: &str, frame: Vec<u8>| {
+        Case::given(name, Hook::Port(NEAR_1.port), frame).expect(TC_ACT_SHOT, Reason::ND_MALFORMED, Output::Ignored)
+    };
+    let flooded = |name: &str, from: Endpoint, frame: Vec<u8>| flooded_on(&near, name, from, frame);
+
+    let to_far = frames::neighbour_solicitation(FAR_1.ipv6, Some(NEAR_1.mac));
+    let mut code_1 = to_far.clone();
+    code_1[1] = 1;
+    let mut short_payload = solicitation(NEAR_1, FAR_1.ipv6);
+    short_payload[ETHERNET_LEN + 4..ETHERNET_LEN + 6].copy_from_slice(&16u16.to_be_bytes());
+    let dad = solicitation_with(NEAR_1, Ipv6Addr::UNSPECIFIED, 255, NEAR_1.ipv6, &frames::neighbour_solicitation(NEAR_1.ipv6, None));
+    run_table(
+        &near,
+        &[
+            answered("solicitation for a remote endpoint's address is answered", NEAR_1, FAR_1),
+            answered("solicitation for the other local endpoint's address is answered", NEAR_1, NEAR_2),
+            answered("solicitation from p2 for the p1 endpoint's address is answered", NEAR_2, NEAR_1),
+            Case::given(
+                "solicitation without a source link-layer option (78 bytes): answered, grown to 86",
+                Hook::Port(NEAR_1.port),
+                solicitation_with(NEAR_1, NEAR_1.ipv6, 255, FAR_1.ipv6, &frames::neighbour_solicitation(FAR_1.ipv6, None)),
+            )
+            .expect(TC_ACT_REDIRECT, Reason::ND_REPLIED, Output::Frame(advertisement(FAR_1, NEAR_1))),
+            flooded("solicitation for an address nobody in the VNI owns", NEAR_1, solicitation(NEAR_1, UNKNOWN_IPV6)),
+            flooded("duplicate address detection (source ::)", NEAR_1, dad),
+            flooded("solicitation for the asker's own address", NEAR_1, solicitation(NEAR_1, NEAR_1.ipv6)),
+            malformed("hop limit 64 (RFC 4861 section 7.1.1: must be 255)", solicitation_with(NEAR_1, NEAR_1.ipv6, 64, FAR_1.ipv6, &to_far)),
+            malformed("ICMPv6 code 1 (must be 0)", solicitation_with(NEAR_1, NEAR_1.ipv6, 255, FAR_1.ipv6, &code_1)),
+            malformed("IPv6 payload length 16, under the 24 bytes of a solicitation", short_payload),
+        ],
+    );
+    Ok(())
+}
+
+/// Frames too big for the underlay once encapsulated are never fragmented
+/// (RFC 7348 section 4.3): IPv4 with DF gets an ICMP "fragmentation needed"
+/// (RFC 792, RFC 1191 section 4) and IPv6 an ICMPv6 "packet too big" (RFC
+/// 4443 section 3.2), both announcing the overlay MTU (underlay MTU - 50),
+/// sent back to the container as if from the destination. IPv4 without DF
+/// is dropped; ICMP errors are never answered with errors (RFC 1122 section
+/// 3.2.2, RFC 4443 section 2.4 e); neither is what cannot be quoted.
+#[test]
+fn oversized_frames_get_icmp_too_big() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let p1 = Hook::Port(NEAR_1.port);
+    let answered = |name: &str, frame: Vec<u8>, answer: fn(Endpoint, Endpoint, &[u8]) -> Vec<u8>| {
+        let expected = answer(NEAR_1, FAR_1, &frame);
+        Case::given(name, p1, frame).expect(TC_ACT_REDIRECT, Reason::ICMP_TOO_BIG_SENT, Output::Frame(expected))
+    };
+    let shot = |name: &str, frame: Vec<u8>, reason: Reason| Case::given(name, p1, frame).expect(TC_ACT_SHOT, reason, Output::Ignored);
+
+    let over = UNDERLAY_MTU; // an inner IP packet this long is 50 bytes too long
+    let ipv4 = |protocol: u8| Ipv4::new(protocol, NEAR_1.ip, FAR_1.ip);
+    let without_df = Ipv4 { flags_fragment: 0, ..ipv4(IPPROTO_UDP) };
+    let with_options = Ipv4 { options: vec![1, 1, 1, 0], ..ipv4(IPPROTO_UDP) };
+    let echo = frames::icmp_echo_request(0x4242, 1, &payload(over - IPV4_LEN - 8));
+    let icmp_error = frames::icmp_message(ICMP_DESTINATION_UNREACHABLE, ICMP_HOST_UNREACHABLE, [0; 4], &payload(over - IPV4_LEN - 8));
+    let echo6 = frames::icmpv6_message(ICMPV6_ECHO_REQUEST, 0, &payload(over - IPV6_LEN - 4));
+    let error6 = frames::icmpv6_message(ICMPV6_DESTINATION_UNREACHABLE, 0, &payload(over - IPV6_LEN - 4));
+    let mut padded_arp = arp_answer(NEAR_1, FAR_1);
+    padded_arp.resize(ETHERNET_LEN + over, 0);
+    run_table(
+        &near,
+        &[
+            answered("IPv4 UDP of 1500 bytes with DF", udp_of_ip_length(NEAR_1, FAR_1, over), fragmentation_needed),
+            answered("IPv4 UDP of 1451 bytes with DF: one byte too many", udp_of_ip_length(NEAR_1, FAR_1, OVERLAY_MTU + 1), fragmentation_needed),
+            answered(
+                "IPv4 ICMP echo request of 1500 bytes (not an error)",
+                ipv4_frame(NEAR_1, FAR_1, &ipv4(IPPROTO_ICMP), &echo),
+                fragmentation_needed,
+            ),
+            shot(
+                "IPv4 UDP of 1500 bytes without DF",
+                ipv4_frame(NEAR_1, FAR_1, &without_df, &FLOW.datagram(&payload(over - IPV4_LEN - UDP_LEN))),
+                Reason::TOO_BIG_NO_DF,
+            ),
+            shot(
+                "IPv4 ICMP destination unreachable of 1500 bytes (an error itself)",
+                ipv4_frame(NEAR_1, FAR_1, &ipv4(IPPROTO_ICMP), &icmp_error),
                 Reason::TOO_BIG_FOR_UNDERLAY,
             ),
+            shot(
+                "IPv4 with options, 1500 bytes with DF",
+                ipv4_frame(NEAR_1, FAR_1, &with_options, &FLOW.datagram(&payload(over - IPV4_LEN - 4 - UDP_LEN))),
+                Reason::TOO_BIG_FOR_UNDERLAY,
+            ),
+            answered("IPv6 UDP of 1500 bytes", udp6_of_ip_length(NEAR_1, FAR_1, over), packet_too_big),
+            answered("IPv6 UDP of 1451 bytes: one byte too many", udp6_of_ip_length(NEAR_1, FAR_1, OVERLAY_MTU + 1), packet_too_big),
+            answered("ICMPv6 echo request of 1500 bytes (not an error)", ipv6_frame(NEAR_1, FAR_1, IPPROTO_ICMPV6, &echo6), packet_too_big),
+            shot(
+                "ICMPv6 destination unreachable of 1500 bytes (an error itself)",
+                ipv6_frame(NEAR_1, FAR_1, IPPROTO_ICMPV6, &error6),
+                Reason::TOO_BIG_FOR_UNDERLAY,
+            ),
+            shot("ARP reply padded to 1514 bytes (not IP: nothing to answer)", padded_arp, Reason::TOO_BIG_FOR_UNDERLAY),
         ],
     );
     Ok(())
@@ -712,7 +1495,10 @@ fn endpoint_port_verdicts() -> anyhow::Result<()> {
 
 /// RFC 7348 sections 4.3 and 5 on receipt: VXLAN from a configured peer to
 /// our port is delivered as exactly the inner frame; what breaks a rule is
-/// dropped with its reason; what is not VXLAN for us passes untouched.
+/// dropped with its reason (among them inner VLAN tags, RFC 7348 section
+/// 6.1); inner broadcast and multicast is handed up unchanged to the TC
+/// program that replicates it (XDP cannot clone), except an ARP request the
+/// node can steer; what is not VXLAN for us passes untouched.
 #[test]
 fn decapsulation_verdicts() -> anyhow::Result<()> {
     let near = Node::start(&NEAR)?;
@@ -724,6 +1510,9 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
         |name: &str, frame: Vec<u8>, reason: Reason| Case::given(name, Hook::Decap, frame).expect(XDP_DROP, reason, Output::Ignored);
     let passed =
         |name: &str, frame: Vec<u8>| Case::given(name, Hook::Decap, frame).expect(XDP_PASS, Reason::PASSED, Output::Unchanged);
+    let handed_off = |name: &str, inner: &[u8]| {
+        Case::given(name, Hook::Decap, vxlan_from_far(inner)).expect(XDP_PASS, Reason::FLOOD_HANDOFF, Output::Unchanged)
+    };
 
     let all_reserved_bits = Vxlan { flags: 0xff, reserved1: [0xff; 3], vni: VNI, reserved2: 0xff };
     let no_i_flag = Vxlan { flags: 0, ..Vxlan::new(VNI) };
@@ -738,7 +1527,11 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
     let beyond_the_frame = (too_long.len() - ETHERNET_LEN + 10) as u16;
     frames::set_ipv4_total_length(&mut too_long, beyond_the_frame);
 
-    let arp_for = |target: Ipv4Addr| Arp::request(UNLISTED_MAC, UNLISTED_IP, target).frame(BROADCAST);
+    let subnet_broadcast = udp_from(FAR_1, BROADCAST, Ipv4Addr::new(10, 10, 0, 255), Udp { src_port: 5000, dst_port: 5000 }, 16);
+    let far_unlisted = Endpoint { mac: UNLISTED_MAC, ip: UNLISTED_IP, ..FAR_1 };
+    let arp_for = |target: Ipv4Addr| arp_request(far_unlisted, target);
+    let mut arp_bad_hardware_type = arp_for(NEAR_1.ip);
+    arp_bad_hardware_type[ETHERNET_LEN + 1] = 6; // IEEE 802 instead of Ethernet
     let vxlan_over_ipv6 = Ipv6 {
         next_header: IPPROTO_UDP,
         hop_limit: 64,
@@ -753,6 +1546,11 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
         &near,
         &[
             delivered("VXLAN from the peer to a local endpoint: exactly the inner frame", vxlan_from_far(&inner), &inner),
+            delivered(
+                "VXLAN from a peer that lists no endpoint (192.0.2.3), to a local endpoint",
+                vxlan_from(THIRD_VTEP, VNI, &inner),
+                &inner,
+            ),
             delivered(
                 "every reserved bit set, I flag set (RFC 7348 section 5: reserved bits are ignored on receipt)",
                 vxlan_frame(&from_far_vtep(), all_reserved_bits, &inner),
@@ -777,6 +1575,11 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
                 "outer source 192.0.2.99 is not a peer VTEP",
                 vxlan_frame(&Ipv4 { src: STRANGER_VTEP, ..from_far_vtep() }, Vxlan::new(VNI), &inner),
                 Reason::UNKNOWN_PEER,
+            ),
+            dropped(
+                "from a peer of tenant B (192.0.2.4, VNI 200 only) into VNI 100",
+                vxlan_frame(&Ipv4 { src: TENANT_B_VTEP, ..from_far_vtep() }, Vxlan::new(VNI), &inner),
+                Reason::PEER_NOT_IN_VNI,
             ),
             dropped("outer IPv4 with options (IHL 6)", vxlan_frame(&with_options, Vxlan::new(VNI), &inner), Reason::OUTER_IP_OPTIONS),
             dropped(
@@ -805,6 +1608,21 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
                 vxlan_from_far(&ping_to(FAR_1, UNKNOWN_MAC, NEAR_1.ip)),
                 Reason::UNKNOWN_DESTINATION,
             ),
+            dropped(
+                "inner 802.1Q-tagged unicast to a local endpoint (RFC 7348 section 6.1: SHOULD be discarded)",
+                vxlan_from_far(&vlan_tagged_ping(ETHERTYPE_8021Q, FAR_1, NEAR_1.mac, NEAR_1)),
+                Reason::INNER_VLAN,
+            ),
+            dropped(
+                "inner 802.1ad-tagged unicast to a local endpoint",
+                vxlan_from_far(&vlan_tagged_ping(ETHERTYPE_8021AD, FAR_1, NEAR_1.mac, NEAR_1)),
+                Reason::INNER_VLAN,
+            ),
+            dropped(
+                "inner 802.1Q-tagged broadcast (not handed off)",
+                vxlan_from_far(&vlan_tagged_ping(ETHERTYPE_8021Q, FAR_1, BROADCAST, NEAR_1)),
+                Reason::INNER_VLAN,
+            ),
             delivered(
                 "inner broadcast ARP request for a local endpoint's address: delivered to it",
                 vxlan_from_far(&arp_for(NEAR_1.ip)),
@@ -815,11 +1633,121 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
                 vxlan_from_far(&arp_for(FAR_1.ip)),
                 Reason::ARP_UNKNOWN_TARGET,
             ),
-            dropped(
-                "inner broadcast IPv4",
-                vxlan_from_far(&udp_from(FAR_1, BROADCAST, Ipv4Addr::new(10, 10, 0, 255), Udp { src_port: 5000, dst_port: 5000 }, 16)),
-                Reason::FLOOD_UNSUPPORTED,
+            dropped("inner broadcast ARP with hardware type 6", vxlan_from_far(&arp_bad_hardware_type), Reason::ARP_MALFORMED),
+            handed_off("inner ARP request for an address nobody knows", &arp_for(UNKNOWN_IP)),
+            handed_off("inner gratuitous ARP request (sender IP = target IP)", &arp_request(FAR_1, FAR_1.ip)),
+            handed_off("inner ARP probe (sender IP 0.0.0.0)", &Arp::request(FAR_1.mac, Ipv4Addr::UNSPECIFIED, FAR_1.ip).frame(BROADCAST)),
+            handed_off("inner gratuitous ARP reply to ff:ff:ff:ff:ff:ff", &Arp::reply(FAR_1.mac, FAR_1.ip, BROADCAST, FAR_1.ip).frame(BROADCAST)),
+            handed_off("inner IPv4 broadcast", &subnet_broadcast),
+            handed_off("inner IPv4 multicast (mDNS)", &mdns4(FAR_1)),
+            handed_off("inner IPv6 multicast (mDNS)", &mdns6(FAR_1)),
+            handed_off("inner neighbour solicitation for a local endpoint's address", &solicitation(FAR_1, NEAR_1.ipv6)),
+        ],
+    );
+    Ok(())
+}
+
+/// The underlay's TC flood program, the second half of receiving a flooded
+/// frame (RFC 7348 section 4.2): a VXLAN frame from a peer to our VTEP
+/// whose inner destination is broadcast or multicast is decapsulated and
+/// cloned to every local port of its VNI (the sender already reached the
+/// other peers), then dropped. Anything else goes on untouched and
+/// uncounted: XDP has judged and counted it already.
+#[test]
+fn underlay_flood_replicates_to_local_ports() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let replicated = |name: &str, frame: Vec<u8>, inner: &[u8], ports: &[&str]| {
+        Case::given(name, Hook::UnderlayFlood, frame)
+            .expect(TC_ACT_SHOT, Reason::FLOODED, Output::Ignored)
+            .arriving(ports.iter().map(|port| unchanged_at(port, inner)).collect())
+    };
+    let to_tenant_a = [NEAR_1.port, NEAR_2.port];
+    let shot = |name: &str, frame: Vec<u8>, reason: Reason| {
+        Case::given(name, Hook::UnderlayFlood, frame).expect(TC_ACT_SHOT, reason, Output::Ignored)
+    };
+    let left_alone = |name: &str, frame: Vec<u8>| Case::given(name, Hook::UnderlayFlood, frame).expect_uncounted(TC_ACT_OK, Output::Unchanged);
+
+    let broadcast = udp_from(FAR_1, BROADCAST, Ipv4Addr::new(10, 10, 0, 255), Udp { src_port: 5000, dst_port: 5000 }, 16);
+    let unknown_arp = arp_request(FAR_1, UNKNOWN_IP);
+    let announcement = arp_request(FAR_1, FAR_1.ip);
+    let unicast = ping(FAR_1, NEAR_1);
+    let mut cut_in_inner_header = vxlan_from_far(&broadcast);
+    cut_in_inner_header.truncate(ENCAP_LEN + 10);
+    frames::set_ipv4_total_length(&mut cut_in_inner_header, (ENCAP_LEN + 10 - ETHERNET_LEN) as u16);
+    frames::set_udp_length(&mut cut_in_inner_header, (ENCAP_LEN + 10 - ETHERNET_LEN - IPV4_LEN) as u16);
+    let with_options = Ipv4 { options: vec![1, 1, 1, 0], ..from_far_vtep() };
+    let udp_to_other_port = Udp { dst_port: VXLAN_PORT + 1, ..to_vxlan_port() };
+    // XDP passes later fragments up for reassembly (they have no UDP header
+    // to judge by); their bytes are the datagram's, which whoever fills the
+    // datagram can shape like VXLAN: here for tenant B's VNI, from a peer of VNI 100.
+    let later_fragment = Ipv4 { flags_fragment: 1480 / 8, ..from_far_vtep() };
+    let disguised_fragment = on_underlay(
+        ETHERTYPE_IPV4,
+        &later_fragment.packet(&to_vxlan_port().datagram(&Vxlan::new(TENANT_B_VNI).packet(&broadcast))),
+    );
+    run_table(
+        &near,
+        &[
+            replicated("inner IPv4 broadcast: to p1 and p2", vxlan_from_far(&broadcast), &broadcast, &to_tenant_a),
+            replicated("inner IPv4 multicast (mDNS)", vxlan_from_far(&mdns4(FAR_1)), &mdns4(FAR_1), &to_tenant_a),
+            replicated("inner IPv6 multicast (mDNS)", vxlan_from_far(&mdns6(FAR_1)), &mdns6(FAR_1), &to_tenant_a),
+            replicated("inner ARP request for an address nobody knows", vxlan_from_far(&unknown_arp), &unknown_arp, &to_tenant_a),
+            replicated("inner gratuitous ARP (not IP)", vxlan_from_far(&announcement), &announcement, &to_tenant_a),
+            replicated(
+                "inner neighbour solicitation",
+                vxlan_from_far(&solicitation(FAR_1, NEAR_1.ipv6)),
+                &solicitation(FAR_1, NEAR_1.ipv6),
+                &to_tenant_a,
             ),
+            replicated("from the peer that lists no endpoint (192.0.2.3)", vxlan_from(THIRD_VTEP, VNI, &broadcast), &broadcast, &to_tenant_a),
+            shot(
+                "outer source 192.0.2.99 is not a peer VTEP",
+                vxlan_frame(&Ipv4 { src: STRANGER_VTEP, ..from_far_vtep() }, Vxlan::new(VNI), &broadcast),
+                Reason::UNKNOWN_PEER,
+            ),
+            shot(
+                "broadcast from a peer of tenant B (192.0.2.4, VNI 200 only) into VNI 100",
+                vxlan_frame(&Ipv4 { src: TENANT_B_VTEP, ..from_far_vtep() }, Vxlan::new(VNI), &broadcast),
+                Reason::PEER_NOT_IN_VNI,
+            ),
+            shot(
+                "I flag clear",
+                vxlan_frame(&from_far_vtep(), Vxlan { flags: 0, ..Vxlan::new(VNI) }, &broadcast),
+                Reason::VXLAN_FLAGS_INVALID,
+            ),
+            shot(
+                "inner 802.1Q-tagged broadcast",
+                vxlan_from_far(&vlan_tagged_ping(ETHERTYPE_8021Q, FAR_1, BROADCAST, NEAR_1)),
+                Reason::INNER_VLAN,
+            ),
+            shot(
+                "inner 802.1ad-tagged broadcast",
+                vxlan_from_far(&vlan_tagged_ping(ETHERTYPE_8021AD, FAR_1, BROADCAST, NEAR_1)),
+                Reason::INNER_VLAN,
+            ),
+            shot("VNI this node does not carry", vxlan_from(FAR_VTEP, UNKNOWN_VNI, &broadcast), Reason::UNKNOWN_VNI),
+            left_alone("inner unicast to a local endpoint (XDP delivered it)", vxlan_from_far(&unicast)),
+            left_alone("inner unicast to an unknown MAC (XDP dropped it)", vxlan_from_far(&ping_to(FAR_1, UNKNOWN_MAC, NEAR_1.ip))),
+            left_alone("ARP on the underlay", Arp::request(FAR_UNDERLAY_MAC, FAR_VTEP, NEAR_VTEP).frame(BROADCAST)),
+            left_alone(
+                "UDP to our VTEP on another port",
+                on_underlay(ETHERTYPE_IPV4, &from_far_vtep().packet(&udp_to_other_port.datagram(&Vxlan::new(VNI).packet(&broadcast)))),
+            ),
+            left_alone(
+                "UDP to port 4789 of another underlay address",
+                vxlan_frame(&Ipv4 { dst: OTHER_UNDERLAY_HOST, ..from_far_vtep() }, Vxlan::new(VNI), &broadcast),
+            ),
+            left_alone(
+                "TCP to our VTEP's port 4789",
+                on_underlay(
+                    ETHERTYPE_IPV4,
+                    &Ipv4::new(IPPROTO_TCP, FAR_VTEP, NEAR_VTEP)
+                        .packet(&Tcp { src_port: 51234, dst_port: VXLAN_PORT, sequence: 1, flags: Tcp::SYN }.segment(&[])),
+                ),
+            ),
+            left_alone("outer IPv4 with options (XDP dropped it)", vxlan_frame(&with_options, Vxlan::new(VNI), &broadcast)),
+            left_alone("cut 10 bytes into the inner Ethernet header", cut_in_inner_header),
+            left_alone("later fragment (offset 1480) whose data looks like VXLAN in VNI 200: no UDP header", disguised_fragment),
         ],
     );
     Ok(())
@@ -865,6 +1793,106 @@ fn decapsulation_of_truncated_frames() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Several tenants, one node (RFC 7348 section 4: the VNI scopes the inner
+/// MAC frame, so overlapping MAC and IP addresses are allowed across VNIs):
+/// tenant B (VNI 200, port p3) reuses tenant A's NEAR_1 MAC and addresses.
+/// No frame crosses from one VNI into the other: a MAC or address known
+/// only in the other VNI is unknown here (flooded within the sender's VNI,
+/// or dropped on receipt), and each VNI's own tables still answer.
+#[test]
+fn tenants_are_isolated() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let flooded = |name: &str, from: Endpoint, frame: Vec<u8>| flooded_on(&near, name, from, frame);
+    let p3 = Hook::Port(TENANT_B_1.port);
+    let answered_arp = |name: &str, asker: Endpoint, owner: Endpoint| {
+        Case::given(name, Hook::Port(asker.port), arp_request(asker, owner.ip)).expect(
+            TC_ACT_REDIRECT,
+            Reason::ARP_REPLIED,
+            Output::Frame(arp_answer(owner, asker)),
+        )
+    };
+    let decap = |name: &str, frame: Vec<u8>, action: u32, reason: Reason, output: Output| {
+        Case::given(name, Hook::Decap, frame).expect(action, reason, output)
+    };
+    let from_tenant_b_host = |inner: &[u8]| vxlan_from(TENANT_B_VTEP, TENANT_B_VNI, inner);
+    let tenant_b_broadcast = dhcp_discover(TENANT_B_REMOTE);
+    let b_to_b2 = ping(TENANT_B_REMOTE, TENANT_B_2);
+    let b_asks_for_b2 = arp_request(TENANT_B_REMOTE, TENANT_B_2.ip);
+    run_table(
+        &near,
+        &[
+            // From a port: each VNI's tables, and only those.
+            flooded("p1 (VNI 100) to tenant B's local-only MAC: flooded in VNI 100, not switched to p3", NEAR_1, ping(NEAR_1, TENANT_B_2)),
+            flooded("p1 (VNI 100) to tenant B's remote MAC: flooded in VNI 100, not sent to its VTEP", NEAR_1, ping(NEAR_1, TENANT_B_REMOTE)),
+            flooded("p3 (VNI 200) to tenant A's NEAR_2 MAC: flooded in VNI 200, not switched to p2", TENANT_B_1, ping(TENANT_B_1, NEAR_2)),
+            flooded("p3 (VNI 200) to tenant A's FAR_1 MAC: flooded in VNI 200, not sent to the far VTEP", TENANT_B_1, ping(TENANT_B_1, FAR_1)),
+            flooded("p3 broadcast: to tenant B's peer only", TENANT_B_1, dhcp_discover(TENANT_B_1)),
+            flooded("p3 ARP request for an address only VNI 100 has: not answered", TENANT_B_1, arp_request(TENANT_B_1, NEAR_2.ip)),
+            flooded("p1 ARP request for an address only VNI 200 has: not answered", NEAR_1, arp_request(NEAR_1, TENANT_B_2.ip)),
+            flooded("p3 solicitation for an IPv6 address only VNI 100 has: not answered", TENANT_B_1, solicitation(TENANT_B_1, NEAR_2.ipv6)),
+            answered_arp("p3 ARP request for tenant B's local address: answered", TENANT_B_1, TENANT_B_2),
+            answered_arp("p3 ARP request for tenant B's remote address: answered", TENANT_B_1, TENANT_B_REMOTE),
+            answered_arp("p2 ARP request for NEAR_1 (whose addresses tenant B reuses): answered", NEAR_2, NEAR_1),
+            Case::given("p3 solicitation for tenant B's remote IPv6 address: answered", p3, solicitation(TENANT_B_1, TENANT_B_REMOTE.ipv6))
+                .expect(TC_ACT_REDIRECT, Reason::ND_REPLIED, Output::Frame(advertisement(TENANT_B_REMOTE, TENANT_B_1))),
+            Case::given("p3 to tenant B's remote endpoint: VXLAN in VNI 200 to its VTEP", p3, ping(TENANT_B_1, TENANT_B_REMOTE)).expect(
+                TC_ACT_REDIRECT,
+                Reason::FORWARDED,
+                encapsulated(near.tunnel_to(TENANT_B_VTEP, TENANT_B_VNI)),
+            ),
+            Case::given("p3 to tenant B's other local endpoint: switched locally", p3, ping(TENANT_B_1, TENANT_B_2))
+                .expect(TC_ACT_REDIRECT, Reason::LOCAL_SWITCHED, Output::Unchanged),
+            // From the underlay: the VNI in the header decides.
+            decap(
+                "VNI 100 to tenant B's local-only MAC",
+                vxlan_from_far(&ping_to(FAR_1, TENANT_B_2.mac, TENANT_B_2.ip)),
+                XDP_DROP,
+                Reason::UNKNOWN_DESTINATION,
+                Output::Ignored,
+            ),
+            decap(
+                "VNI 200 to tenant B's local MAC: delivered",
+                from_tenant_b_host(&b_to_b2),
+                XDP_REDIRECT,
+                Reason::FORWARDED,
+                Output::Frame(b_to_b2.clone()),
+            ),
+            decap(
+                "VNI 200 to tenant A's NEAR_2 MAC",
+                from_tenant_b_host(&ping(TENANT_B_REMOTE, NEAR_2)),
+                XDP_DROP,
+                Reason::UNKNOWN_DESTINATION,
+                Output::Ignored,
+            ),
+            decap(
+                "VNI 200 ARP request for tenant B's local address: delivered",
+                from_tenant_b_host(&b_asks_for_b2),
+                XDP_REDIRECT,
+                Reason::FORWARDED,
+                Output::Frame(b_asks_for_b2.clone()),
+            ),
+            decap(
+                "VNI 200 ARP request for an address only VNI 100 has: handed off to flooding",
+                from_tenant_b_host(&arp_request(TENANT_B_REMOTE, NEAR_2.ip)),
+                XDP_PASS,
+                Reason::FLOOD_HANDOFF,
+                Output::Unchanged,
+            ),
+            decap(
+                "VNI 100 ARP request for an address only VNI 200 has: handed off to flooding",
+                vxlan_from_far(&arp_request(FAR_1, TENANT_B_2.ip)),
+                XDP_PASS,
+                Reason::FLOOD_HANDOFF,
+                Output::Unchanged,
+            ),
+            Case::given("VNI 200 broadcast from the underlay: to p3 only", Hook::UnderlayFlood, from_tenant_b_host(&tenant_b_broadcast))
+                .expect(TC_ACT_SHOT, Reason::FLOODED, Output::Ignored)
+                .arriving(vec![unchanged_at(TENANT_B_1.port, &tenant_b_broadcast)]),
+        ],
+    );
+    Ok(())
+}
+
 /// Both halves of RFC 7348 section 5 agree: what the far node's
 /// encapsulation sends, the near node's decapsulation turns back into the
 /// very frame the far container sent.
@@ -877,15 +1905,61 @@ fn encapsulation_then_decapsulation_returns_the_frame() -> anyhow::Result<()> {
         ("ARP reply (not IP)", Arp::reply(FAR_1.mac, FAR_1.ip, NEAR_1.mac, NEAR_1.ip).frame(NEAR_1.mac)),
         ("IPv4 of 1450 bytes to the other endpoint", udp_of_ip_length(FAR_1, NEAR_2, 1450)),
     ];
-    let results: Vec<(&str, Result<Vec<u8>, String>)> = frames
+    let results: Vec<(&str, Result<Ran, String>)> = frames
         .into_iter()
         .map(|(name, sent)| {
             let encapsulation = Case::given(format!("{name}: encapsulated by the far node"), Hook::Port(FAR_1.port), sent.clone())
                 .expect(TC_ACT_REDIRECT, Reason::FORWARDED, encapsulated(far.tunnel()));
             let result = run_case(&far, &encapsulation).and_then(|on_the_wire| {
-                let decapsulation = Case::given(format!("{name}: decapsulated by the near node"), Hook::Decap, on_the_wire)
+                let decapsulation = Case::given(format!("{name}: decapsulated by the near node"), Hook::Decap, on_the_wire.frame)
                     .expect(XDP_REDIRECT, Reason::FORWARDED, Output::Frame(sent));
                 run_case(&near, &decapsulation)
+            });
+            (name, result)
+        })
+        .collect();
+    report(results.iter().map(|(name, result)| (*name, result)));
+    Ok(())
+}
+
+/// Flooding end to end (RFC 7348 section 4.2): the copy the far node's
+/// endpoint program really sends to the near VTEP is handed up unchanged by
+/// the near node's XDP and replicated by its underlay TC program to every
+/// local port of the VNI, where the far container's frame arrives unchanged.
+#[test]
+fn flooded_frame_crosses_the_underlay() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let far = Node::start(&FAR)?;
+    let frames = [
+        ("DHCP discover (IPv4 broadcast)", dhcp_discover(FAR_1)),
+        ("ARP request for an address nobody knows (not IP)", arp_request(FAR_1, UNKNOWN_IP)),
+        ("IPv6 mDNS (multicast)", mdns6(FAR_1)),
+        ("unicast to an unknown MAC (flooded, then dropped on receipt)", ping_to(FAR_1, UNKNOWN_MAC, UNKNOWN_IP)),
+    ];
+    let results: Vec<(&str, Result<Ran, String>)> = frames
+        .into_iter()
+        .map(|(name, sent)| {
+            let flood = Case::given(format!("{name}: flooded by the far node"), Hook::Port(FAR_1.port), sent.clone())
+                .expect(TC_ACT_SHOT, Reason::FLOODED, Output::Ignored)
+                .arriving(vec![Arrival::Vxlan(far.tunnel(), sent.clone())]);
+            let result = run_case(&far, &flood).and_then(|flooded| {
+                let on_the_wire = flooded.arrived[UNDERLAY_PEER][0].clone();
+                let unicast = sent[0] & 1 == 0;
+                let receipt = if unicast {
+                    Case::given(format!("{name}: dropped by the near node's XDP"), Hook::Decap, on_the_wire)
+                        .expect(XDP_DROP, Reason::UNKNOWN_DESTINATION, Output::Ignored)
+                } else {
+                    Case::given(format!("{name}: handed up by the near node's XDP"), Hook::Decap, on_the_wire.clone())
+                        .expect(XDP_PASS, Reason::FLOOD_HANDOFF, Output::Unchanged)
+                };
+                let handed_up = run_case(&near, &receipt)?;
+                if unicast {
+                    return Ok(handed_up);
+                }
+                let replication = Case::given(format!("{name}: replicated by the near node's TC"), Hook::UnderlayFlood, handed_up.frame)
+                    .expect(TC_ACT_SHOT, Reason::FLOODED, Output::Ignored)
+                    .arriving(vec![unchanged_at(NEAR_1.port, &sent), unchanged_at(NEAR_2.port, &sent)]);
+                run_case(&near, &replication)
             });
             (name, result)
         })

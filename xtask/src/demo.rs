@@ -9,6 +9,7 @@ use anyhow::{Context, bail, ensure};
 use overlay_lab::{
     lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU, ping, tcp_transfer},
     netns,
+    probe::{NameServer, ask_name},
 };
 
 use crate::{build, is_root, setup};
@@ -20,8 +21,22 @@ const TRANSFER_BYTES: u64 = 100 * 1024 * 1024;
 /// when the process is interrupted).
 static AGENT_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Two tenants share the subnet and the addresses; only the VNI (and the
+/// MAC, for readability) differ.
+const BLUE: u32 = 100;
+const GREEN: u32 = 200;
+
 fn container(name: &str, last_octet: u8, vni: u32) -> ContainerSpec {
-    ContainerSpec { name: name.into(), mac: [0x02, 0, 0, 0, 0, last_octet], ip: Ipv4Addr::new(10, 10, 0, last_octet), vni }
+    ContainerSpec {
+        name: name.into(),
+        mac: [0x02, 0, 0, (vni / 100) as u8, 0, last_octet],
+        ip: Ipv4Addr::new(10, 10, 0, last_octet),
+        vni,
+    }
+}
+
+fn tenant_of(vni: u32) -> &'static str {
+    if vni == BLUE { "blue" } else { "green" }
 }
 
 pub fn demo() -> anyhow::Result<()> {
@@ -36,15 +51,28 @@ pub fn demo() -> anyhow::Result<()> {
         scope: SCOPE.into(),
         vxlan_port: 4789,
         hosts: vec![
-            HostSpec { name: "h1".into(), kind: HostKind::Overlay, containers: vec![container("a", 11, 100), container("d", 14, 100)] },
-            HostSpec { name: "h2".into(), kind: HostKind::Overlay, containers: vec![container("b", 12, 100)] },
-            HostSpec { name: "h3".into(), kind: HostKind::Overlay, containers: vec![container("c", 13, 100)] },
+            HostSpec {
+                name: "h1".into(),
+                kind: HostKind::Overlay,
+                containers: vec![container("blue-a", 11, BLUE), container("blue-d", 14, BLUE), container("green-a", 11, GREEN)],
+            },
+            HostSpec {
+                name: "h2".into(),
+                kind: HostKind::Overlay,
+                containers: vec![container("blue-b", 12, BLUE), container("green-b", 12, GREEN)],
+            },
+            HostSpec {
+                name: "h3".into(),
+                kind: HostKind::Overlay,
+                containers: vec![container("blue-c", 13, BLUE), container("green-c", 13, GREEN)],
+            },
         ],
     };
-    println!("\n== building the lab: 3 hosts on one underlay switch (192.0.2.0/24), 4 containers in VNI 100 (10.10.0.0/24, MTU {OVERLAY_MTU})");
+    println!("\n== building the lab: 3 hosts on one underlay switch (192.0.2.0/24); two tenants, blue (VNI {BLUE}) and green (VNI {GREEN}), with the same subnet 10.10.0.0/24 and the same addresses on the same hosts (MTU {OVERLAY_MTU})");
     let mut lab = Lab::build(spec)?;
     for host in &lab.hosts {
-        let containers: Vec<String> = host.containers.iter().map(|c| format!("{} {} on port {}", c.spec.name, c.spec.ip, c.port)).collect();
+        let containers: Vec<String> =
+            host.containers.iter().map(|c| format!("{} {} (VNI {}) on port {}", c.spec.name, c.spec.ip, c.spec.vni, c.port)).collect();
         println!("   {} (namespace {}): VTEP {} on {}; containers: {}", host.spec.name, host.netns.name(), host.vtep, host.underlay, containers.join(", "));
     }
 
@@ -57,7 +85,7 @@ pub fn demo() -> anyhow::Result<()> {
         }
     }
 
-    println!("\n== ping between every pair of containers");
+    println!("\n== ping between every pair of containers of each tenant");
     let all: Vec<(String, String)> = lab
         .hosts
         .iter()
@@ -66,11 +94,11 @@ pub fn demo() -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for (from_host, from) in &all {
         for (to_host, to) in &all {
-            if (from_host, from) == (to_host, to) {
-                continue;
-            }
             let source = lab.container(from_host, from);
             let target = lab.container(to_host, to);
+            if (from_host, from) == (to_host, to) || source.spec.vni != target.spec.vni {
+                continue;
+            }
             let (sent, received) = ping(&source.netns, target.spec.ip, 3)?;
             let path = if from_host == to_host { "local switch" } else { "VXLAN" };
             println!("   {from}@{from_host} -> {to}@{to_host} ({}, {path}): {received}/{sent} replies", target.spec.ip);
@@ -81,9 +109,25 @@ pub fn demo() -> anyhow::Result<()> {
     }
     ensure!(failures.is_empty(), "pings failed: {}", failures.join(", "));
 
-    println!("\n== TCP: {} MiB each way between a@h1 and c@h3, every byte checked", TRANSFER_BYTES >> 20);
-    let a = lab.container("h1", "a");
-    let c = lab.container("h3", "c");
+    println!("\n== isolation: every container serves its name; each asks who is at 10.10.0.12 (both tenants have that address, on h2)");
+    let _servers: Vec<NameServer> = lab
+        .hosts
+        .iter()
+        .flat_map(|h| h.containers.iter().map(move |c| (h, c)))
+        .map(|(h, c)| NameServer::start(&c.netns, &format!("{}@{}", c.spec.name, h.spec.name)))
+        .collect::<anyhow::Result<_>>()?;
+    for host in &lab.hosts {
+        for source in host.containers.iter().filter(|c| c.spec.ip != Ipv4Addr::new(10, 10, 0, 12)) {
+            let answer = ask_name(&source.netns, Ipv4Addr::new(10, 10, 0, 12).into())?;
+            let expected = format!("{}-b@h2", tenant_of(source.spec.vni));
+            println!("   {}@{} ({}) reached {answer}", source.spec.name, host.spec.name, tenant_of(source.spec.vni));
+            ensure!(answer == expected, "{} reached {answer}, expected {expected}: tenants are not isolated", source.spec.name);
+        }
+    }
+
+    println!("\n== TCP: {} MiB each way between blue-a@h1 and blue-c@h3, every byte checked", TRANSFER_BYTES >> 20);
+    let a = lab.container("h1", "blue-a");
+    let c = lab.container("h3", "blue-c");
     for (from, to) in [(a, c), (c, a)] {
         let report = tcp_transfer(&from.netns, &to.netns, to.spec.ip, TRANSFER_BYTES)?;
         ensure!(
