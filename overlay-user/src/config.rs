@@ -414,7 +414,16 @@ impl Checker {
     }
 
     fn node(&mut self, raw: &RawNode) -> Option<Node> {
-        let name = self.non_empty("node.name", &raw.name);
+        let name = self.non_empty("node.name", &raw.name).and_then(|name| {
+            // It names the node's pin directory on bpffs and its status file.
+            let safe = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !name.starts_with('.');
+            if safe {
+                Some(name)
+            } else {
+                self.problem("node.name", &name, "may hold only letters, digits, '-', '_' and '.', and not start with '.'");
+                None
+            }
+        });
         let underlay_interface = self.non_empty("node.underlay_interface", &raw.underlay_interface);
         let vtep_address = self.ipv4("node.vtep_address", &raw.vtep_address);
         let vxlan_port = self.port("node.vxlan_port", raw.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT.into()));

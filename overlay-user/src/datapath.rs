@@ -8,14 +8,41 @@ use std::{collections::BTreeMap, fmt};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
-use overlay_common::{Counter, Direction, NodeConfig, Reason, counter_index, maps, programs, reason};
+use overlay_common::{
+    Counter, Direction, FdbEntry, FloodTargets, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo,
+    PeerVni, PortInfo, Reason, VniInfo, VniIpv4, VniIpv6, VniMac, counter_index, maps, programs,
+    reason,
+};
 
 use crate::{
     netdev::ResolvedConfig,
+    pinning::{self, PinDir},
     state::{MapDiff, MapState, diff},
 };
+
+/// Maps that are pinned (kept across agent restarts), with the key and
+/// value sizes this agent expects of them: a pin left by an incompatible
+/// version is refused rather than misread.
+const PINNED_MAPS: [(&str, usize, usize); 11] = [
+    (maps::FDB, size_of::<VniMac>(), size_of::<FdbEntry>()),
+    (maps::VNIS, size_of::<u32>(), size_of::<VniInfo>()),
+    (maps::LOCAL_ENDPOINTS, size_of::<VniMac>(), size_of::<LocalEndpoint>()),
+    (maps::PORTS, size_of::<u32>(), size_of::<PortInfo>()),
+    (maps::PEERS, size_of::<u32>(), size_of::<PeerInfo>()),
+    (maps::PEER_VNIS, size_of::<PeerVni>(), size_of::<PeerInfo>()),
+    (maps::NEIGHBOURS, size_of::<VniIpv4>(), size_of::<NeighbourEntry>()),
+    (maps::NEIGHBOURS6, size_of::<VniIpv6>(), size_of::<NeighbourEntry>()),
+    (maps::FLOOD, size_of::<u32>(), size_of::<FloodTargets>()),
+    (maps::NODE, size_of::<u32>(), size_of::<NodeConfig>()),
+    (maps::COUNTERS, size_of::<u32>(), size_of::<Counter>()),
+];
 
 /// The compiled eBPF object (built by `cargo xtask build`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("OVERLAY_EBPF_OBJECT"));
@@ -41,6 +68,15 @@ pub enum DatapathError {
     /// A test run (BPF_PROG_TEST_RUN) failed.
     #[error("test run of {program} failed: {source}")]
     TestRun { program: &'static str, source: ProgramError },
+    /// The pin directory could not be created or used.
+    #[error("pin directory {path}: {source}")]
+    Pins { path: std::path::PathBuf, source: std::io::Error },
+    /// A pinned map does not have the layout this agent expects.
+    #[error("pinned map {map} has {found}, this agent expects {expected}: it was left by an incompatible version; run `overlay down --node {node}` first (this interrupts traffic)")]
+    IncompatiblePin { map: &'static str, found: String, expected: String, node: String },
+    /// A pinned link could not be adopted or a new one pinned.
+    #[error("link {name}: {message}")]
+    Link { name: String, message: String },
 }
 
 /// How to attach the XDP program.
@@ -170,11 +206,28 @@ impl fmt::Display for ApplyReport {
 
 type Undo = Box<dyn FnOnce(&mut Ebpf) -> Result<(), DatapathError>>;
 
+/// An attachment the datapath holds, pinned or not.
+struct HeldLink {
+    link: FdLink,
+    /// Where it is pinned, when the datapath is pinned.
+    pin: Option<std::path::PathBuf>,
+}
+
 /// The loaded datapath.
+///
+/// Unpinned (from [`Datapath::load`]), dropping it detaches everything.
+/// Pinned (from [`Datapath::load_pinned`]), its maps and links live on
+/// bpffs: dropping it leaves the datapath forwarding, [`Datapath::detach`]
+/// removes it.
 pub struct Datapath {
     ebpf: Ebpf,
     applied: MapState,
     xdp_mode: Option<XdpAttachedMode>,
+    pins: Option<PinDir>,
+    /// Attachments by link name (see [`pinning`]).
+    links: std::collections::BTreeMap<String, HeldLink>,
+    /// Whether maps and links were adopted from an earlier agent.
+    adopted: bool,
 }
 
 impl Datapath {
@@ -182,8 +235,39 @@ impl Datapath {
     /// here) without attaching anything. `log_level` is the most verbose
     /// aya-log level the programs keep; the verifier removes the rest.
     pub fn load(log_level: log::LevelFilter) -> Result<Datapath, DatapathError> {
+        Datapath::load_with(log_level, None)
+    }
+
+    /// Loads the datapath with its maps pinned in `pins` (created if
+    /// needed). Maps already pinned there, by an earlier agent, are reused
+    /// with their contents, which become the applied state.
+    pub fn load_pinned(log_level: log::LevelFilter, pins: &PinDir, node: &str) -> Result<Datapath, DatapathError> {
+        let adopted = pins.exists();
+        pins.create().map_err(|source| DatapathError::Pins { path: pins.root().to_owned(), source })?;
+        let mut datapath = Datapath::load_with(log_level, Some(pins))?;
+        datapath.check_pinned_layouts(node)?;
+        if adopted {
+            datapath.applied = datapath.read_state()?;
+            datapath.adopted = true;
+        }
+        Ok(datapath)
+    }
+
+    /// Whether this datapath adopted the maps and links of an earlier agent.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    fn load_with(log_level: log::LevelFilter, pins: Option<&PinDir>) -> Result<Datapath, DatapathError> {
         let level = log_level as u8;
-        let mut ebpf = EbpfLoader::new().override_global(aya_log::LEVEL, &level, false).load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, false);
+        if let Some(pins) = pins {
+            for (name, _, _) in PINNED_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [programs::DECAP_XDP, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
             let program = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
             let result = match program {
@@ -211,7 +295,56 @@ impl Datapath {
                 return Err(DatapathError::Missing { kind: "map", name });
             }
         }
-        Ok(Datapath { ebpf, applied: MapState::default(), xdp_mode: None })
+        Ok(Datapath {
+            ebpf,
+            applied: MapState::default(),
+            xdp_mode: None,
+            pins: pins.cloned(),
+            links: Default::default(),
+            adopted: false,
+        })
+    }
+
+    fn check_pinned_layouts(&self, node: &str) -> Result<(), DatapathError> {
+        for (name, key_size, value_size) in PINNED_MAPS {
+            let map = self.ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+            let data: &MapData = match map {
+                aya::maps::Map::HashMap(data) | aya::maps::Map::Array(data) | aya::maps::Map::PerCpuArray(data) => data,
+                _ => return Err(DatapathError::Missing { kind: "map of the expected type", name }),
+            };
+            let info = data.info().map_err(|source| map_error(name, "inspect", source))?;
+            let found = (info.key_size() as usize, info.value_size() as usize);
+            if found != (key_size, value_size) {
+                return Err(DatapathError::IncompatiblePin {
+                    map: name,
+                    found: format!("{}-byte keys and {}-byte values", found.0, found.1),
+                    expected: format!("{key_size}-byte keys and {value_size}-byte values"),
+                    node: node.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What the maps hold now (for adopting an earlier agent's datapath).
+    pub fn read_state(&self) -> Result<MapState, DatapathError> {
+        let node = {
+            let map = self.ebpf.map(maps::NODE).ok_or(DatapathError::Missing { kind: "map", name: maps::NODE })?;
+            let array: Array<&MapData, NodeConfig> = Array::try_from(map).map_err(|source| map_error(maps::NODE, "open", source))?;
+            Some(array.get(&0, 0).map_err(|source| map_error(maps::NODE, "read", source))?).filter(|n| n.configured != 0)
+        };
+        Ok(MapState {
+            node,
+            vnis: read_hash(&self.ebpf, maps::VNIS)?,
+            ports: read_hash(&self.ebpf, maps::PORTS)?,
+            local_endpoints: read_hash(&self.ebpf, maps::LOCAL_ENDPOINTS)?,
+            fdb: read_hash(&self.ebpf, maps::FDB)?,
+            peers: read_hash(&self.ebpf, maps::PEERS)?,
+            peer_vnis: read_hash(&self.ebpf, maps::PEER_VNIS)?,
+            neighbours: read_hash(&self.ebpf, maps::NEIGHBOURS)?,
+            neighbours6: read_hash(&self.ebpf, maps::NEIGHBOURS6)?,
+            flood: read_hash(&self.ebpf, maps::FLOOD)?,
+        })
     }
 
     /// Starts forwarding the programs' aya-log records to the `log` crate.
@@ -301,64 +434,168 @@ impl Datapath {
         })
     }
 
-    /// Attaches decapsulation to the underlay and the endpoint program to
-    /// every port. On failure, whatever was attached is detached again.
+    /// Attaches decapsulation and flooding to the underlay and the endpoint
+    /// program to every port, adopting attachments pinned by an earlier
+    /// agent (their programs are replaced atomically, so traffic never
+    /// stops) and detaching pinned ones the configuration no longer has.
+    /// On failure, what this call attached is detached again.
     pub fn attach(&mut self, resolved: &ResolvedConfig, mode: XdpAttachMode) -> Result<XdpAttachedMode, DatapathError> {
+        let before: std::collections::BTreeSet<String> = self.links.keys().cloned().collect();
         let result = self.attach_all(resolved, mode);
         if result.is_err() {
-            self.detach();
+            let added: Vec<String> = self.links.keys().filter(|name| !before.contains(*name)).cloned().collect();
+            for name in added {
+                self.drop_link(&name);
+            }
         }
         result
     }
 
     fn attach_all(&mut self, resolved: &ResolvedConfig, mode: XdpAttachMode) -> Result<XdpAttachedMode, DatapathError> {
-        let underlay = &resolved.config.node.underlay_interface;
-        let xdp = self.xdp_mut()?;
-        let attach_error = |source, hint| DatapathError::Attach {
-            program: programs::DECAP_XDP,
-            interface: underlay.clone(),
-            source,
-            hint,
-        };
-        let attached = match mode {
-            XdpAttachMode::Native => xdp
-                .attach_to_if_index(resolved.underlay_ifindex, XdpMode::Driver)
-                .map(|_| XdpAttachedMode::Native)
-                .map_err(|e| attach_error(e, " (the driver may lack native XDP: try --xdp-mode generic)"))?,
-            XdpAttachMode::Generic => xdp
-                .attach_to_if_index(resolved.underlay_ifindex, XdpMode::Skb)
-                .map(|_| XdpAttachedMode::Generic)
-                .map_err(|e| attach_error(e, ""))?,
-            XdpAttachMode::Auto => match xdp.attach_to_if_index(resolved.underlay_ifindex, XdpMode::Driver) {
-                Ok(_) => XdpAttachedMode::Native,
-                Err(native_error) => {
-                    log::warn!("native XDP on {underlay} failed ({native_error}); falling back to generic XDP, which is slower");
-                    xdp.attach_to_if_index(resolved.underlay_ifindex, XdpMode::Skb)
-                        .map(|_| XdpAttachedMode::Generic)
-                        .map_err(|e| attach_error(e, ""))?
-                }
-            },
-        };
+        let underlay = resolved.config.node.underlay_interface.clone();
+        let attached = self.attach_xdp(&underlay, resolved.underlay_ifindex, mode)?;
         self.xdp_mode = Some(attached);
-        self.tc_mut(programs::UNDERLAY_FLOOD_TC)?.attach(underlay, TcAttachType::Ingress).map_err(|source| {
-            DatapathError::Attach { program: programs::UNDERLAY_FLOOD_TC, interface: underlay.clone(), source, hint: "" }
-        })?;
-        let mut attached_ports = std::collections::BTreeSet::new();
+        let mut wanted = vec![pinning::xdp_link_name(attached == XdpAttachedMode::Native, &underlay)];
+        let name = pinning::underlay_tc_link_name(&underlay);
+        self.attach_tc(programs::UNDERLAY_FLOOD_TC, &name, &underlay)?;
+        wanted.push(name);
         for endpoint in &resolved.config.endpoints {
-            if !attached_ports.insert(endpoint.interface.as_str()) {
-                continue; // one program per port, however many endpoints it has
+            let name = pinning::port_link_name(&endpoint.interface);
+            if !wanted.contains(&name) {
+                self.attach_tc(programs::ENDPOINT_TC, &name, &endpoint.interface)?;
+                wanted.push(name);
             }
-            self.tc_mut(programs::ENDPOINT_TC)?.attach(&endpoint.interface, TcAttachType::Ingress).map_err(|source| {
-                DatapathError::Attach { program: programs::ENDPOINT_TC, interface: endpoint.interface.clone(), source, hint: "" }
-            })?;
+        }
+        // Attachments of an earlier configuration (a removed port, another underlay).
+        let stale: Vec<String> = self.links.keys().filter(|name| !wanted.contains(name)).cloned().collect();
+        for name in &stale {
+            self.drop_link(name);
+        }
+        if let Some(pins) = &self.pins {
+            for name in pins.pinned_links().into_iter().filter(|name| !wanted.contains(name)) {
+                log::info!("detaching {name}, which the configuration no longer has");
+                let _ = std::fs::remove_file(pins.link(&name));
+            }
         }
         Ok(attached)
     }
 
-    /// Detaches every program from every interface (maps stay loaded).
+    /// An attachment pinned under `name` by an earlier agent, if any.
+    fn pinned_link(&self, name: &str) -> Result<Option<FdLink>, DatapathError> {
+        let Some(pins) = &self.pins else { return Ok(None) };
+        let path = pins.link(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let pinned = PinnedLink::from_pin(&path)
+            .map_err(|e| DatapathError::Link { name: name.to_owned(), message: format!("opening the pinned link: {e}") })?;
+        Ok(Some(pinned.into()))
+    }
+
+    fn attach_xdp(&mut self, underlay: &str, ifindex: u32, mode: XdpAttachMode) -> Result<XdpAttachedMode, DatapathError> {
+        // An earlier agent's attachment in either mode is adopted as it is.
+        for native in [true, false] {
+            let name = pinning::xdp_link_name(native, underlay);
+            if self.links.contains_key(&name) {
+                return Ok(if native { XdpAttachedMode::Native } else { XdpAttachedMode::Generic });
+            }
+            if let Some(fd_link) = self.pinned_link(&name)? {
+                let link = XdpLink::try_from(fd_link).map_err(|e| DatapathError::Link { name: name.clone(), message: e.to_string() })?;
+                let xdp = self.xdp_mut()?;
+                let id = xdp.attach_to_link(link).map_err(|source| DatapathError::Attach {
+                    program: programs::DECAP_XDP,
+                    interface: underlay.to_owned(),
+                    source,
+                    hint: " (replacing the program in the pinned link)",
+                })?;
+                let link = xdp.take_link(id).map_err(|e| DatapathError::Link { name: name.clone(), message: e.to_string() })?;
+                self.hold(name, FdLink::try_from(link).ok(), true)?;
+                return Ok(if native { XdpAttachedMode::Native } else { XdpAttachedMode::Generic });
+            }
+        }
+        let xdp = self.xdp_mut()?;
+        let attach_error = |source, hint| DatapathError::Attach { program: programs::DECAP_XDP, interface: underlay.to_owned(), source, hint };
+        let (id, attached) = match mode {
+            XdpAttachMode::Native => xdp
+                .attach_to_if_index(ifindex, XdpMode::Driver)
+                .map(|id| (id, XdpAttachedMode::Native))
+                .map_err(|e| attach_error(e, " (the driver may lack native XDP: try --xdp-mode generic)"))?,
+            XdpAttachMode::Generic => {
+                xdp.attach_to_if_index(ifindex, XdpMode::Skb).map(|id| (id, XdpAttachedMode::Generic)).map_err(|e| attach_error(e, ""))?
+            }
+            XdpAttachMode::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, XdpAttachedMode::Native),
+                Err(native_error) => {
+                    log::warn!("native XDP on {underlay} failed ({native_error}); falling back to generic XDP, which is slower");
+                    xdp.attach_to_if_index(ifindex, XdpMode::Skb).map(|id| (id, XdpAttachedMode::Generic)).map_err(|e| attach_error(e, ""))?
+                }
+            },
+        };
+        let link = xdp.take_link(id).map_err(|e| DatapathError::Link { name: underlay.to_owned(), message: e.to_string() })?;
+        let name = pinning::xdp_link_name(attached == XdpAttachedMode::Native, underlay);
+        self.hold(name, FdLink::try_from(link).ok(), false)?;
+        Ok(attached)
+    }
+
+    fn attach_tc(&mut self, program: &'static str, name: &str, interface: &str) -> Result<(), DatapathError> {
+        if self.links.contains_key(name) {
+            return Ok(());
+        }
+        let attach_error = |source| DatapathError::Attach { program, interface: interface.to_owned(), source, hint: "" };
+        let adopted = self.pinned_link(name)?;
+        let was_pinned = adopted.is_some();
+        let tc = self.tc_mut(program)?;
+        let id = match adopted {
+            Some(fd_link) => {
+                let link = SchedClassifierLink::try_from(fd_link).map_err(|e| DatapathError::Link { name: name.to_owned(), message: e.to_string() })?;
+                tc.attach_to_link(link).map_err(attach_error)?
+            }
+            None => tc.attach(interface, TcAttachType::Ingress).map_err(attach_error)?,
+        };
+        let link = tc.take_link(id).map_err(|e| DatapathError::Link { name: name.to_owned(), message: e.to_string() })?;
+        self.hold(name.to_owned(), FdLink::try_from(link).ok(), was_pinned)
+    }
+
+    /// Keeps an attachment, pinning it when the datapath is pinned (an
+    /// adopted one is pinned already).
+    fn hold(&mut self, name: String, link: Option<FdLink>, already_pinned: bool) -> Result<(), DatapathError> {
+        let Some(link) = link else {
+            // Only netlink-attached (pre-6.6 TC, pre-5.9 XDP) links are not fd links.
+            return Err(DatapathError::Link { name, message: "the kernel attached it without a BPF link, which cannot be held or pinned".into() });
+        };
+        let (link, pin) = match &self.pins {
+            Some(pins) if !already_pinned => {
+                let path = pins.link(&name);
+                let pinned = link.pin(&path).map_err(|e| DatapathError::Link { name: name.clone(), message: format!("pinning: {e}") })?;
+                (FdLink::from(pinned), Some(path))
+            }
+            Some(pins) => (link, Some(pins.link(&name))),
+            None => (link, None),
+        };
+        self.links.insert(name, HeldLink { link, pin });
+        Ok(())
+    }
+
+    /// Detaches one attachment: its pin goes, then the last reference.
+    fn drop_link(&mut self, name: &str) {
+        if let Some(held) = self.links.remove(name) {
+            if let Some(pin) = &held.pin {
+                if let Err(error) = std::fs::remove_file(pin) {
+                    log::warn!("unpinning {}: {error}", pin.display());
+                }
+            }
+            drop(held.link);
+        }
+    }
+
+    /// Detaches every program from every interface and, for a pinned
+    /// datapath, removes its pins: the datapath stops forwarding.
     pub fn detach(&mut self) {
-        // Unloading drops each program's links; the programs are reloaded
-        // lazily only by a new Datapath, so this is final for this object.
+        let names: Vec<String> = self.links.keys().cloned().collect();
+        for name in names {
+            self.drop_link(&name);
+        }
+        // Links still owned by the programs (none in normal operation).
         for name in [programs::DECAP_XDP, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
             if let Some(program) = self.ebpf.program_mut(name) {
                 let result = match program {
@@ -371,7 +608,17 @@ impl Datapath {
                 }
             }
         }
+        if let Some(pins) = self.pins.take() {
+            if let Err(error) = pins.remove() {
+                log::warn!("removing pins in {}: {error}", pins.root().display());
+            }
+        }
         self.xdp_mode = None;
+    }
+
+    /// Names of the attachments held (see [`pinning`]).
+    pub fn attachments(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
     }
 
     /// The XDP mode in use, once attached.
@@ -382,21 +629,18 @@ impl Datapath {
     /// Reads all counters, summed over CPUs; rows with no packets are left out.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
         let map = self.ebpf.map(maps::COUNTERS).ok_or(DatapathError::Missing { kind: "map", name: maps::COUNTERS })?;
-        let array: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map).map_err(|source| map_error(maps::COUNTERS, "open", source))?;
-        let mut rows = Vec::new();
-        for direction in Direction::ALL {
-            for code in 0..reason::REASON_SLOTS {
-                let reason = Reason(code);
-                let per_cpu = array
-                    .get(&counter_index(direction, reason), 0)
-                    .map_err(|source| map_error(maps::COUNTERS, "read", source))?;
-                let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-                if packets > 0 {
-                    rows.push(CounterRow { direction, reason, packets, bytes });
-                }
-            }
-        }
-        Ok(Counters { rows })
+        let array: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(map).map_err(|source| map_error(maps::COUNTERS, "open", source))?;
+        read_counters(&array)
+    }
+
+    /// Reads the counters of a pinned datapath (another process's).
+    pub fn pinned_counters(pins: &PinDir) -> Result<Counters, DatapathError> {
+        let data = MapData::from_pin(pins.map(maps::COUNTERS)).map_err(|source| map_error(maps::COUNTERS, "open pinned", source))?;
+        let map = aya::maps::Map::PerCpuArray(data);
+        let array: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(&map).map_err(|source| map_error(maps::COUNTERS, "open", source))?;
+        read_counters(&array)
     }
 
     /// Runs the XDP decapsulation program on `frame`, `repeat` times.
@@ -479,6 +723,28 @@ fn skb_context(ifindex: u32) -> [u8; 44] {
     let mut ctx = [0u8; 44];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+fn read_counters(array: &PerCpuArray<&MapData, Counter>) -> Result<Counters, DatapathError> {
+    let mut rows = Vec::new();
+    for direction in Direction::ALL {
+        for code in 0..reason::REASON_SLOTS {
+            let reason = Reason(code);
+            let per_cpu =
+                array.get(&counter_index(direction, reason), 0).map_err(|source| map_error(maps::COUNTERS, "read", source))?;
+            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            if packets > 0 {
+                rows.push(CounterRow { direction, reason, packets, bytes });
+            }
+        }
+    }
+    Ok(Counters { rows })
+}
+
+fn read_hash<K: Pod + Ord, V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<BTreeMap<K, V>, DatapathError> {
+    let map = ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+    let hash: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    hash.iter().collect::<Result<_, _>>().map_err(|source| map_error(name, "read", source))
 }
 
 fn map_error(map: &'static str, operation: &'static str, source: MapError) -> DatapathError {

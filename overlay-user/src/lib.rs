@@ -5,7 +5,9 @@ pub mod config;
 pub mod datapath;
 pub mod neighbour;
 pub mod netdev;
+pub mod pinning;
 pub mod state;
+pub mod status;
 
 pub use config::{Config, ConfigError};
 pub use datapath::{Counters, Datapath, DatapathError, XdpAttachMode};

@@ -1,9 +1,17 @@
 //! `overlay`: the node agent and CLI.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use overlay::{Config, Datapath, MapState, ResolvedConfig, XdpAttachMode};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use overlay::{
+    Config, Counters, Datapath, MapState, ResolvedConfig, XdpAttachMode,
+    datapath::ApplyReport,
+    pinning::{DEFAULT_BPFFS_DIR, PinDir},
+    status::{self, DEFAULT_RUN_DIR, NodeStatus, Reload},
+};
 use overlay_common::reason::REASONS;
 use tokio::{
     io::unix::AsyncFd,
@@ -17,9 +25,21 @@ struct Cli {
     command: Command,
 }
 
+/// Where a node's state lives.
+#[derive(Args, Clone)]
+struct Places {
+    /// Parent directory of the nodes' pinned datapaths (on bpffs, mounted if needed).
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// Directory of the agents' status files.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load and attach the datapath for this node and keep it running until SIGINT or SIGTERM.
+    /// Run the node's datapath: adopt a pinned one or load it, fill its maps,
+    /// attach, reload on SIGHUP or when the file changes, detach on SIGINT/SIGTERM.
     Run {
         /// The node's configuration file (TOML).
         #[arg(long, short)]
@@ -30,12 +50,48 @@ enum Command {
         /// Also print the datapath counters every this many seconds (0: only at exit).
         #[arg(long, default_value_t = 0)]
         counters_interval: u64,
+        /// On SIGINT/SIGTERM leave the datapath pinned and forwarding (for an
+        /// upgrade or restart: the next `overlay run` adopts it); `overlay down` removes it.
+        #[arg(long)]
+        keep_datapath: bool,
+        #[command(flatten)]
+        places: Places,
     },
     /// Check a configuration file without touching the kernel.
     Validate {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Detach and remove a node's pinned datapath (its agent must not be running).
+    Down {
+        /// The node's name (`node.name` in its configuration).
+        #[arg(long)]
+        node: String,
+        #[command(flatten)]
+        places: Places,
+    },
+    /// Print a node's datapath counters.
+    Stats {
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every this many seconds, with rates per second.
+        #[arg(long)]
+        watch: Option<u64>,
+        #[command(flatten)]
+        places: Places,
+    },
+    /// Print what a node's agent has attached where, and its last reload.
+    Status {
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        #[command(flatten)]
+        places: Places,
     },
     /// List the datapath's numbered outcomes and drop reasons.
     Reasons,
@@ -45,8 +101,13 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, xdp_mode, counters_interval } => run(config, xdp_mode, counters_interval),
+        Command::Run { config, xdp_mode, counters_interval, keep_datapath, places } => {
+            run(RunOptions { path: config, xdp_mode, counters_interval, keep_datapath, places })
+        }
         Command::Validate { config } => validate(config),
+        Command::Down { node, places } => down(&node, &places),
+        Command::Stats { node, json, watch, places } => stats(&node, json, watch, &places),
+        Command::Status { node, places } => show_status(&node, &places),
         Command::Reasons => {
             print_reasons();
             Ok(())
@@ -84,15 +145,138 @@ fn print_reasons() {
     }
 }
 
-fn run(path: PathBuf, xdp_mode: XdpAttachMode, counters_interval: u64) -> anyhow::Result<()> {
+fn down(node: &str, places: &Places) -> anyhow::Result<()> {
+    if let Ok(status) = NodeStatus::read(&places.run_dir, node) {
+        if status.agent_running() {
+            bail!("the agent of node {node} is running (pid {}): stop it first (SIGTERM detaches everything)", status.pid);
+        }
+    }
+    let pins = PinDir::new(&places.bpffs_dir, node);
+    if !pins.root().exists() {
+        bail!("no datapath of node {node} is pinned in {}", pins.root().display());
+    }
+    let links = pins.pinned_links();
+    pins.remove().with_context(|| format!("removing {}", pins.root().display()))?;
+    let _ = std::fs::remove_file(status::path(&places.run_dir, node));
+    println!("node {node}: detached {} attachment(s) ({}) and removed {}", links.len(), links.join(", "), pins.root().display());
+    Ok(())
+}
+
+fn stats(node: &str, json: bool, watch: Option<u64>, places: &Places) -> anyhow::Result<()> {
+    let pins = PinDir::new(&places.bpffs_dir, node);
+    let read = || Datapath::pinned_counters(&pins).with_context(|| format!("reading the counters of node {node} (is its datapath running?)"));
+    let Some(period) = watch else {
+        let counters = read()?;
+        if json { println!("{}", counters_json(&counters, None)) } else { print!("{counters}") }
+        return Ok(());
+    };
+    let period = Duration::from_secs(period.max(1));
+    let mut previous = read()?;
+    loop {
+        std::thread::sleep(period);
+        let current = read()?;
+        let rates = current.since(&previous);
+        if json {
+            println!("{}", counters_json(&current, Some((&rates, period))));
+        } else {
+            print!("\x1b[2J\x1b[H{current}\nper second over the last {period:?}:\n");
+            for row in &rates.rows {
+                println!(
+                    "  {:<14} {:<30} {:>12.1} pkt/s {:>14.1} B/s",
+                    row.direction.name(),
+                    row.reason.info().map_or("unknown", |i| i.name),
+                    row.packets as f64 / period.as_secs_f64(),
+                    row.bytes as f64 / period.as_secs_f64()
+                );
+            }
+        }
+        previous = current;
+    }
+}
+
+fn counters_json(counters: &Counters, rates: Option<(&Counters, Duration)>) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = counters
+        .rows
+        .iter()
+        .map(|row| {
+            let mut value = serde_json::json!({
+                "direction": row.direction.name(),
+                "reason": row.reason.info().map_or("unknown", |i| i.name),
+                "code": row.reason.0,
+                "drop": row.reason.is_drop(),
+                "packets": row.packets,
+                "bytes": row.bytes,
+            });
+            if let Some((rates, period)) = rates {
+                let per_second = |n: u64| n as f64 / period.as_secs_f64();
+                let delta = rates.rows.iter().find(|r| r.direction == row.direction && r.reason == row.reason);
+                value["packets_per_second"] = per_second(delta.map_or(0, |r| r.packets)).into();
+                value["bytes_per_second"] = per_second(delta.map_or(0, |r| r.bytes)).into();
+            }
+            value
+        })
+        .collect();
+    serde_json::json!({ "counters": rows })
+}
+
+fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
+    let pins = PinDir::new(&places.bpffs_dir, node);
+    let status = NodeStatus::read(&places.run_dir, node);
+    let pinned = pins.pinned_links();
+    match &status {
+        Ok(status) => {
+            let state = if status.agent_running() { "running" } else { "not running (datapath left pinned)" };
+            println!("node {}: agent pid {} {state}, config {}", status.node, status.pid, status.config.display());
+            println!("  underlay {} (XDP {}), pinned in {}{}", status.underlay, status.xdp_mode, status.pin_dir.display(), if status.adopted { ", adopted from an earlier agent" } else { "" });
+            println!("  attachments: {}", status.attachments.join(", "));
+            for (vni, peers) in &status.peers_per_vni {
+                println!("  VNI {vni}: {peers} peer(s)");
+            }
+            match &status.last_reload {
+                Some(reload) => println!("  last reload at {} (unix time): {} {}", reload.at, if reload.ok { "applied:" } else { "REFUSED:" }, reload.message),
+                None => println!("  no reload since start"),
+            }
+        }
+        Err(_) if !pinned.is_empty() => println!("node {node}: no agent status, but a datapath is pinned in {}", pins.root().display()),
+        Err(error) => bail!("node {node} has no agent status in {} and no pinned datapath: {error}", places.run_dir.display()),
+    }
+    println!("  pinned attachments: {}", if pinned.is_empty() { "none".to_owned() } else { pinned.join(", ") });
+    Ok(())
+}
+
+struct RunOptions {
+    path: PathBuf,
+    xdp_mode: XdpAttachMode,
+    counters_interval: u64,
+    keep_datapath: bool,
+    places: Places,
+}
+
+/// What identifies a version of the configuration file on disk.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()))
+}
+
+fn run(options: RunOptions) -> anyhow::Result<()> {
+    let path = options.path.clone();
     // Everything that can be checked is checked before the kernel is touched.
     let config = Config::load(&path)?;
-    let resolved = ResolvedConfig::resolve(config, &path)?;
+    let mut resolved = ResolvedConfig::resolve(config, &path)?;
     let desired = MapState::from_config(&resolved);
+    let node = resolved.config.node.name.clone();
+    let pins = PinDir::new(&options.places.bpffs_dir, &node);
+    if let Ok(other) = NodeStatus::read(&options.places.run_dir, &node) {
+        if other.agent_running() {
+            bail!("an agent already runs node {node} (pid {}, config {}): one agent per node", other.pid, other.config.display());
+        }
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let mut datapath = Datapath::load(log::max_level()).context("loading the eBPF datapath")?;
+        let mut datapath = Datapath::load_pinned(log::max_level(), &pins, &node).context("loading the eBPF datapath")?;
+        if datapath.adopted() {
+            log::info!("adopting the datapath pinned in {} by an earlier agent; its maps are changed as a diff", pins.root().display());
+        }
         if let Some(logger) = datapath.take_logger() {
             // SAFETY: the logger owns its ring buffer fd, which stays open
             // and unchanged for as long as the AsyncFd owns the logger.
@@ -106,28 +290,35 @@ fn run(path: PathBuf, xdp_mode: XdpAttachMode, counters_interval: u64) -> anyhow
                 }
             });
         }
-        let _forwarding = overlay::netdev::enable_ipv4_forwarding(&resolved.config.node.underlay_interface)
+        let forwarding = overlay::netdev::enable_ipv4_forwarding(&resolved.config.node.underlay_interface)
             .context("enabling IPv4 forwarding on the underlay device")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
-        let mode = datapath.attach(&resolved, xdp_mode).context("attaching the datapath")?;
-        for (peer, error) in overlay::neighbour::keep_peers_resolved(&resolved.config) {
-            log::warn!("peer {peer}: cannot keep its underlay next hop resolved ({error}); flooded and non-IP frames to it may be lost until it is");
-        }
-        let node = &resolved.config.node;
-        match overlay::netdev::mtu(&node.underlay_interface) {
+        let mode = datapath.attach(&resolved, options.xdp_mode).context("attaching the datapath")?;
+        keep_peers_resolved(&resolved);
+        let underlay = resolved.config.node.underlay_interface.clone();
+        match overlay::netdev::mtu(&underlay) {
             Ok(mtu) => log::info!(
-                "overlay MTU {} (underlay {} MTU {mtu} less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
+                "overlay MTU {} (underlay {underlay} MTU {mtu} less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
                 mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32),
-                node.underlay_interface
             ),
-            Err(error) => log::warn!("reading the MTU of {}: {error}", node.underlay_interface),
+            Err(error) => log::warn!("reading the MTU of {underlay}: {error}"),
         }
+        let mut status = NodeStatus {
+            node: node.clone(),
+            pid: std::process::id(),
+            config: std::fs::canonicalize(&path).unwrap_or(path.clone()),
+            pin_dir: pins.root().to_owned(),
+            started: status::now(),
+            adopted: datapath.adopted(),
+            underlay: underlay.clone(),
+            xdp_mode: mode.to_string(),
+            ..NodeStatus::default()
+        };
+        refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
         log::info!(
-            "node {} forwarding: VTEP {} port {}, underlay {} (XDP {mode}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
-            node.name,
-            node.vtep_address,
-            node.vxlan_port,
-            node.underlay_interface,
+            "node {node} forwarding: VTEP {} port {}, underlay {underlay} (XDP {mode}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
+            resolved.config.node.vtep_address,
+            resolved.config.node.vxlan_port,
             resolved.config.endpoints.len(),
             resolved.config.peers.len(),
             resolved.config.local_vnis(),
@@ -135,29 +326,103 @@ fn run(path: PathBuf, xdp_mode: XdpAttachMode, counters_interval: u64) -> anyhow
 
         let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let period = Duration::from_secs(counters_interval.max(1));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let period = Duration::from_secs(options.counters_interval.max(1));
+        let mut counters_ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut file_ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut stamp = file_stamp(&path);
         let signal_name = loop {
-            tokio::select! {
+            let trigger = tokio::select! {
                 _ = interrupt.recv() => break "SIGINT",
                 _ = terminate.recv() => break "SIGTERM",
-                _ = ticker.tick(), if counters_interval > 0 => {
+                _ = hangup.recv() => "SIGHUP",
+                _ = file_ticker.tick() => {
+                    let now = file_stamp(&path);
+                    if now == stamp { continue }
+                    stamp = now;
+                    "a change of the file"
+                }
+                _ = counters_ticker.tick(), if options.counters_interval > 0 => {
                     match datapath.counters() {
                         Ok(counters) => println!("{counters}"),
                         Err(error) => log::warn!("reading counters: {error}"),
                     }
+                    continue;
                 }
+            };
+            let outcome = reload(&path, &mut datapath, &mut resolved, options.xdp_mode);
+            let message = match &outcome {
+                Ok(report) => format!("{report}"),
+                Err(error) => format!("{error:#}"),
+            };
+            match &outcome {
+                Ok(_) => log::info!("reloaded {} after {trigger}: {message}", path.display()),
+                Err(_) => log::error!("reload of {} after {trigger} refused, nothing changed: {message}", path.display()),
             }
+            status.last_reload = Some(Reload { at: status::now(), ok: outcome.is_ok(), message });
+            refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
         };
-        log::info!("{signal_name}: detaching");
         let counters = datapath.counters();
-        datapath.detach();
-        drop(datapath);
+        if options.keep_datapath {
+            log::info!("{signal_name}: leaving the datapath pinned and forwarding in {} (`overlay down --node {node}` removes it)", pins.root().display());
+            forwarding.keep();
+            drop(datapath);
+        } else {
+            log::info!("{signal_name}: detaching");
+            datapath.detach();
+            drop(datapath);
+            drop(forwarding);
+        }
+        let _ = std::fs::remove_file(status::path(&options.places.run_dir, &node));
         match counters {
-            Ok(counters) => println!("datapath counters of node {} at exit:\n{counters}", node.name),
+            Ok(counters) => println!("datapath counters of node {node} at exit:\n{counters}"),
             Err(error) => log::warn!("reading counters: {error}"),
         }
-        log::info!("node {}: datapath detached", node.name);
+        if !options.keep_datapath {
+            log::info!("node {node}: datapath detached");
+        }
         Ok(())
     })
+}
+
+/// Validates the file anew and applies it as a diff. A bad file, or one
+/// whose ports cannot be attached, changes nothing.
+fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mode: XdpAttachMode) -> anyhow::Result<ApplyReport> {
+    let config = Config::load(path)?;
+    if config.node.name != current.config.node.name {
+        bail!("node.name changed from {:?} to {:?}: a running agent cannot rename its node", current.config.node.name, config.node.name);
+    }
+    let resolved = ResolvedConfig::resolve(config, path)?;
+    let previous = datapath.applied().clone();
+    let report = datapath.apply(&MapState::from_config(&resolved)).context("changing the maps")?;
+    if let Err(error) = datapath.attach(&resolved, mode) {
+        // Back to the previous maps, and to the previous attachments.
+        if let Err(undo) = datapath.apply(&previous) {
+            log::error!("restoring the previous maps after a failed attach: {undo}");
+        }
+        let _ = datapath.attach(current, mode);
+        return Err(error).context("attaching to the new configuration's ports");
+    }
+    keep_peers_resolved(&resolved);
+    *current = resolved;
+    Ok(report)
+}
+
+fn keep_peers_resolved(resolved: &ResolvedConfig) {
+    for (peer, error) in overlay::neighbour::keep_peers_resolved(&resolved.config) {
+        log::warn!("peer {peer}: cannot keep its underlay next hop resolved ({error}); flooded and non-IP frames to it may be lost until it is");
+    }
+}
+
+fn refresh_status(status: &mut NodeStatus, datapath: &Datapath, resolved: &ResolvedConfig, run_dir: &Path) {
+    status.attachments = datapath.attachments();
+    status.peers_per_vni = resolved
+        .config
+        .local_vnis()
+        .into_iter()
+        .map(|vni| (vni, resolved.config.peers.iter().filter(|p| p.vnis().contains(&vni)).count()))
+        .collect();
+    if let Err(error) = status.write(run_dir) {
+        log::warn!("writing the status file in {}: {error}", run_dir.display());
+    }
 }

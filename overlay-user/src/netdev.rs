@@ -105,6 +105,13 @@ pub struct ForwardingGuard {
     restore: Option<String>,
 }
 
+impl ForwardingGuard {
+    /// Leaves forwarding on after all: the datapath stays behind the agent.
+    pub fn keep(mut self) {
+        self.restore = None;
+    }
+}
+
 impl Drop for ForwardingGuard {
     fn drop(&mut self) {
         if let Some(previous) = &self.restore {

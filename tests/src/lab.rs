@@ -6,8 +6,10 @@
 //! computes checksums (`tx off`), because a NIC does that before the wire,
 //! while veth would otherwise pass CHECKSUM_PARTIAL skbs that native XDP on
 //! the receiving veth cannot carry (see shared/notes/toolchain.md). The
-//! container end of each port has GRO on: a native XDP_REDIRECT into a veth
-//! is only received when the peer runs NAPI, which GRO turns on.
+//! benchmark also builds labs whose underlay keeps veth's default offloads
+//! ([`LabOptions`]). The container end of each port has GRO on: a native
+//! XDP_REDIRECT into a veth is only received when the peer runs NAPI, which
+//! GRO turns on.
 use std::{
     fmt::Write as _,
     io::Read as _,
@@ -29,6 +31,13 @@ pub enum HostKind {
     /// The Linux kernel's vxlan device and a bridge (as Flannel's vxlan
     /// backend and Docker's overlay driver use).
     KernelVxlan,
+    /// No overlay: the host routes its containers' packets over the
+    /// underlay to the host of the destination container (a /32 route per
+    /// remote container via that host's underlay address), and answers
+    /// the containers' ARP requests by proxy ARP. Containers keep the same
+    /// addresses and prefix as in an overlay, so the container side is
+    /// identical; it is the reference without encapsulation.
+    Routed,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +61,23 @@ pub struct LabSpec {
     pub scope: String,
     pub hosts: Vec<HostSpec>,
     pub vxlan_port: u16,
+}
+
+/// How the underlay's veth links are set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnderlayOffloads {
+    /// The sending end computes checksums (`ethtool -K <underlay> tx off`),
+    /// as a physical NIC delivers frames with complete checksums.
+    #[default]
+    WireLike,
+    /// veth's defaults: CHECKSUM_PARTIAL skbs cross the wire unfinished.
+    VethDefault,
+}
+
+/// Lab settings beyond the topology; [`Lab::build`] uses the defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabOptions {
+    pub underlay: UnderlayOffloads,
 }
 
 /// Underlay MTU of the lab's wire.
@@ -92,12 +118,18 @@ pub struct Lab {
     pub wire: Netns,
     pub dir: PathBuf,
     pub spec: LabSpec,
+    pub options: LabOptions,
 }
 
 impl Lab {
     /// Creates every namespace, link and address of `spec`, and writes each
     /// overlay host's configuration file. Starts no agent.
     pub fn build(spec: LabSpec) -> anyhow::Result<Lab> {
+        Lab::build_with(spec, LabOptions::default())
+    }
+
+    /// [`Lab::build`] with non-default [`LabOptions`].
+    pub fn build_with(spec: LabSpec, options: LabOptions) -> anyhow::Result<Lab> {
         let tag = format!("{:x}", std::process::id());
         let dir = std::env::temp_dir().join(format!("{}-{}-{}", crate::netns::PREFIX, spec.scope, std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -105,7 +137,7 @@ impl Lab {
         let bridge = format!("br{tag}");
         wire.ip(&["link", "add", &bridge, "type", "bridge"])?;
         wire.ip(&["link", "set", &bridge, "up"])?;
-        let mut lab = Lab { agents: Vec::new(), hosts: Vec::new(), wire, dir, spec: spec.clone() };
+        let mut lab = Lab { agents: Vec::new(), hosts: Vec::new(), wire, dir, spec: spec.clone(), options };
 
         for (index, host_spec) in spec.hosts.iter().enumerate() {
             let number = index + 1;
@@ -117,8 +149,10 @@ impl Lab {
             lab.wire.ip(&["link", "set", &wire_end, "master", &bridge, "up"])?;
             netns.ip(&["addr", "add", &format!("{vtep}/24"), "dev", &underlay])?;
             netns.ip(&["link", "set", &underlay, "mtu", &UNDERLAY_MTU.to_string(), "up"])?;
-            // Wire-like: the sender computes checksums, as a NIC does.
-            netns.exec("ethtool", &["-K", &underlay, "tx", "off"])?;
+            if options.underlay == UnderlayOffloads::WireLike {
+                // Wire-like: the sender computes checksums, as a NIC does.
+                netns.exec("ethtool", &["-K", &underlay, "tx", "off"])?;
+            }
             lab.hosts.push(Host { spec: host_spec.clone(), netns, underlay, vtep, containers: Vec::new(), config_path: None });
         }
 
@@ -149,6 +183,7 @@ impl Lab {
                     lab.hosts[host_index].config_path = Some(path);
                 }
                 HostKind::KernelVxlan => lab.setup_kernel_vxlan(host_index, &tag)?,
+                HostKind::Routed => lab.setup_routing(host_index)?,
             }
         }
         Ok(lab)
@@ -230,12 +265,42 @@ impl Lab {
         Ok(())
     }
 
+    /// Routes this host's containers' traffic over the underlay: forwarding
+    /// on, a /32 route to each local container through its port, a /32
+    /// route to each remote container via its host's underlay address, and
+    /// proxy ARP on the ports so containers, which see their whole /24 as
+    /// on-link, reach every remote address through the host.
+    fn setup_routing(&mut self, index: usize) -> anyhow::Result<()> {
+        let host = &self.hosts[index];
+        host.netns.sysctl("net.ipv4.ip_forward", "1")?;
+        for container in &host.containers {
+            host.netns.sysctl(&format!("net.ipv4.conf.{}.proxy_arp", container.port), "1")?;
+            host.netns.ip(&["route", "add", &format!("{}/32", container.spec.ip), "dev", &container.port])?;
+        }
+        for (other_index, other) in self.hosts.iter().enumerate() {
+            if other_index == index {
+                continue;
+            }
+            let via = other.vtep.to_string();
+            for container in &other.containers {
+                host.netns.ip(&["route", "add", &format!("{}/32", container.spec.ip), "via", &via, "dev", &host.underlay])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts `overlay run` on every overlay host and waits until each says
     /// it is forwarding.
     pub fn start_agents(&mut self, overlay_bin: &Path) -> anyhow::Result<()> {
+        self.start_agents_with_args(overlay_bin, &[])
+    }
+
+    /// [`Lab::start_agents`] with extra `overlay run` arguments (such as
+    /// `--xdp-mode native`).
+    pub fn start_agents_with_args(&mut self, overlay_bin: &Path, args: &[&str]) -> anyhow::Result<()> {
         for index in 0..self.hosts.len() {
             if self.hosts[index].spec.kind == HostKind::Overlay {
-                let agent = self.start_agent(index, overlay_bin)?;
+                let agent = self.start_agent_with_args(index, overlay_bin, args)?;
                 self.agents.push(agent);
             }
         }
@@ -244,6 +309,12 @@ impl Lab {
 
     /// Starts `overlay run` on host `index`.
     pub fn start_agent(&self, index: usize, overlay_bin: &Path) -> anyhow::Result<Agent> {
+        self.start_agent_with_args(index, overlay_bin, &[])
+    }
+
+    /// [`Lab::start_agent`] with extra `overlay run` arguments.
+    pub fn start_agent_with_args(&self, index: usize, overlay_bin: &Path, args: &[&str]) -> anyhow::Result<Agent> {
+        self.mount_bpffs()?;
         let host = &self.hosts[index];
         let config = host.config_path.as_ref().context("host has no overlay configuration")?;
         let log_path = self.dir.join(format!("{}.log", host.spec.name));
@@ -253,6 +324,11 @@ impl Lab {
             .command(overlay_bin.to_str().context("overlay binary path is not UTF-8")?)
             .args(["run", "--config"])
             .arg(config)
+            .arg("--bpffs-dir")
+            .arg(self.bpffs_dir())
+            .arg("--run-dir")
+            .arg(self.dir.join("run"))
+            .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -277,6 +353,23 @@ impl Lab {
             .unwrap_or_else(|| panic!("no container {name} on host {host}"))
     }
 
+    /// This lab's own bpffs, where its agents pin their datapaths: labs run
+    /// side by side and node names repeat across them, and `ip netns exec`
+    /// gives each agent a private /sys (so not /sys/fs/bpf) but shares the
+    /// lab's directory.
+    pub fn bpffs_dir(&self) -> PathBuf {
+        self.dir.join("bpffs")
+    }
+
+    fn mount_bpffs(&self) -> anyhow::Result<()> {
+        let dir = self.bpffs_dir();
+        if dir.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        crate::netns::run("mount", &["-t", "bpf", "bpf", dir.to_str().context("lab path is not UTF-8")?]).map(|_| ())
+    }
+
     /// Stops every agent and returns their output (logs and exit counters).
     pub fn stop_agents(&mut self) -> Vec<(String, String)> {
         self.agents.drain(..).map(|mut agent| (agent.host.clone(), agent.stop())).collect()
@@ -287,6 +380,12 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for mut agent in self.agents.drain(..) {
             agent.stop();
+        }
+        // Deleting a namespace does not delete pins on bpffs: a datapath an
+        // agent left pinned (killed, or --keep-datapath) would stay loaded
+        // until this lab's bpffs is unmounted.
+        if self.bpffs_dir().exists() {
+            let _ = crate::netns::run("umount", &["-l", self.bpffs_dir().to_str().unwrap_or_default()]);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -323,6 +422,23 @@ impl Agent {
     /// The process id of the agent.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, as a crash: the agent cleans nothing up. Reaped at once, so
+    /// its pid is gone when this returns.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP`) to the running agent.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
     }
 
     /// SIGTERM, then SIGKILL after 10 s; returns the agent's whole output.

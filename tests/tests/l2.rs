@@ -162,7 +162,7 @@ fn ipv6_ping_and_tcp_between_hosts() {
         lab.container(host, name).netns.ip(&["addr", "add", &format!("{address}/64"), "dev", &interface, "nodad"]).unwrap();
     }
     start(&mut lab);
-    for (from, to, target) in [("a", "b", "fd00::2"), ("b", "a", "fd00::1")] {
+    for (from, _to, target) in [("a", "b", "fd00::2"), ("b", "a", "fd00::1")] {
         let from_host = if from == "a" { "h1" } else { "h2" };
         let output = lab.container(from_host, from).netns.command("ping").args(["-6", "-c", "3", "-i", "0.2", "-W", "2", target]).output().unwrap();
         assert!(output.status.success(), "ping6 {from} -> {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), agent_logs(&lab));

@@ -146,6 +146,10 @@ fn run_agent(lab: &Lab, host: &str, config: &str) -> std::process::Output {
         .command(bin().to_str().unwrap())
         .args(["run", "--config"])
         .arg(&path)
+        .arg("--bpffs-dir")
+        .arg(lab.bpffs_dir())
+        .arg("--run-dir")
+        .arg(lab.dir.join("run"))
         .output()
         .expect("running overlay")
 }
@@ -194,7 +198,14 @@ fn failed_attach_rolls_back_and_leaves_running_datapath_alone() {
     lab.start_agents(&bin()).expect("starting agents");
     assert_ping(&lab, "h1", "h2", 2);
 
+    // The same node twice is refused outright.
     let output = run_agent(&lab, "h1", &lab.overlay_config(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second agent for node h1 must fail, it succeeded:\n{stderr}");
+    assert!(stderr.contains("already runs node h1"), "expected a one-agent-per-node error, got:\n{stderr}");
+    // Another node on the same underlay gets as far as attaching, fails
+    // there (the device has our XDP program), and rolls back.
+    let output = run_agent(&lab, "h1", &lab.overlay_config(0).replace("name = \"h1\"", "name = \"h1-second\""));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a second agent on the same underlay must fail, it succeeded:\n{stderr}");
     assert!(stderr.contains("attaching"), "expected an attach error, got:\n{stderr}");

@@ -1,0 +1,145 @@
+//! Where a node's datapath lives on bpffs, so that it outlives the agent.
+//!
+//! `<bpffs dir>/<node>/maps/<MAP>` holds the maps (tables and counters),
+//! `<bpffs dir>/<node>/links/<link>` the attachments: `xdp-native-<if>` or
+//! `xdp-generic-<if>`, `tc-underlay-<if>`, `tc-port-<if>`. While these pins
+//! exist the kernel keeps the programs attached and forwarding, with or
+//! without an agent; a new agent adopts them (replacing the programs inside
+//! the links atomically) and changes the maps as diffs.
+use std::{
+    ffi::CString,
+    io,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+/// Default parent directory of every node's pins.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/overlay";
+/// bpffs's magic number (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// One node's pin directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    /// The pin directory of `node` under `parent` (nothing is created).
+    pub fn new(parent: &Path, node: &str) -> PinDir {
+        PinDir { root: parent.join(node) }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.links_dir().join(name)
+    }
+
+    /// Whether a datapath is pinned here (from an earlier or crashed agent).
+    pub fn exists(&self) -> bool {
+        self.links_dir().is_dir()
+    }
+
+    /// Makes sure bpffs is mounted where the directory lives and creates it
+    /// (mode 0700: the pins control the node's traffic).
+    pub fn create(&self) -> io::Result<()> {
+        ensure_bpffs(&self.root)?;
+        for dir in [self.root.clone(), self.root.join("maps"), self.links_dir()] {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+
+    /// Names of the links pinned here.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.links_dir())
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Removes every pin and the directory. Links whose last reference was
+    /// the pin are destroyed, which detaches their programs; maps are freed
+    /// once no program uses them.
+    pub fn remove(&self) -> io::Result<()> {
+        for dir in [self.links_dir(), self.root.join("maps")] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            if dir.exists() {
+                std::fs::remove_dir(&dir)?;
+            }
+        }
+        if self.root.exists() {
+            std::fs::remove_dir(&self.root)?;
+        }
+        Ok(())
+    }
+}
+
+/// Link names, one per attachment.
+pub fn xdp_link_name(native: bool, interface: &str) -> String {
+    format!("xdp-{}-{interface}", if native { "native" } else { "generic" })
+}
+
+pub fn underlay_tc_link_name(interface: &str) -> String {
+    format!("tc-underlay-{interface}")
+}
+
+pub fn port_link_name(interface: &str) -> String {
+    format!("tc-port-{interface}")
+}
+
+/// Makes sure `path` will be on bpffs: its nearest existing ancestor must
+/// be on bpffs already, or be the standard mount point /sys/fs/bpf (or
+/// below it), which is then mounted. Anywhere else the operator must mount
+/// one: pins on another file system are impossible.
+fn ensure_bpffs(path: &Path) -> io::Result<()> {
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    let standard = Path::new("/sys/fs/bpf");
+    if !path.starts_with(standard) {
+        return Err(io::Error::other(format!(
+            "{} is not on bpffs: choose a directory under /sys/fs/bpf, or mount one (mount -t bpf bpf DIR)",
+            existing.display()
+        )));
+    }
+    std::fs::create_dir_all(standard)?;
+    if is_bpffs(standard) {
+        return Ok(());
+    }
+    let target = CString::new(standard.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let source = CString::new("bpf").unwrap();
+    let options = CString::new("mode=0700").unwrap();
+    // SAFETY: all pointers are valid NUL-terminated strings.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, options.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    log::info!("mounted bpffs on {}", standard.display());
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: a zeroed statfs is valid output space; path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC }
+}

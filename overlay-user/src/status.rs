@@ -1,0 +1,70 @@
+//! The agent's status file, `<run dir>/<node>.json`: what is attached
+//! where, the configuration in force and the last reload, for
+//! `overlay status` and `overlay down` (bpffs holds only BPF objects).
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Default directory of the status files.
+pub const DEFAULT_RUN_DIR: &str = "/run/overlay";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub pid: u32,
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Unix time the agent started.
+    pub started: u64,
+    /// Whether it adopted a datapath pinned by an earlier agent.
+    pub adopted: bool,
+    pub underlay: String,
+    /// "native" or "generic".
+    pub xdp_mode: String,
+    /// Every attachment, by link name (e.g. `tc-port-veth1`).
+    pub attachments: Vec<String>,
+    /// Peers carrying each VNI this node has.
+    pub peers_per_vni: Vec<(u32, usize)>,
+    pub last_reload: Option<Reload>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reload {
+    /// Unix time of the attempt.
+    pub at: u64,
+    pub ok: bool,
+    /// What changed, or why nothing did.
+    pub message: String,
+}
+
+pub fn path(run_dir: &Path, node: &str) -> PathBuf {
+    run_dir.join(format!("{node}.json"))
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl NodeStatus {
+    /// Writes the file atomically (write, then rename).
+    pub fn write(&self, run_dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(run_dir)?;
+        let target = path(run_dir, &self.node);
+        let temporary = target.with_extension("json.tmp");
+        std::fs::write(&temporary, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        std::fs::rename(temporary, target)
+    }
+
+    pub fn read(run_dir: &Path, node: &str) -> io::Result<NodeStatus> {
+        let bytes = std::fs::read(path(run_dir, node))?;
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+
+    /// Whether the agent that wrote this is still running.
+    pub fn agent_running(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists() && self.pid != std::process::id()
+    }
+}
