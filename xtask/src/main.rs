@@ -1,8 +1,9 @@
-//! `cargo xtask`: setup, build, run, demo and test for the overlay workspace.
+//! `cargo xtask`: setup, build, run, demo, test and bench for the overlay workspace.
 //!
 //! Every command first makes sure the toolchain is there (nightly rust-src,
 //! bpf-linker built against the nightly's own LLVM, the Debian tools the lab
 //! uses), so each works on a fresh machine.
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -13,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run, demo and test the overlay")]
+#[command(name = "cargo xtask", about = "Build, run, demo, test and benchmark the overlay")]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -32,11 +33,15 @@ enum Task {
     },
     /// Build, then run a multi-host lab with the real agent on every host.
     Demo,
-    /// Build, then run every test: unit tests, packet tests, namespace tests.
+    /// Build, then run every test: unit tests, packet tests, namespace tests,
+    /// and the benchmark harness in --quick mode.
     Test {
-        /// Only run tests whose name contains this.
+        /// Only run tests whose name contains this (`bench` runs only the harness check).
         filter: Option<String>,
     },
+    /// Build, then measure routed, kernel-vxlan and overlay cells
+    /// interleaved; writes target/bench/{report.md,report.json,chart.svg}.
+    Bench(bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => run(args),
         Task::Demo => demo::demo(),
         Task::Test { filter } => test(filter),
+        Task::Bench(options) => bench::bench(&options).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -94,7 +100,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load BPF programs and create network namespaces: run as root");
     }
-    setup::ensure_lab_tools()?;
+    setup::ensure_bench_tools()?;
     let binary = build::build()?;
     let root = root();
     let stale = overlay_lab::netns::sweep_stale();
@@ -103,16 +109,17 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     }
     let object = build::ebpf_object();
     let filter_args: Vec<String> = filter.into_iter().collect();
+    let mut tally = Tally::default();
     println!("== unit tests");
-    status(
+    let units = tally.run(
         Command::new("cargo")
             .current_dir(&root)
             .env("OVERLAY_EBPF_OBJECT", &object)
             .args(["test", "--workspace", "--exclude", "overlay-tests", "--"])
             .args(&filter_args),
-    )?;
+    );
     println!("== lab, packet and namespace tests (one at a time: they share the kernel)");
-    let result = status(
+    let integration = tally.run(
         Command::new("cargo")
             .current_dir(&root)
             .env("OVERLAY_EBPF_OBJECT", &object)
@@ -124,5 +131,52 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     if !stale.is_empty() {
         println!("warning: tests left namespaces behind (removed): {}", stale.join(", "));
     }
-    result
+    // The benchmark harness, so it cannot rot. It runs here rather than as a
+    // cargo test because it runs `cargo test` itself (the micro-benchmark),
+    // which would wait forever on the build lock of a cargo test around it.
+    let harness = if filter_args.is_empty() || filter_args.iter().any(|f| "bench".contains(f.as_str())) {
+        println!("== benchmark harness: cargo xtask bench --quick");
+        let result = bench::quick_check();
+        if result.is_ok() { tally.passed += 1 } else { tally.failed += 1 }
+        result
+    } else {
+        Ok(())
+    };
+    // One closing line for the whole suite.
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    units.and(integration).and(harness)
+}
+
+/// Passed and failed tests over several `cargo test` runs.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Runs `cargo test`, echoing its output and adding up its
+    /// `test result:` lines.
+    fn run(&mut self, command: &mut Command) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let shown = format!("{command:?}");
+        let mut child = command.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+        let stdout = child.stdout.take().context("capturing cargo test's output")?;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(summary) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    summary.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                };
+                self.passed += count("passed").unwrap_or(0);
+                self.failed += count("failed").unwrap_or(0);
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{shown} failed: {status}");
+        }
+        Ok(())
+    }
 }

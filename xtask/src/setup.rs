@@ -123,10 +123,24 @@ fn is_elf(path: &Path) -> bool {
 
 /// Commands the lab runs, and the Debian package of each.
 const LAB_TOOLS: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping")];
+    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping"), ("tshark", "tshark")];
+
+/// Commands the benchmark runs besides the lab's.
+const BENCH_TOOLS: &[(&str, &str)] = &[("iperf3", "iperf3")];
 
 pub fn ensure_lab_tools() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = LAB_TOOLS.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| *package).collect();
+    ensure_tools(LAB_TOOLS)
+}
+
+/// The lab's tools and the benchmark's.
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    ensure_tools(&[LAB_TOOLS, BENCH_TOOLS].concat())
+}
+
+/// Installs the Debian packages of whichever `(command, package)` is missing.
+fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = tools.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| *package).collect();
+    missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
