@@ -1542,10 +1542,16 @@ fn decapsulation_verdicts() -> anyhow::Result<()> {
     let tcp_to_vxlan_port = Tcp { src_port: 51234, dst_port: VXLAN_PORT, sequence: 1, flags: Tcp::SYN };
     let udp_to_other_port = Udp { dst_port: VXLAN_PORT + 1, ..to_vxlan_port() };
 
+    // A sender that fills in the outer UDP checksum: accepted unverified
+    // (RFC 7348 section 5 allows either; Linux's vxlan sends one with udpcsum).
+    let mut with_udp_checksum = vxlan_from_far(&inner);
+    with_udp_checksum[ETHERNET_LEN + IPV4_LEN + 6..ETHERNET_LEN + IPV4_LEN + 8].copy_from_slice(&0xbeef_u16.to_be_bytes());
+
     run_table(
         &near,
         &[
             delivered("VXLAN from the peer to a local endpoint: exactly the inner frame", vxlan_from_far(&inner), &inner),
+            delivered("a non-zero outer UDP checksum is accepted (not verified)", with_udp_checksum, &inner),
             delivered(
                 "VXLAN from a peer that lists no endpoint (192.0.2.3), to a local endpoint",
                 vxlan_from(THIRD_VTEP, VNI, &inner),
