@@ -86,6 +86,15 @@ pub mod maps {
     pub const IP_IDS: &str = "IP_IDS";
     /// Array of one [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
+    /// Ring buffer of [`crate::MonitorEvent`]s for `overlay monitor`.
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// Array of one [`crate::MonitorConfig`], set by `overlay monitor`.
+    pub const MONITOR: &str = "MONITOR";
+    /// Per-CPU array of one [`crate::MonitorBucket`]: the event rate limiter.
+    pub const MONITOR_BUCKETS: &str = "MONITOR_BUCKETS";
+    /// Per-CPU array of one u64: events not emitted (rate limit, full buffer).
+    pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
     pub const COUNTERS_CAPACITY: u32 = crate::reason::DIRECTION_COUNT * crate::reason::REASON_SLOTS;
@@ -238,6 +247,59 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
 
+/// How many bytes of each packet a monitor event carries.
+pub const MONITOR_CAPTURE_LEN: usize = 128;
+// The datapath bounds its copy length with a mask (see monitor.rs).
+const _: () = assert!(MONITOR_CAPTURE_LEN.is_power_of_two());
+/// Defaults of `overlay monitor`: events per second per CPU, and burst.
+pub const DEFAULT_MONITOR_RATE: u32 = 1000;
+pub const DEFAULT_MONITOR_BURST: u32 = 100;
+
+/// What `overlay monitor` asks of the datapath. All zero: no events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Non-zero while a monitor listens.
+    pub enabled: u32,
+    /// Token-bucket refill, events per second on each CPU.
+    pub events_per_second: u32,
+    /// Token-bucket size.
+    pub burst: u32,
+    /// Also trace one forwarded packet in this many (0: drops only).
+    pub sample_forwarded_every: u32,
+}
+const _: () = assert!(core::mem::size_of::<MonitorConfig>() == 16);
+
+/// One CPU's event rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorBucket {
+    pub tokens: u64,
+    pub last_refill_ns: u64,
+    /// Forwarded packets seen, for sampling.
+    pub forwarded_seen: u64,
+}
+const _: () = assert!(core::mem::size_of::<MonitorBucket>() == 24);
+
+/// A datapath event: why, where, and the packet's first bytes (outer
+/// headers for packets from the underlay, the frame for packets from an
+/// endpoint).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MonitorEvent {
+    pub timestamp_ns: u64,
+    pub reason: u32,
+    pub direction: u32,
+    /// The device the packet arrived on.
+    pub ifindex: u32,
+    pub packet_len: u32,
+    /// How many bytes of `data` are the packet's.
+    pub captured_len: u32,
+    pub _pad: u32,
+    pub data: [u8; MONITOR_CAPTURE_LEN],
+}
+const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 32 + MONITOR_CAPTURE_LEN);
+
 /// A packet and byte counter (one per CPU, direction and reason).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -270,4 +332,7 @@ mod pod {
     unsafe impl aya::Pod for super::NeighbourEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::MonitorConfig {}
+    unsafe impl aya::Pod for super::MonitorBucket {}
+    unsafe impl aya::Pod for super::MonitorEvent {}
 }

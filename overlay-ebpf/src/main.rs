@@ -18,6 +18,7 @@ mod endpoint;
 mod flood;
 mod icmp;
 mod maps;
+mod monitor;
 mod nd;
 mod packet;
 
@@ -34,32 +35,26 @@ use crate::counters::count;
 #[xdp]
 pub fn overlay_decap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    match decap::try_decap(&ctx) {
-        Ok(verdict) => {
-            count(Direction::FROM_UNDERLAY, verdict.reason, bytes);
-            verdict.action
-        }
-        Err(reason) => {
-            count(Direction::FROM_UNDERLAY, reason, bytes);
-            xdp_action::XDP_DROP
-        }
-    }
+    let (action, reason) = match decap::try_decap(&ctx) {
+        Ok(verdict) => (verdict.action, verdict.reason),
+        Err(reason) => (xdp_action::XDP_DROP, reason),
+    };
+    count(Direction::FROM_UNDERLAY, reason, bytes);
+    monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);
+    action
 }
 
 /// TC ingress of an endpoint's host-side port: the endpoint's egress.
 #[classifier]
 pub fn overlay_endpoint(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
-    match endpoint::try_endpoint(&ctx) {
-        Ok(verdict) => {
-            count(Direction::FROM_ENDPOINT, verdict.reason, bytes);
-            verdict.action
-        }
-        Err(reason) => {
-            count(Direction::FROM_ENDPOINT, reason, bytes);
-            TC_ACT_SHOT
-        }
-    }
+    let (action, reason) = match endpoint::try_endpoint(&ctx) {
+        Ok(verdict) => (verdict.action, verdict.reason),
+        Err(reason) => (TC_ACT_SHOT, reason),
+    };
+    count(Direction::FROM_ENDPOINT, reason, bytes);
+    monitor::report(&ctx, Direction::FROM_ENDPOINT, reason, bytes as u32);
+    action
 }
 
 /// TC ingress of the underlay device: replicates the broadcast and
@@ -75,6 +70,7 @@ pub fn overlay_underlay_flood(ctx: TcContext) -> i32 {
         Ok(None) => flood::PASS_UNTOUCHED,
         Err(reason) => {
             count(Direction::FROM_UNDERLAY, reason, bytes);
+            monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);
             TC_ACT_SHOT
         }
     }

@@ -4,10 +4,11 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use overlay_common::{
-    Counter, FdbEntry, FloodTargets, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo, PeerVni,
+    Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
+    NodeConfig, PeerInfo, PeerVni,
     PortInfo, Reason, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
@@ -46,6 +47,18 @@ pub static IP_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
+
+#[map]
+pub static MONITOR: Array<MonitorConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static MONITOR_BUCKETS: PerCpuArray<MonitorBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static MONITOR_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> =

@@ -16,7 +16,8 @@ use aya::{
     },
 };
 use overlay_common::{
-    Counter, Direction, FdbEntry, FloodTargets, LocalEndpoint, NeighbourEntry, NodeConfig, PeerInfo,
+    Counter, Direction, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig,
+    NeighbourEntry, NodeConfig, PeerInfo,
     PeerVni, PortInfo, Reason, VniInfo, VniIpv4, VniIpv6, VniMac, counter_index, maps, programs,
     reason,
 };
@@ -30,7 +31,7 @@ use crate::{
 /// Maps that are pinned (kept across agent restarts), with the key and
 /// value sizes this agent expects of them: a pin left by an incompatible
 /// version is refused rather than misread.
-const PINNED_MAPS: [(&str, usize, usize); 11] = [
+const PINNED_MAPS: [(&str, usize, usize); 15] = [
     (maps::FDB, size_of::<VniMac>(), size_of::<FdbEntry>()),
     (maps::VNIS, size_of::<u32>(), size_of::<VniInfo>()),
     (maps::LOCAL_ENDPOINTS, size_of::<VniMac>(), size_of::<LocalEndpoint>()),
@@ -42,6 +43,11 @@ const PINNED_MAPS: [(&str, usize, usize); 11] = [
     (maps::FLOOD, size_of::<u32>(), size_of::<FloodTargets>()),
     (maps::NODE, size_of::<u32>(), size_of::<NodeConfig>()),
     (maps::COUNTERS, size_of::<u32>(), size_of::<Counter>()),
+    // A ring buffer has no keys or values; its size is its identity.
+    (maps::EVENTS, 0, 0),
+    (maps::MONITOR, size_of::<u32>(), size_of::<MonitorConfig>()),
+    (maps::MONITOR_BUCKETS, size_of::<u32>(), size_of::<MonitorBucket>()),
+    (maps::MONITOR_LOST, size_of::<u32>(), size_of::<u64>()),
 ];
 
 /// The compiled eBPF object (built by `cargo xtask build`).
@@ -174,6 +180,21 @@ impl fmt::Display for Counters {
     }
 }
 
+/// What a pinned datapath holds, for `overlay run --metrics-addr`'s gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathSummary {
+    /// This node's VTEP address, once the agent has configured the datapath.
+    pub vtep: Option<std::net::Ipv4Addr>,
+    /// VNIs this node carries.
+    pub vnis: usize,
+    /// Containers on this node: (VNI, MAC) pairs of local endpoints.
+    pub local_endpoints: usize,
+    /// Containers behind peers: (VNI, MAC) pairs in the forwarding database.
+    pub remote_endpoints: usize,
+    /// Peer VTEPs VXLAN is accepted from.
+    pub peers: usize,
+}
+
 /// Result of running a program once on a frame (BPF_PROG_TEST_RUN).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestRunOutcome {
@@ -290,6 +311,10 @@ impl Datapath {
             maps::IP_IDS,
             maps::NODE,
             maps::COUNTERS,
+            maps::EVENTS,
+            maps::MONITOR,
+            maps::MONITOR_BUCKETS,
+            maps::MONITOR_LOST,
         ] {
             if ebpf.map(name).is_none() {
                 return Err(DatapathError::Missing { kind: "map", name });
@@ -309,7 +334,10 @@ impl Datapath {
         for (name, key_size, value_size) in PINNED_MAPS {
             let map = self.ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })?;
             let data: &MapData = match map {
-                aya::maps::Map::HashMap(data) | aya::maps::Map::Array(data) | aya::maps::Map::PerCpuArray(data) => data,
+                aya::maps::Map::HashMap(data)
+                | aya::maps::Map::Array(data)
+                | aya::maps::Map::PerCpuArray(data)
+                | aya::maps::Map::RingBuf(data) => data,
                 _ => return Err(DatapathError::Missing { kind: "map of the expected type", name }),
             };
             let info = data.info().map_err(|source| map_error(name, "inspect", source))?;
@@ -643,6 +671,24 @@ impl Datapath {
         read_counters(&array)
     }
 
+    /// What a pinned datapath (another process's) holds: its VTEP and how
+    /// many entries its main tables have.
+    pub fn pinned_summary(pins: &PinDir) -> Result<DatapathSummary, DatapathError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(pins.map(name)).map_err(|source| map_error(name, "open pinned", source))
+        };
+        let node = aya::maps::Map::Array(open(maps::NODE)?);
+        let node: Array<&MapData, NodeConfig> = Array::try_from(&node).map_err(|source| map_error(maps::NODE, "open", source))?;
+        let node = node.get(&0, 0).map_err(|source| map_error(maps::NODE, "read", source))?;
+        Ok(DatapathSummary {
+            vtep: (node.configured != 0).then(|| std::net::Ipv4Addr::from(node.vtep_addr_be.to_ne_bytes())),
+            vnis: count_entries::<u32, VniInfo>(maps::VNIS, open(maps::VNIS)?)?,
+            local_endpoints: count_entries::<VniMac, LocalEndpoint>(maps::LOCAL_ENDPOINTS, open(maps::LOCAL_ENDPOINTS)?)?,
+            remote_endpoints: count_entries::<VniMac, FdbEntry>(maps::FDB, open(maps::FDB)?)?,
+            peers: count_entries::<u32, PeerInfo>(maps::PEERS, open(maps::PEERS)?)?,
+        })
+    }
+
     /// Runs the XDP decapsulation program on `frame`, `repeat` times.
     ///
     /// With `repeat > 1` the kernel runs each repetition on the frame the
@@ -739,6 +785,12 @@ fn read_counters(array: &PerCpuArray<&MapData, Counter>) -> Result<Counters, Dat
         }
     }
     Ok(Counters { rows })
+}
+
+fn count_entries<K: Pod, V: Pod>(name: &'static str, data: MapData) -> Result<usize, DatapathError> {
+    let map = aya::maps::Map::HashMap(data);
+    let hash: HashMap<&MapData, K, V> = HashMap::try_from(&map).map_err(|source| map_error(name, "open", source))?;
+    hash.keys().try_fold(0, |count, key| key.map(|_| count + 1)).map_err(|source| map_error(name, "read", source))
 }
 
 fn read_hash<K: Pod + Ord, V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<BTreeMap<K, V>, DatapathError> {

@@ -3,6 +3,8 @@
 //! agent and the integration tests all go through this layer.
 pub mod config;
 pub mod datapath;
+pub mod metrics;
+pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
 pub mod pinning;

@@ -54,6 +54,9 @@ enum Command {
         /// upgrade or restart: the next `overlay run` adopts it); `overlay down` removes it.
         #[arg(long)]
         keep_datapath: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (an IP:port, e.g. 127.0.0.1:9465; off by default).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
         #[command(flatten)]
         places: Places,
     },
@@ -93,6 +96,42 @@ enum Command {
         #[command(flatten)]
         places: Places,
     },
+    /// Stream a node's datapath events: drops with reason, VNI, addresses and
+    /// interface (rate limited in the kernel), optionally sampled forwarded packets.
+    Monitor {
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// Only these reasons (names as `overlay reasons` lists them; repeatable).
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+        /// Only this VNI.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Only VXLAN from or to this peer VTEP address.
+        #[arg(long)]
+        peer: Option<std::net::Ipv4Addr>,
+        /// Also trace one forwarded packet in this many.
+        #[arg(long, default_value_t = 0)]
+        trace_every: u32,
+        /// Events per second each CPU may emit (the kernel-side rate limit).
+        #[arg(long, default_value_t = overlay_common::DEFAULT_MONITOR_RATE)]
+        rate: u32,
+        /// Events each CPU may emit at once above the rate.
+        #[arg(long, default_value_t = overlay_common::DEFAULT_MONITOR_BURST)]
+        burst: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[command(flatten)]
+        places: Places,
+    },
     /// List the datapath's numbered outcomes and drop reasons.
     Reasons,
 }
@@ -101,13 +140,20 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, xdp_mode, counters_interval, keep_datapath, places } => {
-            run(RunOptions { path: config, xdp_mode, counters_interval, keep_datapath, places })
+        Command::Run { config, xdp_mode, counters_interval, keep_datapath, metrics_addr, places } => {
+            run(RunOptions { path: config, xdp_mode, counters_interval, keep_datapath, metrics_addr, places })
         }
         Command::Validate { config } => validate(config),
         Command::Down { node, places } => down(&node, &places),
         Command::Stats { node, json, watch, places } => stats(&node, json, watch, &places),
         Command::Status { node, places } => show_status(&node, &places),
+        Command::Monitor { node, reasons, vni, peer, trace_every, rate, burst, json, count, seconds, places } => monitor(
+            &node,
+            MonitorFilter { reasons, vni, peer },
+            overlay_common::MonitorConfig { enabled: 1, events_per_second: rate, burst, sample_forwarded_every: trace_every },
+            MonitorOutput { json, count, seconds },
+            &places,
+        ),
         Command::Reasons => {
             print_reasons();
             Ok(())
@@ -244,11 +290,97 @@ fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which events `overlay monitor` shows.
+struct MonitorFilter {
+    reasons: Vec<String>,
+    vni: Option<u32>,
+    peer: Option<std::net::Ipv4Addr>,
+}
+
+impl MonitorFilter {
+    fn matches(&self, event: &overlay::monitor::Event) -> bool {
+        (self.reasons.is_empty() || self.reasons.iter().any(|r| r == event.reason_name()))
+            && self.vni.is_none_or(|vni| event.vni == Some(vni))
+            && self.peer.is_none_or(|peer| event.outer.is_some_and(|(source, destination)| source == peer || destination == peer))
+    }
+}
+
+struct MonitorOutput {
+    json: bool,
+    count: Option<u64>,
+    seconds: Option<u64>,
+}
+
+fn monitor(node: &str, filter: MonitorFilter, settings: overlay_common::MonitorConfig, output: MonitorOutput, places: &Places) -> anyhow::Result<()> {
+    for reason in &filter.reasons {
+        if !REASONS.iter().any(|info| info.name == reason) {
+            bail!("--reason {reason:?} is not a reason name; `overlay reasons` lists them");
+        }
+    }
+    let pins = PinDir::new(&places.bpffs_dir, node);
+    let mut monitor = overlay::monitor::Monitor::open(&pins, settings)
+        .with_context(|| format!("opening the events of node {node} (is its datapath running?)"))?;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(signal, stop_monitor as *const () as libc::sighandler_t) };
+    }
+    let started = std::time::Instant::now();
+    let lost_at_start = monitor.lost();
+    let (mut shown, mut lost_reported) = (0u64, lost_at_start);
+    let mut last_lost_check = started;
+    while !MONITOR_STOP.load(std::sync::atomic::Ordering::Relaxed)
+        && output.count.is_none_or(|count| shown < count)
+        && output.seconds.is_none_or(|seconds| started.elapsed() < Duration::from_secs(seconds))
+    {
+        if let Some(event) = monitor.next(Duration::from_millis(200)) {
+            if filter.matches(&event) {
+                shown += 1;
+                if output.json { println!("{}", event.to_json()) } else { println!("{event}") }
+            }
+        }
+        if last_lost_check.elapsed() >= Duration::from_secs(1) {
+            last_lost_check = std::time::Instant::now();
+            let lost = monitor.lost();
+            if lost > lost_reported {
+                report_lost(lost - lost_reported, output.json);
+                lost_reported = lost;
+            }
+        }
+    }
+    let lost = monitor.lost();
+    if lost > lost_reported {
+        report_lost(lost - lost_reported, output.json);
+    }
+    drop(monitor);
+    if !output.json {
+        eprintln!("{shown} event(s) shown, {} lost to the rate limit or a full buffer", lost - lost_at_start);
+    }
+    Ok(())
+}
+
+fn report_lost(lost: u64, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "kind": "lost", "events": lost }));
+    } else {
+        println!("lost {lost} event(s): rate limit or full buffer (see --rate/--burst)");
+    }
+}
+
+/// Set by SIGINT/SIGTERM while `overlay monitor` runs: the loop polls it and
+/// exits cleanly, which switches the datapath's events off again.
+static MONITOR_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn stop_monitor(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    MONITOR_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 struct RunOptions {
     path: PathBuf,
     xdp_mode: XdpAttachMode,
     counters_interval: u64,
     keep_datapath: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
     places: Places,
 }
 
@@ -270,6 +402,8 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
             bail!("an agent already runs node {node} (pid {}, config {}): one agent per node", other.pid, other.config.display());
         }
     }
+    // Bound before the kernel is touched: an address it cannot serve refuses the start.
+    let metrics = options.metrics_addr.map(overlay::metrics::bind).transpose()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -315,6 +449,10 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
             ..NodeStatus::default()
         };
         refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
+        if let Some(listener) = metrics {
+            let run_dir = options.places.run_dir.clone();
+            overlay::metrics::spawn(listener, overlay::metrics::Source { node: node.clone(), pins: pins.clone(), run_dir });
+        }
         log::info!(
             "node {node} forwarding: VTEP {} port {}, underlay {underlay} (XDP {mode}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
             resolved.config.node.vtep_address,

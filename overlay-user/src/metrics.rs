@@ -1,0 +1,577 @@
+//! Prometheus metrics: `overlay run --metrics-addr ADDR` serves `GET /metrics`.
+//!
+//! Each scrape reads the node's pinned datapath (counters and table sizes,
+//! through file descriptors of its own, so the server never touches the
+//! agent's [`Datapath`]) and the agent's status file (underlay, XDP mode,
+//! last reload), and encodes them with `prometheus-client` in the
+//! OpenMetrics text format, the format Prometheus asks for first. A few
+//! lines of HTTP/1.1 serve it: one request per connection, then close.
+//!
+//! Names follow the Prometheus conventions: an `overlay_` prefix, counters
+//! ending in `_total`, the unit in the name (`_bytes`, `_seconds`). The
+//! counters are labelled `direction`, `reason`, `code` (the stable number,
+//! `overlay reasons`) and `kind` (`outcome` or `drop`). Counters per VNI and
+//! per peer will add `vni` and `peer` labels to these same families, so
+//! queries that sum over labels keep their meaning.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use overlay_common::reason::{Direction, REASONS, Reason};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
+    registry::{Registry, Unit},
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{
+    Counters, Datapath, DatapathError,
+    datapath::DatapathSummary,
+    pinning::PinDir,
+    status::NodeStatus,
+};
+
+/// The path the metrics are served at.
+pub const PATH: &str = "/metrics";
+/// What `prometheus-client` encodes: OpenMetrics 1.0 text (Prometheus's
+/// first choice in its Accept header; the older 0.0.4 text format has no
+/// `info` type and no `# EOF`).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Longest request head read; a scrape's is a few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A client that has not sent its request by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the metrics server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listening socket could not be set up (address in use, not on this host, no permission).
+    #[error("cannot serve metrics on {address}: {reason}")]
+    Bind { address: SocketAddr, reason: std::io::Error },
+}
+
+/// Everything one scrape reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The node's name.
+    pub node: String,
+    pub counters: Counters,
+    pub datapath: DatapathSummary,
+    /// The agent's status file; `None` until the agent has written it.
+    pub status: Option<NodeStatus>,
+}
+
+/// Where a scrape finds a node's state: its pinned datapath and its
+/// agent's status file.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub node: String,
+    pub pins: PinDir,
+    pub run_dir: PathBuf,
+}
+
+impl Source {
+    pub fn snapshot(&self) -> Result<Snapshot, DatapathError> {
+        Ok(Snapshot {
+            node: self.node.clone(),
+            counters: Datapath::pinned_counters(&self.pins)?,
+            datapath: Datapath::pinned_summary(&self.pins)?,
+            status: NodeStatus::read(&self.run_dir, &self.node).ok(),
+        })
+    }
+
+    /// The scrape's text, or why it could not be made.
+    fn render(&self) -> Result<String, String> {
+        let snapshot = self.snapshot().map_err(|error| format!("reading the datapath of node {}: {error}", self.node))?;
+        encode(snapshot).map_err(|error| format!("encoding the metrics: {error}"))
+    }
+}
+
+/// The OpenMetrics text of a snapshot, `# EOF` included.
+pub fn encode(snapshot: Snapshot) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// Labels of `overlay_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+    vtep: String,
+    underlay: String,
+    xdp_mode: String,
+    version: &'static str,
+}
+
+/// Labels of the packet and byte counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CounterLabels {
+    direction: &'static str,
+    reason: &'static str,
+    code: u32,
+    kind: &'static str,
+}
+
+/// One counter series: labels, packets, bytes.
+type CounterSeries = (CounterLabels, u64, u64);
+
+impl Snapshot {
+    /// Every direction and known reason, zero when nothing was counted (a
+    /// series that appears only at its first packet hides that packet from
+    /// `rate()`), then any code this agent has no name for.
+    fn counter_series(&self) -> Vec<CounterSeries> {
+        let counted = |direction: Direction, reason: Reason| {
+            self.counters
+                .rows
+                .iter()
+                .find(|row| row.direction == direction && row.reason == reason)
+                .map_or((0, 0), |row| (row.packets, row.bytes))
+        };
+        let labels = |direction: Direction, reason: Reason, name: &'static str| CounterLabels {
+            direction: direction.name(),
+            reason: name,
+            code: reason.0,
+            kind: if reason.is_drop() { "drop" } else { "outcome" },
+        };
+        let mut series = Vec::new();
+        for direction in Direction::ALL {
+            for info in REASONS {
+                let (packets, bytes) = counted(direction, info.reason);
+                series.push((labels(direction, info.reason, info.name), packets, bytes));
+            }
+        }
+        for row in self.counters.rows.iter().filter(|row| row.reason.info().is_none()) {
+            series.push((labels(row.direction, row.reason, "unknown"), row.packets, row.bytes));
+        }
+        series
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        // OpenMetrics HELP text must not contain double quotes or backslashes.
+        let status = self.status.as_ref();
+        let info = Info::new(NodeLabels {
+            node: self.node.clone(),
+            vtep: self.datapath.vtep.map(|vtep| vtep.to_string()).unwrap_or_default(),
+            underlay: status.map(|s| s.underlay.clone()).unwrap_or_default(),
+            xdp_mode: status.map(|s| s.xdp_mode.clone()).unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION"),
+        });
+        info.encode(encoder.encode_descriptor(
+            "overlay",
+            "The node: its name, VTEP address, underlay device, XDP mode and agent version.",
+            None,
+            info.metric_type(),
+        )?)?;
+
+        let series = self.counter_series();
+        let by_reason = "by direction (from-underlay: XDP on the underlay device; from-endpoint: TC on a container port) \
+                         and numbered reason (overlay reasons lists them; kind is drop for drops, outcome otherwise).";
+        let mut packets = encoder.encode_descriptor(
+            "overlay_packets",
+            &format!("Packets the datapath handled, {by_reason}"),
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, count, _) in &series {
+            ConstCounter::new(*count).encode(packets.encode_family(labels)?)?;
+        }
+        // Registered as `overlay` with the unit bytes: the encoder appends
+        // the unit, giving `overlay_bytes` and its sample `overlay_bytes_total`.
+        let mut bytes = encoder.encode_descriptor(
+            "overlay",
+            &format!("Bytes of the packets the datapath handled (Ethernet frames as the hook saw them), {by_reason}"),
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+        )?;
+        for (labels, _, count) in &series {
+            ConstCounter::new(*count).encode(bytes.encode_family(labels)?)?;
+        }
+
+        let tables = [
+            ("overlay_vnis", "VNIs (tenant networks) this node carries.", self.datapath.vnis),
+            ("overlay_local_endpoints", "Containers on this node, counted per VNI and MAC.", self.datapath.local_endpoints),
+            ("overlay_remote_endpoints", "Containers behind peers, counted per VNI and MAC (forwarding database entries).", self.datapath.remote_endpoints),
+            ("overlay_peers", "Peer VTEPs this node accepts VXLAN from.", self.datapath.peers),
+        ];
+        for (name, help, value) in tables {
+            gauge(&mut encoder, name, help, None, value as i64)?;
+        }
+
+        let Some(status) = status else { return Ok(()) };
+        gauge(&mut encoder, "overlay_agent_start_time", "When the agent started, in seconds since the Unix epoch.", Some(&Unit::Seconds), status.started as i64)?;
+        // The start is the first load of the file: a reload only replaces it.
+        let (ok, at) = status.last_reload.as_ref().map_or((true, status.started), |reload| (reload.ok, reload.at));
+        gauge(
+            &mut encoder,
+            "overlay_last_reload_success",
+            "Whether the last load of the configuration file (at start, on SIGHUP or on a change) was applied: 1, or refused with nothing changed: 0.",
+            None,
+            i64::from(ok),
+        )?;
+        gauge(
+            &mut encoder,
+            "overlay_last_reload_timestamp",
+            "When the configuration file was last loaded (at start, on SIGHUP or on a change), in seconds since the Unix epoch.",
+            Some(&Unit::Seconds),
+            at as i64,
+        )
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, value: i64) -> Result<(), fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, unit, gauge.metric_type())?)
+}
+
+/// Binds the metrics listener. The agent calls this before it touches the
+/// kernel, so an address it cannot serve refuses the start with nothing
+/// loaded or attached.
+pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
+    let error = |reason| MetricsError::Bind { address, reason };
+    let listener = std::net::TcpListener::bind(address).map_err(error)?;
+    // Tokio only takes over non-blocking sockets.
+    listener.set_nonblocking(true).map_err(error)?;
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` on `listener`, from a task on the current tokio
+/// runtime, rendering each scrape from `source`. A problem after this point
+/// is logged: metrics never stop the agent or the datapath.
+pub fn spawn(listener: std::net::TcpListener, source: Source) {
+    spawn_serving(listener, move || source.render());
+}
+
+fn spawn_serving<F>(listener: std::net::TcpListener, render: F)
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
+    let address = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            log::error!("serving metrics on {address}: {error}; running without metrics");
+            return;
+        }
+    };
+    log::info!("serving Prometheus metrics on http://{address}{PATH}");
+    let render = Arc::new(render);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let render = render.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = answer(stream, &*render).await {
+                            log::debug!("metrics connection: {error}");
+                        }
+                    });
+                }
+                Err(error) => {
+                    log::warn!("accepting a metrics connection on {address}: {error}");
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Reads one request and answers it; the connection is closed after.
+async fn answer(mut stream: tokio::net::TcpStream, render: &(dyn Fn() -> Result<String, String> + Send + Sync)) -> std::io::Result<()> {
+    let Ok(head) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await else {
+        return Ok(());
+    };
+    let response = respond(&head?, render);
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// The request line and headers, up to the blank line. All of it is read:
+/// closing with unread data would reset the connection under the response.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() <= MAX_REQUEST_HEAD {
+        let n = stream.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..n]);
+    }
+    Ok(head)
+}
+
+/// The whole HTTP/1.1 response to a request head.
+fn respond(head: &[u8], render: &dyn Fn() -> Result<String, String>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut request_line = text.lines().next().unwrap_or_default().split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (request_line.next(), request_line.next(), request_line.next()) else {
+        return response("400 Bad Request", "text/plain; charset=utf-8", "malformed request\n", &[], true);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return response("400 Bad Request", "text/plain; charset=utf-8", "HTTP/1.x only\n", &[], true);
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    if path != PATH {
+        return response("404 Not Found", "text/plain; charset=utf-8", &format!("not found: only {PATH} is served\n"), &[], true);
+    }
+    let with_body = match method {
+        "GET" => true,
+        "HEAD" => false,
+        _ => return response("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n", &[("Allow", "GET, HEAD")], true),
+    };
+    match render() {
+        Ok(body) => response("200 OK", CONTENT_TYPE, &body, &[], with_body),
+        Err(error) => {
+            log::warn!("metrics scrape failed: {error}");
+            response("500 Internal Server Error", "text/plain; charset=utf-8", &format!("{error}\n"), &[], with_body)
+        }
+    }
+}
+
+fn response(status: &str, content_type: &str, body: &str, headers: &[(&str, &str)], with_body: bool) -> Vec<u8> {
+    let mut text = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    if with_body {
+        text.push_str(body);
+    }
+    text.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        datapath::CounterRow,
+        status::Reload,
+    };
+
+    fn snapshot() -> Snapshot {
+        let row = |direction, reason, packets, bytes| CounterRow { direction, reason, packets, bytes };
+        Snapshot {
+            node: "h1".into(),
+            counters: Counters {
+                rows: vec![
+                    row(Direction::FROM_UNDERLAY, Reason::FORWARDED, 20, 2960),
+                    row(Direction::FROM_UNDERLAY, Reason::UNKNOWN_PEER, 3, 150),
+                    row(Direction::FROM_ENDPOINT, Reason::FORWARDED, 21, 1960),
+                ],
+            },
+            datapath: DatapathSummary {
+                vtep: Some("192.0.2.1".parse().unwrap()),
+                vnis: 2,
+                local_endpoints: 3,
+                remote_endpoints: 4,
+                peers: 2,
+            },
+            status: Some(NodeStatus {
+                node: "h1".into(),
+                underlay: "ul1".into(),
+                xdp_mode: "native".into(),
+                started: 1_700_000_000,
+                last_reload: Some(Reload { at: 1_700_000_100, ok: false, message: "bad file".into() }),
+                ..NodeStatus::default()
+            }),
+        }
+    }
+
+    fn lines_of(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn counters_are_named_and_labelled_by_prometheus_conventions() {
+        let text = encode(snapshot()).unwrap();
+        let lines = lines_of(&text);
+        for expected in [
+            "# HELP overlay_packets Packets the datapath handled, by direction (from-underlay: XDP on the underlay device; from-endpoint: TC on a container port) and numbered reason (overlay reasons lists them; kind is drop for drops, outcome otherwise).",
+            "# TYPE overlay_packets counter",
+            r#"overlay_packets_total{direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 21"#,
+            r#"overlay_packets_total{direction="from-underlay",reason="forwarded",code="0",kind="outcome"} 20"#,
+            r#"overlay_packets_total{direction="from-underlay",reason="unknown-peer",code="16",kind="drop"} 3"#,
+            // Never counted, still there.
+            r#"overlay_packets_total{direction="from-underlay",reason="passed",code="1",kind="outcome"} 0"#,
+            "# TYPE overlay_bytes counter",
+            "# UNIT overlay_bytes bytes",
+            r#"overlay_bytes_total{direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 1960"#,
+            r#"overlay_bytes_total{direction="from-underlay",reason="unknown-peer",code="16",kind="drop"} 150"#,
+        ] {
+            assert!(lines.contains(&expected), "expected the line\n  {expected}\nin:\n{text}");
+        }
+        let series = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(series("overlay_packets_total{"), 2 * REASONS.len(), "one packet series per direction and reason:\n{text}");
+        assert_eq!(series("overlay_bytes_total{"), 2 * REASONS.len(), "one byte series per direction and reason:\n{text}");
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF:\n{text}");
+    }
+
+    #[test]
+    fn node_gauges_come_from_the_datapath_and_the_status_file() {
+        let text = encode(snapshot()).unwrap();
+        let lines = lines_of(&text);
+        for expected in [
+            "# TYPE overlay info",
+            r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="ul1",xdp_mode="native",version="0.1.0"} 1"#,
+            "# TYPE overlay_vnis gauge",
+            "overlay_vnis 2",
+            "overlay_local_endpoints 3",
+            "overlay_remote_endpoints 4",
+            "# HELP overlay_peers Peer VTEPs this node accepts VXLAN from.",
+            "# TYPE overlay_peers gauge",
+            "overlay_peers 2",
+            "# TYPE overlay_agent_start_time_seconds gauge",
+            "# UNIT overlay_agent_start_time_seconds seconds",
+            "overlay_agent_start_time_seconds 1700000000",
+            "overlay_last_reload_success 0",
+            "# UNIT overlay_last_reload_timestamp_seconds seconds",
+            "overlay_last_reload_timestamp_seconds 1700000100",
+        ] {
+            assert!(lines.contains(&expected), "expected the line\n  {expected}\nin:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_start_counts_as_a_successful_load() {
+        let mut snapshot = snapshot();
+        snapshot.status.as_mut().unwrap().last_reload = None;
+        let text = encode(snapshot).unwrap();
+        let lines = lines_of(&text);
+        assert!(lines.contains(&"overlay_last_reload_success 1"), "{text}");
+        assert!(lines.contains(&"overlay_last_reload_timestamp_seconds 1700000000"), "{text}");
+    }
+
+    #[test]
+    fn without_a_status_file_only_the_agent_gauges_are_left_out() {
+        let mut snapshot = snapshot();
+        snapshot.status = None;
+        let text = encode(snapshot).unwrap();
+        assert!(text.contains(r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="",xdp_mode="","#), "{text}");
+        assert!(text.contains("overlay_peers 2"), "{text}");
+        assert!(!text.contains("overlay_last_reload") && !text.contains("overlay_agent_start"), "{text}");
+    }
+
+    #[test]
+    fn a_code_without_a_name_is_labelled_unknown() {
+        let mut snapshot = snapshot();
+        snapshot.counters.rows.push(CounterRow { direction: Direction::FROM_ENDPOINT, reason: Reason(63), packets: 5, bytes: 500 });
+        let text = encode(snapshot).unwrap();
+        assert!(text.contains(r#"overlay_packets_total{direction="from-endpoint",reason="unknown",code="63",kind="drop"} 5"#), "{text}");
+    }
+
+    /// Checks the exposition's grammar in the ways a typo would break it.
+    #[test]
+    fn every_sample_belongs_to_a_described_family() {
+        let text = encode(snapshot()).unwrap();
+        let mut families: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (_, help) = rest.split_once(' ').unwrap();
+                assert!(!help.contains('"') && !help.contains('\\'), "HELP text must not need escaping: {line}");
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                families.push((name.to_owned(), kind.to_owned()));
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(
+                    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name.starts_with("overlay_"),
+                    "bad metric name in: {line}"
+                );
+                let family = families.last().unwrap_or_else(|| panic!("sample before any TYPE: {line}"));
+                let suffix = match family.1.as_str() {
+                    "counter" => "_total",
+                    "info" => "_info",
+                    _ => "",
+                };
+                assert_eq!(name, format!("{}{suffix}", family.0), "sample {line} under # TYPE {} {}", family.0, family.1);
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<u64>().is_ok(), "value is not a non-negative integer: {line}");
+            }
+        }
+        let names: Vec<&str> = families.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "overlay",
+                "overlay_packets",
+                "overlay_bytes",
+                "overlay_vnis",
+                "overlay_local_endpoints",
+                "overlay_remote_endpoints",
+                "overlay_peers",
+                "overlay_agent_start_time_seconds",
+                "overlay_last_reload_success",
+                "overlay_last_reload_timestamp_seconds"
+            ]
+        );
+    }
+
+    fn status_line(response: &[u8]) -> String {
+        String::from_utf8_lossy(response).lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn only_get_and_head_of_metrics_are_served() {
+        let render = || Ok::<_, String>("overlay_peers 1\n# EOF\n".to_owned());
+        let get = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &render);
+        let text = String::from_utf8(get).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains(&format!("\r\nContent-Type: {CONTENT_TYPE}\r\n")), "{text}");
+        assert!(text.contains("\r\nContent-Length: 22\r\n") && text.ends_with("\r\n\r\noverlay_peers 1\n# EOF\n"), "{text}");
+        let head = String::from_utf8(respond(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n", &render)).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "HEAD: headers only:\n{head}");
+        assert_eq!(status_line(&respond(b"GET / HTTP/1.1\r\n\r\n", &render)), "HTTP/1.1 404 Not Found");
+        assert_eq!(status_line(&respond(b"GET /metricsx HTTP/1.1\r\n\r\n", &render)), "HTTP/1.1 404 Not Found");
+        let post = String::from_utf8(respond(b"POST /metrics HTTP/1.1\r\n\r\n", &render)).unwrap();
+        assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
+        assert_eq!(status_line(&respond(b"hello\r\n\r\n", &render)), "HTTP/1.1 400 Bad Request");
+        assert_eq!(status_line(&respond(b"", &render)), "HTTP/1.1 400 Bad Request");
+    }
+
+    #[test]
+    fn a_datapath_that_cannot_be_read_is_a_server_error() {
+        let render = || Err::<String, _>("reading the datapath of node h1: gone".to_owned());
+        let text = String::from_utf8(respond(b"GET /metrics HTTP/1.1\r\n\r\n", &render)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 500 Internal Server Error\r\n") && text.ends_with("gone\n"), "{text}");
+    }
+
+    #[test]
+    fn an_address_that_cannot_be_bound_is_named() {
+        let taken = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = taken.local_addr().unwrap();
+        let error = bind(address).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("cannot serve metrics on {address}: ")), "{error}");
+    }
+
+    /// The whole exchange over a loopback socket, as a scraper makes it.
+    #[test]
+    fn a_scrape_over_loopback_gets_the_rendered_text() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let reply = runtime.block_on(async move {
+            spawn_serving(listener, || encode(snapshot()).map_err(|e| e.to_string()));
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").await.unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.unwrap();
+            reply
+        });
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in:\n{reply}"));
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert_eq!(body, encode(snapshot()).unwrap());
+    }
+}
