@@ -148,8 +148,11 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    // The cause is in the message, so the field is not named `source`
+    // (thiserror would make it the error's source too, and `{:#}` would
+    // print it twice).
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     /// The file is not valid TOML or does not have the expected structure.
     #[error("config file {path} is not valid: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -240,7 +243,7 @@ impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::parse(&text, path)
     }
 

@@ -58,31 +58,39 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("OVERLAY_EBPF_O
 pub enum DatapathError {
     /// The object could not be loaded into the kernel (maps, BTF, relocations).
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(aya::EbpfError),
     /// The verifier or the kernel refused one of the programs.
-    #[error("loading program {program} failed: {source}")]
-    Program { program: &'static str, source: ProgramError },
+    #[error("loading program {program} failed: {error}")]
+    Program { program: &'static str, error: ProgramError },
     /// The object lacks a map or program the agent expects: object and agent were built apart.
     #[error("the eBPF object has no {kind} named {name}: rebuild with `cargo xtask build`")]
     Missing { kind: &'static str, name: &'static str },
     /// A map update, delete or read failed.
-    #[error("{operation} on map {map} failed: {source}")]
-    Map { map: &'static str, operation: &'static str, source: MapError },
+    #[error("{operation} on map {map} failed: {error}")]
+    Map { map: &'static str, operation: &'static str, error: MapError },
     /// Attaching a program to an interface failed.
-    #[error("attaching {program} to interface {interface} failed: {source}{hint}")]
-    Attach { program: &'static str, interface: String, source: ProgramError, hint: &'static str },
+    #[error("attaching {program} to interface {interface} failed: {error}{hint}")]
+    Attach { program: &'static str, interface: String, error: ProgramError, hint: &'static str },
     /// A test run (BPF_PROG_TEST_RUN) failed.
-    #[error("test run of {program} failed: {source}")]
-    TestRun { program: &'static str, source: ProgramError },
+    #[error("test run of {program} failed: {error}")]
+    TestRun { program: &'static str, error: ProgramError },
     /// The pin directory could not be created or used.
-    #[error("pin directory {path}: {source}")]
-    Pins { path: std::path::PathBuf, source: std::io::Error },
+    #[error("pin directory {path}: {error}")]
+    Pins { path: std::path::PathBuf, error: std::io::Error },
     /// A pinned map does not have the layout this agent expects.
     #[error("pinned map {map} has {found}, this agent expects {expected}: it was left by an incompatible version; run `overlay down --node {node}` first (this interrupts traffic)")]
     IncompatiblePin { map: &'static str, found: String, expected: String, node: String },
     /// A pinned link could not be adopted or a new one pinned.
     #[error("link {name}: {message}")]
     Link { name: String, message: String },
+}
+
+// Not `#[from]`: that would make the error its own source as well as its
+// message, and `{:#}` would print it twice.
+impl From<aya::EbpfError> for DatapathError {
+    fn from(error: aya::EbpfError) -> Self {
+        DatapathError::Load(error)
+    }
 }
 
 /// How to attach the XDP program.
@@ -264,7 +272,7 @@ impl Datapath {
     /// with their contents, which become the applied state.
     pub fn load_pinned(log_level: log::LevelFilter, pins: &PinDir, node: &str) -> Result<Datapath, DatapathError> {
         let adopted = pins.exists();
-        pins.create().map_err(|source| DatapathError::Pins { path: pins.root().to_owned(), source })?;
+        pins.create().map_err(|error| DatapathError::Pins { path: pins.root().to_owned(), error })?;
         let mut datapath = Datapath::load_with(log_level, Some(pins))?;
         datapath.check_pinned_layouts(node)?;
         if adopted {
@@ -296,7 +304,7 @@ impl Datapath {
                 aya::programs::Program::SchedClassifier(tc) => tc.load(),
                 _ => return Err(DatapathError::Missing { kind: "program of the expected type", name }),
             };
-            result.map_err(|source| DatapathError::Program { program: name, source })?;
+            result.map_err(|error| DatapathError::Program { program: name, error })?;
         }
         for name in [
             maps::FDB,
@@ -530,10 +538,10 @@ impl Datapath {
             if let Some(fd_link) = self.pinned_link(&name)? {
                 let link = XdpLink::try_from(fd_link).map_err(|e| DatapathError::Link { name: name.clone(), message: e.to_string() })?;
                 let xdp = self.xdp_mut()?;
-                let id = xdp.attach_to_link(link).map_err(|source| DatapathError::Attach {
+                let id = xdp.attach_to_link(link).map_err(|error| DatapathError::Attach {
                     program: programs::DECAP_XDP,
                     interface: underlay.to_owned(),
-                    source,
+                    error,
                     hint: " (replacing the program in the pinned link)",
                 })?;
                 let link = xdp.take_link(id).map_err(|e| DatapathError::Link { name: name.clone(), message: e.to_string() })?;
@@ -542,7 +550,7 @@ impl Datapath {
             }
         }
         let xdp = self.xdp_mut()?;
-        let attach_error = |source, hint| DatapathError::Attach { program: programs::DECAP_XDP, interface: underlay.to_owned(), source, hint };
+        let attach_error = |error, hint| DatapathError::Attach { program: programs::DECAP_XDP, interface: underlay.to_owned(), error, hint };
         let (id, attached) = match mode {
             XdpAttachMode::Native => xdp
                 .attach_to_if_index(ifindex, XdpMode::Driver)
@@ -569,7 +577,7 @@ impl Datapath {
         if self.links.contains_key(name) {
             return Ok(());
         }
-        let attach_error = |source| DatapathError::Attach { program, interface: interface.to_owned(), source, hint: "" };
+        let attach_error = |error| DatapathError::Attach { program, interface: interface.to_owned(), error, hint: "" };
         let adopted = self.pinned_link(name)?;
         let was_pinned = adopted.is_some();
         let tc = self.tc_mut(program)?;
@@ -754,7 +762,7 @@ where
         repeat: repeat.max(1),
         ..Default::default()
     };
-    let result = program.test_run(opts).map_err(|source| DatapathError::TestRun { program: name, source })?;
+    let result = program.test_run(opts).map_err(|error| DatapathError::TestRun { program: name, error })?;
     out.truncate(result.data_size_out as usize);
     Ok(TestRunOutcome {
         action: result.return_value,
@@ -799,8 +807,8 @@ fn read_hash<K: Pod + Ord, V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<BT
     hash.iter().collect::<Result<_, _>>().map_err(|source| map_error(name, "read", source))
 }
 
-fn map_error(map: &'static str, operation: &'static str, source: MapError) -> DatapathError {
-    DatapathError::Map { map, operation, source }
+fn map_error(map: &'static str, operation: &'static str, error: MapError) -> DatapathError {
+    DatapathError::Map { map, operation, error }
 }
 
 fn open_hash<'a, K: Pod, V: Pod>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<HashMap<&'a mut MapData, K, V>, DatapathError> {

@@ -17,8 +17,8 @@ use overlay_common::{
 
 use crate::{config::MacAddr, datapath::DatapathError, pinning::PinDir};
 
-fn map_error(map: &'static str, operation: &'static str, source: aya::maps::MapError) -> DatapathError {
-    DatapathError::Map { map, operation, source }
+fn map_error(map: &'static str, operation: &'static str, error: aya::maps::MapError) -> DatapathError {
+    DatapathError::Map { map, operation, error }
 }
 
 fn open_pinned(pins: &PinDir, name: &'static str) -> Result<MapData, DatapathError> {
