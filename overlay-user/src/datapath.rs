@@ -103,6 +103,8 @@ pub enum XdpAttachMode {
     Native,
     /// Generic (skb) mode, which works on every device but is slower.
     Generic,
+    /// Hardware offload, on NICs that run XDP themselves.
+    Offload,
 }
 
 /// The mode the XDP program ended up in.
@@ -110,6 +112,7 @@ pub enum XdpAttachMode {
 pub enum XdpAttachedMode {
     Native,
     Generic,
+    Offload,
 }
 
 impl fmt::Display for XdpAttachedMode {
@@ -117,6 +120,7 @@ impl fmt::Display for XdpAttachedMode {
         f.write_str(match self {
             XdpAttachedMode::Native => "native",
             XdpAttachedMode::Generic => "generic",
+            XdpAttachedMode::Offload => "offload",
         })
     }
 }
@@ -491,7 +495,7 @@ impl Datapath {
         let underlay = resolved.config.node.underlay_interface.clone();
         let attached = self.attach_xdp(&underlay, resolved.underlay_ifindex, mode)?;
         self.xdp_mode = Some(attached);
-        let mut wanted = vec![pinning::xdp_link_name(attached == XdpAttachedMode::Native, &underlay)];
+        let mut wanted = vec![pinning::xdp_link_name(attached != XdpAttachedMode::Generic, &underlay)];
         let name = pinning::underlay_tc_link_name(&underlay);
         self.attach_tc(programs::UNDERLAY_FLOOD_TC, &name, &underlay)?;
         wanted.push(name);
@@ -559,6 +563,15 @@ impl Datapath {
             XdpAttachMode::Generic => {
                 xdp.attach_to_if_index(ifindex, XdpMode::Skb).map(|id| (id, XdpAttachedMode::Generic)).map_err(|e| attach_error(e, ""))?
             }
+            // The kernel decides; where it refuses, say why this datapath
+            // cannot run there.
+            XdpAttachMode::Offload => xdp.attach_to_if_index(ifindex, XdpMode::Hardware).map(|id| (id, XdpAttachedMode::Offload)).map_err(|e| {
+                attach_error(
+                    e,
+                    " (this NIC cannot run XDP in hardware; where one can, offloaded XDP may only drop, pass or bounce frames, \
+                     while this datapath redirects decapsulated frames into container ports: use --xdp-mode native)",
+                )
+            })?,
             XdpAttachMode::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, XdpAttachedMode::Native),
                 Err(native_error) => {
@@ -568,7 +581,7 @@ impl Datapath {
             },
         };
         let link = xdp.take_link(id).map_err(|e| DatapathError::Link { name: underlay.to_owned(), message: e.to_string() })?;
-        let name = pinning::xdp_link_name(attached == XdpAttachedMode::Native, underlay);
+        let name = pinning::xdp_link_name(attached != XdpAttachedMode::Generic, underlay);
         self.hold(name, FdLink::try_from(link).ok(), false)?;
         Ok(attached)
     }

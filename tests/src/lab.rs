@@ -361,7 +361,8 @@ impl Lab {
         self.dir.join("bpffs")
     }
 
-    fn mount_bpffs(&self) -> anyhow::Result<()> {
+    /// Mounts the lab's bpffs (done by the agent starters; for running `overlay` by hand).
+    pub fn mount_bpffs(&self) -> anyhow::Result<()> {
         let dir = self.bpffs_dir();
         if dir.exists() {
             return Ok(());

@@ -139,6 +139,11 @@ fn interoperates_with_kernel_vxlan_on_port_8472() {
 }
 
 fn run_agent(lab: &Lab, host: &str, config: &str) -> std::process::Output {
+    run_agent_with(lab, host, config, &[])
+}
+
+fn run_agent_with(lab: &Lab, host: &str, config: &str, args: &[&str]) -> std::process::Output {
+    lab.mount_bpffs().expect("mounting the lab's bpffs");
     let path = lab.dir.join(format!("{host}-extra.toml"));
     std::fs::write(&path, config).unwrap();
     lab.host(host)
@@ -150,8 +155,29 @@ fn run_agent(lab: &Lab, host: &str, config: &str) -> std::process::Output {
         .arg(lab.bpffs_dir())
         .arg("--run-dir")
         .arg(lab.dir.join("run"))
+        .args(args)
         .output()
         .expect("running overlay")
+}
+
+/// `--xdp-mode offload` on a device that cannot run XDP in hardware (veth)
+/// is refused with the reason and the fix, and leaves nothing attached or
+/// pinned.
+#[test]
+fn offload_mode_is_refused_clearly_where_the_nic_cannot() {
+    let lab = two_hosts("offload", HostKind::Overlay, 4789);
+    let output = run_agent_with(&lab, "h1", &lab.overlay_config(0), &["--xdp-mode", "offload"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "offload on veth must fail, it succeeded:\n{stderr}");
+    assert!(
+        stderr.contains("cannot run XDP in hardware") && stderr.contains("--xdp-mode native"),
+        "expected the reason and the fix in the error, got:\n{stderr}"
+    );
+    let underlay = &lab.host("h1").underlay;
+    let link = String::from_utf8_lossy(&lab.host("h1").netns.ip(&["link", "show", underlay]).unwrap().stdout).into_owned();
+    assert!(!link.contains("xdp"), "a refused start must attach nothing, but {underlay} has XDP:\n{link}");
+    let pinned: Vec<_> = std::fs::read_dir(lab.bpffs_dir().join("h1/links")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(pinned.is_empty(), "a refused start must pin nothing, found {pinned:?}");
 }
 
 /// A configuration naming a missing interface is refused before anything
