@@ -155,3 +155,32 @@ pub fn remove_all_of_this_process(scope: &str) {
         }
     }
 }
+
+/// The calling thread inside a network namespace until dropped, then back
+/// in the namespace it came from (setns only moves the calling thread).
+pub struct InsideNetns {
+    home: File,
+}
+
+impl InsideNetns {
+    pub fn enter(target: &Netns) -> anyhow::Result<InsideNetns> {
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
+        let path = format!("/var/run/netns/{}", target.name());
+        let target = File::open(&path).with_context(|| format!("opening {path}"))?;
+        enter(&target)?;
+        Ok(InsideNetns { home })
+    }
+}
+
+impl Drop for InsideNetns {
+    fn drop(&mut self) {
+        if let Err(error) = enter(&self.home) {
+            // A thread left behind would run whatever comes next in a test namespace.
+            if std::thread::panicking() {
+                eprintln!("returning to the original network namespace: {error:#}");
+            } else {
+                panic!("returning to the original network namespace: {error:#}");
+            }
+        }
+    }
+}

@@ -32,7 +32,6 @@
 //! and `OVERLAY_MICROBENCH_REPETITIONS` (default 3).
 use std::{
     borrow::Cow,
-    fs::File,
     net::Ipv4Addr,
     path::Path,
     sync::atomic::{AtomicU32, Ordering},
@@ -48,7 +47,7 @@ use overlay::{Config, Datapath, MapState, ResolvedConfig, netdev};
 use overlay_common::{Direction, Reason, programs};
 use overlay_lab::{
     frames::{ETHERTYPE_IPV4, Ethernet, IPPROTO_UDP, IPV4_LEN, Ipv4, Mac, UDP_LEN, Udp, Vxlan},
-    netns::{self, Netns},
+    netns::{self, InsideNetns, Netns},
 };
 
 const XDP_REDIRECT: u32 = 4;
@@ -370,27 +369,3 @@ fn prog_test_run_microbench() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The calling thread inside a network namespace until dropped, then back
-/// in the namespace it came from (setns only moves the calling thread).
-struct InsideNetns {
-    home: File,
-}
-
-impl InsideNetns {
-    fn enter(target: &Netns) -> anyhow::Result<InsideNetns> {
-        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
-        let path = format!("/var/run/netns/{}", target.name());
-        let target = File::open(&path).with_context(|| format!("opening {path}"))?;
-        netns::enter(&target)?;
-        Ok(InsideNetns { home })
-    }
-}
-
-impl Drop for InsideNetns {
-    fn drop(&mut self) {
-        if let Err(error) = netns::enter(&self.home) {
-            // A thread left in a namespace about to be deleted would run the rest of the test there.
-            panic!("returning to the original network namespace: {error:#}");
-        }
-    }
-}

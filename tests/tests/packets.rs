@@ -29,7 +29,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::{self, Write as _},
-    fs::File,
     io,
     mem,
     net::{Ipv4Addr, Ipv6Addr},
@@ -57,7 +56,7 @@ use overlay_lab::{
         IPV4_MORE_FRAGMENTS, IPV6_LEN, Ipv4, Ipv6, Mac, NA_FLAG_OVERRIDE, NA_FLAG_SOLICITED, ND_ROUTER_SOLICITATION, Tcp,
         UDP_LEN, Udp, VXLAN_LEN, Vxlan, VxlanOverIpv4,
     },
-    netns::{self, Netns},
+    netns::{self, InsideNetns, Netns},
 };
 
 // Hook return values (include/uapi/linux/bpf.h, pkt_cls.h).
@@ -386,34 +385,6 @@ impl Node {
     }
 }
 
-/// The calling thread inside a network namespace until dropped, then back
-/// in the namespace it came from (setns only moves the calling thread).
-struct InsideNetns {
-    home: File,
-}
-
-impl InsideNetns {
-    fn enter(target: &Netns) -> anyhow::Result<InsideNetns> {
-        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's network namespace")?;
-        let path = format!("/var/run/netns/{}", target.name());
-        let target = File::open(&path).with_context(|| format!("opening {path}"))?;
-        netns::enter(&target)?;
-        Ok(InsideNetns { home })
-    }
-}
-
-impl Drop for InsideNetns {
-    fn drop(&mut self) {
-        if let Err(error) = netns::enter(&self.home) {
-            // A thread left behind would run whatever comes next in a test namespace.
-            if std::thread::panicking() {
-                eprintln!("returning to the original network namespace: {error:#}");
-            } else {
-                panic!("returning to the original network namespace: {error:#}");
-            }
-        }
-    }
-}
 
 /// The calling thread pinned to the CPU it is on until dropped, so that
 /// every test run sees the same slot of a per-CPU map.
