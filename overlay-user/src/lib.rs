@@ -3,6 +3,7 @@
 //! agent and the integration tests all go through this layer.
 pub mod config;
 pub mod datapath;
+pub mod doctor;
 pub mod metrics;
 pub mod monitor;
 pub mod neighbour;

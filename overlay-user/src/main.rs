@@ -134,6 +134,21 @@ enum Command {
     },
     /// List the datapath's numbered outcomes and drop reasons.
     Reasons,
+    /// Check this node and its peers; print each finding with its fix.
+    /// Exits 1 when a check fails (warnings exit 0).
+    Doctor {
+        /// The node's configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON object per finding, one per line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for each peer's answer to the reachability probe.
+        #[arg(long, default_value_t = 2.0)]
+        probe_timeout: f64,
+        #[command(flatten)]
+        places: Places,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -154,6 +169,7 @@ fn main() -> std::process::ExitCode {
             MonitorOutput { json, count, seconds },
             &places,
         ),
+        Command::Doctor { config, json, probe_timeout, places } => return doctor(config, json, probe_timeout, &places),
         Command::Reasons => {
             print_reasons();
             Ok(())
@@ -181,6 +197,25 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
         config.peers.len()
     );
     Ok(())
+}
+
+fn doctor(config: PathBuf, json: bool, probe_timeout: f64, places: &Places) -> std::process::ExitCode {
+    use overlay::doctor::Status;
+    let options = overlay::doctor::Options {
+        config,
+        bpffs_dir: places.bpffs_dir.clone(),
+        run_dir: places.run_dir.clone(),
+        probe_timeout: Duration::from_secs_f64(probe_timeout.clamp(0.1, 60.0)),
+    };
+    let findings = overlay::doctor::diagnose(&options);
+    for finding in &findings {
+        if json { println!("{}", finding.to_json()) } else { println!("{finding}") }
+    }
+    let count = |status| findings.iter().filter(|f| f.status == status).count();
+    if !json {
+        println!("{} ok, {} warning(s), {} failure(s), {} skipped", count(Status::Ok), count(Status::Warn), count(Status::Fail), count(Status::Skip));
+    }
+    if overlay::doctor::failed(&findings) { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
 }
 
 fn print_reasons() {

@@ -137,7 +137,8 @@ fn ensure_bpffs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is on a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: a zeroed statfs is valid output space; path is NUL-terminated.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };

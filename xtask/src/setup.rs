@@ -123,7 +123,7 @@ fn is_elf(path: &Path) -> bool {
 
 /// Commands the lab runs, and the Debian package of each.
 const LAB_TOOLS: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping"), ("tshark", "tshark")];
+    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping"), ("tshark", "tshark"), ("nft", "nftables")];
 
 /// Commands the benchmark runs besides the lab's.
 const BENCH_TOOLS: &[(&str, &str)] = &[("iperf3", "iperf3")];
