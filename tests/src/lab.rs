@@ -371,6 +371,11 @@ impl Lab {
         crate::netns::run("mount", &["-t", "bpf", "bpf", dir.to_str().context("lab path is not UTF-8")?]).map(|_| ())
     }
 
+    /// Every running agent's output so far, for failure messages.
+    pub fn agent_logs(&self) -> String {
+        self.agents.iter().map(|a| format!("--- agent on {}:\n{}", a.host, a.log())).collect::<Vec<_>>().join("\n")
+    }
+
     /// Stops every agent and returns their output (logs and exit counters).
     pub fn stop_agents(&mut self) -> Vec<(String, String)> {
         self.agents.drain(..).map(|mut agent| (agent.host.clone(), agent.stop())).collect()
@@ -465,6 +470,16 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What an agent's exit report (its counters table) counts for a direction
+/// and reason name, e.g. ("from-underlay", "forwarded"): (packets, bytes),
+/// zero when the row is absent. Packets on the encap side are skbs, which
+/// GSO makes up to 64 KB each: compare bytes for transfers.
+pub fn reported_counter(agent_output: &str, direction: &str, reason: &str) -> (u64, u64) {
+    let row = agent_output.lines().find(|line| line.starts_with(direction) && line.contains(&format!(" {reason} (")));
+    let column = |n: usize| row.and_then(|line| line.split_whitespace().nth(n)?.parse().ok()).unwrap_or(0);
+    (column(3), column(4))
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use overlay_lab::{
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, tcp_transfer},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, reported_counter, tcp_transfer},
     netns::Netns,
     probe::{NameServer, ask_name},
 };
@@ -30,23 +30,14 @@ fn start(lab: &mut Lab) {
     lab.start_agents(&overlay_binary().expect("overlay binary")).expect("starting agents");
 }
 
-fn agent_logs(lab: &Lab) -> String {
-    lab.agents.iter().map(|a| format!("--- agent on {}:\n{}", a.host, a.log())).collect::<Vec<_>>().join("\n")
-}
-
 fn assert_ping(lab: &Lab, from: &Netns, to: Ipv4Addr, what: &str) {
     let (sent, received) = ping(from, to, 3).expect("running ping");
-    assert_eq!((sent, received), (3, 3), "{what}: expected 3/3 replies from {to}, got {received}/{sent}\n{}", agent_logs(lab));
+    assert_eq!((sent, received), (3, 3), "{what}: expected 3/3 replies from {to}, got {received}/{sent}\n{}", lab.agent_logs());
 }
 
-/// Packets (column 3) or bytes (column 4) an agent's exit report counts
-/// for a direction and reason name.
+/// Packets an agent's exit report counts for a direction and reason.
 fn counted(output: &str, direction: &str, reason: &str) -> u64 {
-    output
-        .lines()
-        .find(|line| line.starts_with(direction) && line.contains(&format!(" {reason} (")))
-        .and_then(|line| line.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(0)
+    reported_counter(output, direction, reason).0
 }
 
 /// Two tenants with the same subnet and the same container addresses on
@@ -165,7 +156,7 @@ fn ipv6_ping_and_tcp_between_hosts() {
     for (from, _to, target) in [("a", "b", "fd00::2"), ("b", "a", "fd00::1")] {
         let from_host = if from == "a" { "h1" } else { "h2" };
         let output = lab.container(from_host, from).netns.command("ping").args(["-6", "-c", "3", "-i", "0.2", "-W", "2", target]).output().unwrap();
-        assert!(output.status.success(), "ping6 {from} -> {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), agent_logs(&lab));
+        assert!(output.status.success(), "ping6 {from} -> {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), lab.agent_logs());
     }
     let _server = NameServer::start(&lab.container("h2", "b").netns, "b@h2").unwrap();
     let answer = ask_name(&lab.container("h1", "a").netns, IpAddr::V6("fd00::2".parse::<Ipv6Addr>().unwrap())).unwrap();
@@ -231,7 +222,7 @@ fn interop_with_kernel_vxlan(scope: &str, port: u16) {
         assert_ping(&lab, ours, Ipv4Addr::new(10, 10, 0, 2), &format!("{tenant}: overlay -> kernel vxlan"));
         for (from, target) in [(kernel, "fd00::1"), (ours, "fd00::2")] {
             let output = from.command("ping").args(["-6", "-c", "2", "-i", "0.2", "-W", "2", target]).output().unwrap();
-            assert!(output.status.success(), "{tenant}: ping6 {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), agent_logs(&lab));
+            assert!(output.status.success(), "{tenant}: ping6 {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), lab.agent_logs());
         }
     }
     // Flooding both ways: ARP for an unconfigured address crosses as BUM.

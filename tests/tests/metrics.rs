@@ -42,7 +42,7 @@ fn get(lab: &Lab, host: &str, path: &str) -> (String, String) {
             let (head, body) = reply.split_once("\r\n\r\n").with_context(|| format!("no end of headers in:\n{reply}"))?;
             Ok((head.to_owned(), body.to_owned()))
         })
-        .unwrap_or_else(|e| panic!("GET http://{METRICS_ADDR}{path} on {host}: {e:#}\n{}", agent_logs(lab)))
+        .unwrap_or_else(|e| panic!("GET http://{METRICS_ADDR}{path} on {host}: {e:#}\n{}", lab.agent_logs()))
 }
 
 /// A successful scrape's body.
@@ -63,10 +63,6 @@ fn counter(body: &str, metric: &str, direction: &str, reason: &str) -> u64 {
     line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no value in: {line}"))
 }
 
-fn agent_logs(lab: &Lab) -> String {
-    lab.agents.iter().map(|a| format!("--- {}:\n{}", a.host, a.log())).collect::<Vec<_>>().join("\n")
-}
-
 /// Counters scraped before and after a ping and a TCP transfer grow by at
 /// least what was sent, on both hosts; the node gauges describe the lab.
 #[test]
@@ -82,7 +78,7 @@ fn scraped_counters_move_with_traffic() {
 
     let (a, b) = (&lab.container("h1", "c").netns, lab.container("h2", "c"));
     let (sent, received) = ping(a, b.spec.ip, PINGS).expect("running ping");
-    assert_eq!((sent, received), (PINGS, PINGS), "ping h1 -> h2 through the overlay\n{}", agent_logs(&lab));
+    assert_eq!((sent, received), (PINGS, PINGS), "ping h1 -> h2 through the overlay\n{}", lab.agent_logs());
     let transfer = tcp_transfer(a, &b.netns, b.spec.ip, TRANSFER_BYTES).expect("TCP transfer h1 -> h2");
     assert_eq!((transfer.bytes_received, transfer.first_mismatch), (TRANSFER_BYTES, None), "TCP transfer h1 -> h2: {transfer:?}");
     let after = [scrape(&lab, "h1"), scrape(&lab, "h2")];

@@ -5,7 +5,7 @@
 //! the lab is dropped, also when an assertion fails.
 use std::{net::Ipv4Addr, path::PathBuf, process::Command};
 
-use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, tcp_transfer};
+use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, reported_counter, tcp_transfer};
 
 const TRANSFER_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -39,13 +39,8 @@ fn assert_ping(lab: &Lab, from_host: &str, to_host: &str, count: u32) {
         (count, count),
         "ping {from_host} -> {to_host} ({}): expected {count}/{count} replies, got {received}/{sent}\n{}",
         to.spec.ip,
-        agent_logs(lab)
+        lab.agent_logs()
     );
-}
-
-/// Every running agent's output so far, for failure messages.
-fn agent_logs(lab: &Lab) -> String {
-    lab.agents.iter().map(|a| format!("--- agent on {}:\n{}", a.host, a.log())).collect::<Vec<_>>().join("\n")
 }
 
 /// Sends TRANSFER_BYTES over TCP and expects every byte to arrive intact.
@@ -63,15 +58,9 @@ fn assert_transfer(lab: &Lab, from_host: &str, to_host: &str) {
     );
 }
 
-/// Bytes the agent's exit report counts for a direction and reason name,
-/// e.g. ("from-underlay", "forwarded"). (Packet counts on the encap side
-/// are skbs, which GSO makes up to 64 KB each, so bytes are compared.)
+/// Bytes the agent's exit report counts for a direction and reason.
 fn counted_bytes(agent_output: &str, direction: &str, reason: &str) -> u64 {
-    agent_output
-        .lines()
-        .find(|line| line.starts_with(direction) && line.contains(&format!(" {reason} (")))
-        .and_then(|line| line.split_whitespace().nth(4)?.parse().ok())
-        .unwrap_or(0)
+    reported_counter(agent_output, direction, reason).1
 }
 
 /// Two hosts running the agent: no path without it; ping and a 16 MiB
