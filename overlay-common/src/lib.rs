@@ -104,6 +104,9 @@ pub mod maps {
 pub mod programs {
     /// XDP, on the underlay device: VXLAN decapsulation.
     pub const DECAP_XDP: &str = "overlay_decap";
+    /// TC ingress of the underlay device, in place of XDP and the flood
+    /// program (`--decap tc`): VXLAN decapsulation and flooding to local ports.
+    pub const DECAP_TC: &str = "overlay_decap_tc";
     /// TC ingress of each endpoint's host-side port (the container's egress):
     /// encapsulation, local switching, ARP and ND answers, flooding.
     pub const ENDPOINT_TC: &str = "overlay_endpoint";

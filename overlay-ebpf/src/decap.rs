@@ -1,4 +1,6 @@
-//! XDP on the underlay device: VXLAN decapsulation (RFC 7348).
+//! VXLAN decapsulation (RFC 7348) on the underlay device: the judgement
+//! shared by both decapsulation hooks, and the XDP program's actions (the
+//! TC program's are in `decap_tc`).
 //!
 //! Anything that is not UDP to this node's VTEP address and VXLAN port goes
 //! to the kernel stack untouched (XDP_PASS). What is addressed to our VXLAN
@@ -22,7 +24,7 @@ use crate::{
 };
 
 const VXLAN_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN;
-const INNER_ETH_OFFSET: usize = VXLAN_ENCAP_LEN;
+pub const INNER_ETH_OFFSET: usize = VXLAN_ENCAP_LEN;
 /// IPv4 flags/fragment-offset field: More Fragments flag and offset bits.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
@@ -34,72 +36,11 @@ const PASS: Verdict<u32> = Verdict {
 
 pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let Some(node) = node_config() else {
-        return Ok(PASS);
-    };
-
-    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
-        return Ok(PASS);
-    };
-    // SAFETY (all packet reads below): ptr_at checked the bounds.
-    if unsafe { (*eth).ether_type } != ETH_P_IPV4.to_be() {
-        return Ok(PASS);
-    }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN) else {
-        return Ok(PASS);
-    };
-    let ip = unsafe { &*ip };
-    if ip.proto != IPPROTO_UDP
-        || u32::from_ne_bytes(ip.dst_addr) != node.vtep_addr_be
-        || ip.vihl >> 4 != 4
-    {
-        return Ok(PASS);
-    }
-    let ihl = (ip.vihl & 0x0f) as usize;
-    if ihl < 5 {
-        return Ok(PASS); // not a valid IPv4 header; the stack drops it
-    }
-    let fragment = u16::from_be_bytes(ip.frags);
-    if fragment & IPV4_OFFSET_MASK != 0 {
-        return Ok(PASS); // a later fragment has no UDP header to judge by
-    }
-    // The masked ihl bounds the offset to 34..=74, which the verifier tracks.
-    let udp_offset = ETH_HDR_LEN + ihl * 4;
-    let Some(udp) = ptr_at::<UdpHdr>(start, end, udp_offset) else {
-        return Ok(PASS);
-    };
-    let udp = unsafe { &*udp };
-    if u16::from_ne_bytes(udp.dst) != node.vxlan_port_be {
-        return Ok(PASS);
-    }
-
-    // UDP to our VTEP's VXLAN port: from here on, ours to deliver or drop.
-    if fragment & IPV4_MF_AND_OFFSET != 0 {
-        return Err(Reason::OUTER_FRAGMENT);
-    }
-    if ihl != 5 {
-        return Err(Reason::OUTER_IP_OPTIONS);
-    }
-    let ip_total = u16::from_be_bytes(ip.tot_len) as usize;
-    let udp_total = u16::from_be_bytes(udp.len) as usize;
-    if ETH_HDR_LEN + ip_total != end - start || IPV4_HDR_LEN + udp_total != ip_total {
-        return Err(Reason::OUTER_LENGTH_MISMATCH);
-    }
-    let vxlan = ptr_at::<VxlanHdr>(start, end, VXLAN_OFFSET).ok_or(Reason::VXLAN_TRUNCATED)?;
-    let vxlan = unsafe { &*vxlan };
-    // RFC 7348 section 5: the I flag MUST be 1; the other flag bits and the
-    // reserved fields are ignored on receipt.
-    if vxlan.flags & VXLAN_FLAG_VNI_VALID == 0 {
-        return Err(Reason::VXLAN_FLAGS_INVALID);
-    }
-    let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
-    // Only a configured peer, and only for a VNI it carries (spoofing and
-    // tenant isolation).
-    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
-    let ifindex = match delivery_for(start, end, vni)? {
-        Delivery::Port(ifindex) => ifindex,
+    let ifindex = match judge(start, end, end - start, false)? {
+        Judgement::NotOurs => return Ok(PASS),
+        Judgement::Deliver(Delivery::Port(ifindex)) => ifindex,
         // XDP cannot clone: the TC program on this device replicates it.
-        Delivery::Flood => {
+        Judgement::Deliver(Delivery::Flood) => {
             return Ok(Verdict {
                 action: xdp_action::XDP_PASS,
                 reason: Reason::FLOOD_HANDOFF,
@@ -122,8 +63,90 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     })
 }
 
+/// What a frame on the underlay is to us.
+pub enum Judgement {
+    /// Not VXLAN to this VTEP: the kernel stack's.
+    NotOurs,
+    /// VXLAN from an admitted peer, to be delivered so.
+    Deliver(Delivery),
+}
+
+/// Judges the frame whose headers are in `[start, end)`: `frame_len` is
+/// the whole frame's length (for an skb, more than its linear part may
+/// hold), `gso` whether it is a GSO aggregate, whose outer lengths are
+/// those of its first segment (a veth carries such skbs unsegmented).
+/// Shared by the XDP and TC decapsulation programs.
+#[inline(always)]
+pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool) -> Result<Judgement, Reason> {
+    let Some(node) = node_config() else {
+        return Ok(Judgement::NotOurs);
+    };
+
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return Ok(Judgement::NotOurs);
+    };
+    // SAFETY (all packet reads below): ptr_at checked the bounds.
+    if unsafe { (*eth).ether_type } != ETH_P_IPV4.to_be() {
+        return Ok(Judgement::NotOurs);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HDR_LEN) else {
+        return Ok(Judgement::NotOurs);
+    };
+    let ip = unsafe { &*ip };
+    if ip.proto != IPPROTO_UDP
+        || u32::from_ne_bytes(ip.dst_addr) != node.vtep_addr_be
+        || ip.vihl >> 4 != 4
+    {
+        return Ok(Judgement::NotOurs);
+    }
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Ok(Judgement::NotOurs); // not a valid IPv4 header; the stack drops it
+    }
+    let fragment = u16::from_be_bytes(ip.frags);
+    if fragment & IPV4_OFFSET_MASK != 0 {
+        return Ok(Judgement::NotOurs); // a later fragment has no UDP header to judge by
+    }
+    // The masked ihl bounds the offset to 34..=74, which the verifier tracks.
+    let udp_offset = ETH_HDR_LEN + ihl * 4;
+    let Some(udp) = ptr_at::<UdpHdr>(start, end, udp_offset) else {
+        return Ok(Judgement::NotOurs);
+    };
+    let udp = unsafe { &*udp };
+    if u16::from_ne_bytes(udp.dst) != node.vxlan_port_be {
+        return Ok(Judgement::NotOurs);
+    }
+
+    // UDP to our VTEP's VXLAN port: from here on, ours to deliver or drop.
+    if fragment & IPV4_MF_AND_OFFSET != 0 {
+        return Err(Reason::OUTER_FRAGMENT);
+    }
+    if ihl != 5 {
+        return Err(Reason::OUTER_IP_OPTIONS);
+    }
+    let ip_total = u16::from_be_bytes(ip.tot_len) as usize;
+    let udp_total = u16::from_be_bytes(udp.len) as usize;
+    // A GSO aggregate is longer than its headers say (the stack rewrites
+    // them per segment when it segments); its headers must still agree.
+    if (!gso && ETH_HDR_LEN + ip_total != frame_len) || IPV4_HDR_LEN + udp_total != ip_total {
+        return Err(Reason::OUTER_LENGTH_MISMATCH);
+    }
+    let vxlan = ptr_at::<VxlanHdr>(start, end, VXLAN_OFFSET).ok_or(Reason::VXLAN_TRUNCATED)?;
+    let vxlan = unsafe { &*vxlan };
+    // RFC 7348 section 5: the I flag MUST be 1; the other flag bits and the
+    // reserved fields are ignored on receipt.
+    if vxlan.flags & VXLAN_FLAG_VNI_VALID == 0 {
+        return Err(Reason::VXLAN_FLAGS_INVALID);
+    }
+    let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
+    // Only a configured peer, and only for a VNI it carries (spoofing and
+    // tenant isolation).
+    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
+    delivery_for(start, end, vni).map(Judgement::Deliver)
+}
+
 /// Where a decapsulated frame goes.
-enum Delivery {
+pub enum Delivery {
     /// To the local endpoint behind this host-side port.
     Port(u32),
     /// To every local port of the VNI.

@@ -13,6 +13,7 @@
 mod arp;
 mod counters;
 mod decap;
+mod decap_tc;
 mod encap;
 mod endpoint;
 mod flood;
@@ -38,6 +39,20 @@ pub fn overlay_decap(ctx: XdpContext) -> u32 {
     let (action, reason) = match decap::try_decap(&ctx) {
         Ok(verdict) => (verdict.action, verdict.reason),
         Err(reason) => (xdp_action::XDP_DROP, reason),
+    };
+    count(Direction::FROM_UNDERLAY, reason, bytes);
+    monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);
+    action
+}
+
+/// TC ingress of the underlay device in TC decapsulation mode (no XDP):
+/// decapsulates VXLAN for local endpoints and replicates flooded frames.
+#[classifier]
+pub fn overlay_decap_tc(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as u64;
+    let (action, reason) = match decap_tc::try_decap_tc(&ctx) {
+        Ok(verdict) => (verdict.action, verdict.reason),
+        Err(reason) => (TC_ACT_SHOT, reason),
     };
     count(Direction::FROM_UNDERLAY, reason, bytes);
     monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);

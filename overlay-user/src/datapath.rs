@@ -83,6 +83,12 @@ pub enum DatapathError {
     /// A pinned link could not be adopted or a new one pinned.
     #[error("link {name}: {message}")]
     Link { name: String, message: String },
+    /// Attach options that contradict each other.
+    #[error("{0}")]
+    Options(String),
+    /// Another overlay datapath's program is attached where ours would go.
+    #[error("interface {interface} already carries another overlay datapath ({programs} attached by another agent or node, not pinned in this node's directory): one node per device; stop that agent or run `overlay down` for its node")]
+    Occupied { interface: String, programs: String },
 }
 
 // Not `#[from]`: that would make the error its own source as well as its
@@ -122,6 +128,76 @@ impl fmt::Display for XdpAttachedMode {
             XdpAttachedMode::Generic => "generic",
             XdpAttachedMode::Offload => "offload",
         })
+    }
+}
+
+/// Which hook decapsulates VXLAN on the underlay device (`--decap`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecapMode {
+    /// TC on a veth underlay, XDP in native mode on a device whose driver
+    /// has it, TC where it has not (see docs/performance.md for the
+    /// measurements behind this choice). An explicit `--xdp-mode` means XDP.
+    #[default]
+    Auto,
+    /// XDP (mode from `--xdp-mode`), with a TC program that floods the
+    /// broadcast and multicast frames XDP passes up.
+    Xdp,
+    /// TC ingress only: keeps the skb's checksum and GSO state, and
+    /// delivers into the endpoint's namespace with bpf_redirect_peer.
+    Tc,
+}
+
+/// How to attach the datapath (`--decap`, `--xdp-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachMode {
+    pub decap: DecapMode,
+    pub xdp: XdpAttachMode,
+}
+
+impl AttachMode {
+    /// Refuses combinations that cannot mean anything: an XDP mode for TC decapsulation.
+    pub fn check(self) -> Result<AttachMode, DatapathError> {
+        if self.decap == DecapMode::Tc && self.xdp != XdpAttachMode::Auto {
+            return Err(DatapathError::Options(format!(
+                "--xdp-mode {} with --decap tc: TC decapsulation attaches no XDP program (drop --xdp-mode, or use --decap xdp)",
+                clap::ValueEnum::to_possible_value(&self.xdp).map_or_else(String::new, |v| v.get_name().to_owned()),
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// What decapsulates, once attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapHook {
+    Xdp(XdpAttachedMode),
+    Tc,
+}
+
+impl DecapHook {
+    /// "xdp" or "tc".
+    pub fn hook(&self) -> &'static str {
+        match self {
+            DecapHook::Xdp(_) => "xdp",
+            DecapHook::Tc => "tc",
+        }
+    }
+
+    /// The XDP mode, or "none" for TC.
+    pub fn xdp_mode(&self) -> String {
+        match self {
+            DecapHook::Xdp(mode) => mode.to_string(),
+            DecapHook::Tc => "none".into(),
+        }
+    }
+}
+
+impl fmt::Display for DecapHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecapHook::Xdp(mode) => write!(f, "XDP {mode}"),
+            DecapHook::Tc => f.write_str("TC"),
+        }
     }
 }
 
@@ -255,7 +331,7 @@ struct HeldLink {
 pub struct Datapath {
     ebpf: Ebpf,
     applied: MapState,
-    xdp_mode: Option<XdpAttachedMode>,
+    decap: Option<DecapHook>,
     pins: Option<PinDir>,
     /// Attachments by link name (see [`pinning`]).
     links: std::collections::BTreeMap<String, HeldLink>,
@@ -301,7 +377,7 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        for name in [programs::DECAP_XDP, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
+        for name in [programs::DECAP_XDP, programs::DECAP_TC, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
             let program = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
             let result = match program {
                 aya::programs::Program::Xdp(xdp) => xdp.load(),
@@ -335,7 +411,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             applied: MapState::default(),
-            xdp_mode: None,
+            decap: None,
             pins: pins.cloned(),
             links: Default::default(),
             adopted: false,
@@ -479,7 +555,7 @@ impl Datapath {
     /// agent (their programs are replaced atomically, so traffic never
     /// stops) and detaching pinned ones the configuration no longer has.
     /// On failure, what this call attached is detached again.
-    pub fn attach(&mut self, resolved: &ResolvedConfig, mode: XdpAttachMode) -> Result<XdpAttachedMode, DatapathError> {
+    pub fn attach(&mut self, resolved: &ResolvedConfig, mode: AttachMode) -> Result<DecapHook, DatapathError> {
         let before: std::collections::BTreeSet<String> = self.links.keys().cloned().collect();
         let result = self.attach_all(resolved, mode);
         if result.is_err() {
@@ -491,14 +567,25 @@ impl Datapath {
         result
     }
 
-    fn attach_all(&mut self, resolved: &ResolvedConfig, mode: XdpAttachMode) -> Result<XdpAttachedMode, DatapathError> {
+    fn attach_all(&mut self, resolved: &ResolvedConfig, mode: AttachMode) -> Result<DecapHook, DatapathError> {
         let underlay = resolved.config.node.underlay_interface.clone();
-        let attached = self.attach_xdp(&underlay, resolved.underlay_ifindex, mode)?;
-        self.xdp_mode = Some(attached);
-        let mut wanted = vec![pinning::xdp_link_name(attached != XdpAttachedMode::Generic, &underlay)];
-        let name = pinning::underlay_tc_link_name(&underlay);
-        self.attach_tc(programs::UNDERLAY_FLOOD_TC, &name, &underlay)?;
-        wanted.push(name);
+        let mut wanted = Vec::new();
+        let hook = match self.decap_hook_for(&underlay, resolved.underlay_ifindex, mode)? {
+            Some(hook) => hook,
+            None => {
+                let name = pinning::decap_tc_link_name(&underlay);
+                self.attach_tc(programs::DECAP_TC, &name, &underlay)?;
+                wanted.push(name);
+                DecapHook::Tc
+            }
+        };
+        if let DecapHook::Xdp(attached) = hook {
+            wanted.push(pinning::xdp_link_name(attached != XdpAttachedMode::Generic, &underlay));
+            let name = pinning::underlay_tc_link_name(&underlay);
+            self.attach_tc(programs::UNDERLAY_FLOOD_TC, &name, &underlay)?;
+            wanted.push(name);
+        }
+        self.decap = Some(hook);
         for endpoint in &resolved.config.endpoints {
             let name = pinning::port_link_name(&endpoint.interface);
             if !wanted.contains(&name) {
@@ -517,7 +604,39 @@ impl Datapath {
                 let _ = std::fs::remove_file(pins.link(&name));
             }
         }
-        Ok(attached)
+        Ok(hook)
+    }
+
+    /// Attaches XDP decapsulation where `mode` asks for it (`Some`), or
+    /// says TC decapsulation is wanted (`None`, attached by the caller).
+    /// Switching hooks is make-before-break: the caller attaches the new
+    /// hook before the old one's links are dropped as stale, and while
+    /// both are attached the XDP program sees each frame first.
+    fn decap_hook_for(&mut self, underlay: &str, ifindex: u32, mode: AttachMode) -> Result<Option<DecapHook>, DatapathError> {
+        let mode = mode.check()?;
+        match mode.decap {
+            DecapMode::Tc => Ok(None),
+            DecapMode::Xdp => self.attach_xdp(underlay, ifindex, mode.xdp).map(|m| Some(DecapHook::Xdp(m))),
+            DecapMode::Auto if mode.xdp != XdpAttachMode::Auto => {
+                self.attach_xdp(underlay, ifindex, mode.xdp).map(|m| Some(DecapHook::Xdp(m)))
+            }
+            DecapMode::Auto => {
+                // On a veth, TC: XDP there loses the skb's checksum and GSO
+                // state and measured slower (docs/performance.md).
+                if crate::netdev::driver(underlay).is_ok_and(|driver| driver == "veth") {
+                    log::info!("decapsulating in TC on {underlay}: it is a veth, where TC keeps checksum offload and GSO state and measured faster than XDP");
+                    return Ok(None);
+                }
+                match self.attach_xdp(underlay, ifindex, XdpAttachMode::Native) {
+                    Ok(attached) => Ok(Some(DecapHook::Xdp(attached))),
+                    // Generic XDP runs on an skb already built: TC does the same work for less.
+                    Err(error) => {
+                        log::info!("decapsulating in TC on {underlay}: native XDP is not available there ({error})");
+                        Ok(None)
+                    }
+                }
+            }
+        }
     }
 
     /// An attachment pinned under `name` by an earlier agent, if any.
@@ -593,6 +712,9 @@ impl Datapath {
         let attach_error = |error| DatapathError::Attach { program, interface: interface.to_owned(), error, hint: "" };
         let adopted = self.pinned_link(name)?;
         let was_pinned = adopted.is_some();
+        if !was_pinned {
+            self.check_no_other_datapath(interface)?;
+        }
         let tc = self.tc_mut(program)?;
         let id = match adopted {
             Some(fd_link) => {
@@ -603,6 +725,32 @@ impl Datapath {
         };
         let link = tc.take_link(id).map_err(|e| DatapathError::Link { name: name.to_owned(), message: e.to_string() })?;
         self.hold(name.to_owned(), FdLink::try_from(link).ok(), was_pinned)
+    }
+
+    /// Refuses a fresh TC attachment where another overlay datapath's
+    /// program already is: TC (tcx) takes several programs per hook, so a
+    /// second node's agent on the same device would otherwise attach beside
+    /// the first and both would act on every frame (XDP, one program per
+    /// device, refuses that itself). Programs of this node's own links,
+    /// held or pinned here by an earlier agent, are not another datapath.
+    /// Kernels without tcx (before 6.6) cannot be asked: nothing is checked.
+    fn check_no_other_datapath(&self, interface: &str) -> Result<(), DatapathError> {
+        let Ok((_, programs)) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress) else {
+            return Ok(());
+        };
+        let overlay: Vec<String> = programs
+            .iter()
+            .filter_map(|program| program.name_as_str().filter(|name| name.starts_with("overlay_")).map(|name| format!("{name} (id {})", program.id())))
+            .collect();
+        let mut mine: std::collections::BTreeSet<String> = self.links.keys().cloned().collect();
+        if let Some(pins) = &self.pins {
+            mine.extend(pins.pinned_links());
+        }
+        let own_here = mine.iter().filter(|name| pinning::tc_link_names(interface).contains(name)).count();
+        if overlay.len() > own_here {
+            return Err(DatapathError::Occupied { interface: interface.to_owned(), programs: overlay.join(", ") });
+        }
+        Ok(())
     }
 
     /// Keeps an attachment, pinning it when the datapath is pinned (an
@@ -645,7 +793,7 @@ impl Datapath {
             self.drop_link(&name);
         }
         // Links still owned by the programs (none in normal operation).
-        for name in [programs::DECAP_XDP, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
+        for name in [programs::DECAP_XDP, programs::DECAP_TC, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
             if let Some(program) = self.ebpf.program_mut(name) {
                 let result = match program {
                     aya::programs::Program::Xdp(xdp) => xdp.unload(),
@@ -662,7 +810,7 @@ impl Datapath {
                 log::warn!("removing pins in {}: {error}", pins.root().display());
             }
         }
-        self.xdp_mode = None;
+        self.decap = None;
     }
 
     /// Names of the attachments held (see [`pinning`]).
@@ -670,9 +818,9 @@ impl Datapath {
         self.links.keys().cloned().collect()
     }
 
-    /// The XDP mode in use, once attached.
-    pub fn xdp_mode(&self) -> Option<XdpAttachedMode> {
-        self.xdp_mode
+    /// The decapsulation hook in use, once attached.
+    pub fn decap_hook(&self) -> Option<DecapHook> {
+        self.decap
     }
 
     /// Reads all counters, summed over CPUs; rows with no packets are left out.
@@ -735,6 +883,14 @@ impl Datapath {
     pub fn test_underlay_flood(&self, frame: &[u8], ifindex: u32) -> Result<TestRunOutcome, DatapathError> {
         let program: &SchedClassifier = self.program(programs::UNDERLAY_FLOOD_TC)?;
         run_program(program, programs::UNDERLAY_FLOOD_TC, frame, Some(&skb_context(ifindex)), 1)
+    }
+
+    /// Runs the TC decapsulation program (`--decap tc`) on `frame` as if it
+    /// arrived on the device with index `ifindex`. Its redirect is only
+    /// returned (a test run carries none out); flooded clones are sent.
+    pub fn test_decap_tc(&self, frame: &[u8], ifindex: u32) -> Result<TestRunOutcome, DatapathError> {
+        let program: &SchedClassifier = self.program(programs::DECAP_TC)?;
+        run_program(program, programs::DECAP_TC, frame, Some(&skb_context(ifindex)), 1)
     }
 
     fn program<'a, T>(&'a self, name: &'static str) -> Result<&'a T, DatapathError>

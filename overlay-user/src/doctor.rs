@@ -415,60 +415,8 @@ fn forwarding_finding(underlay: &str, datapath_running: bool) -> Finding {
     }
 }
 
-// struct ethtool_value / ethtool_drvinfo commands (include/uapi/linux/ethtool.h).
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-const ETHTOOL_GDRVINFO: u32 = 0x03;
-const ETHTOOL_GTXCSUM: u32 = 0x16;
-
-/// Runs one SIOCETHTOOL command on `interface` with `buffer` (whose first
-/// u32 is the command).
-fn ethtool(interface: &str, buffer: &mut [u32]) -> std::io::Result<()> {
-    // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = interface.as_bytes();
-    if bytes.len() >= request.ifr_name.len() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
-    }
-    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    request.ifr_ifru.ifru_data = buffer.as_mut_ptr().cast();
-    // SAFETY: plain syscalls on a socket we own; the buffer outlives them
-    // and is as large as the command's structure.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if socket < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let rc = libc::ioctl(socket, SIOCETHTOOL, &mut request);
-        let error = std::io::Error::last_os_error();
-        libc::close(socket);
-        if rc < 0 {
-            return Err(error);
-        }
-    }
-    Ok(())
-}
-
-/// The driver name of `interface` (ETHTOOL_GDRVINFO).
-fn driver(interface: &str) -> std::io::Result<String> {
-    // struct ethtool_drvinfo is 196 bytes; the driver name follows the command.
-    let mut buffer = [0u32; 49];
-    buffer[0] = ETHTOOL_GDRVINFO;
-    ethtool(interface, &mut buffer)?;
-    let bytes: Vec<u8> = buffer[1..9].iter().flat_map(|w| w.to_ne_bytes()).take_while(|b| *b != 0).collect();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Whether `interface` leaves transmit checksums to the device (ETHTOOL_GTXCSUM).
-fn tx_checksum_offload(interface: &str) -> std::io::Result<bool> {
-    let mut buffer = [ETHTOOL_GTXCSUM, 0];
-    ethtool(interface, &mut buffer)?;
-    Ok(buffer[1] != 0)
-}
-
 fn offload_findings(underlay: &str, xdp_mode: Option<&str>) -> Vec<Finding> {
-    let driver = match driver(underlay) {
+    let driver = match crate::netdev::driver(underlay) {
         Ok(driver) => driver,
         Err(error) => return vec![Finding::skip("offloads", format!("cannot read the driver of {underlay}: {error}"))],
     };
@@ -481,7 +429,7 @@ fn offload_findings(underlay: &str, xdp_mode: Option<&str>) -> Vec<Finding> {
     } else {
         ""
     };
-    match tx_checksum_offload(underlay) {
+    match crate::netdev::tx_checksum_offload(underlay) {
         Ok(true) => vec![Finding::warn(
             "offloads",
             format!(
@@ -512,11 +460,13 @@ impl DatapathState {
         let agent_running = status.as_ref().is_some_and(|s| s.agent_running());
         let pinned_links = pins.pinned_links();
         let underlay = &config.node.underlay_interface;
+        // "none": decapsulation in TC, no XDP program.
         let xdp_mode = status.as_ref().map(|s| s.xdp_mode.clone()).or_else(|| {
             [(true, "native"), (false, "generic")]
                 .into_iter()
                 .find(|(native, _)| pinned_links.contains(&crate::pinning::xdp_link_name(*native, underlay)))
                 .map(|(_, mode)| mode.to_owned())
+                .or_else(|| pinned_links.contains(&crate::pinning::decap_tc_link_name(underlay)).then(|| "none".to_owned()))
         });
         DatapathState { pins, status, agent_running, pinned_links, xdp_mode }
     }
@@ -572,6 +522,10 @@ impl DatapathState {
                 "xdp-mode",
                 format!("XDP runs in generic (skb) mode on {}: decapsulation works but is slower, after the kernel has built an skb", config.node.underlay_interface),
                 "use an underlay device whose driver supports native XDP (most 10G+ NICs, veth), and start the agent with --xdp-mode auto or native",
+            )),
+            Some("none") => findings.push(Finding::ok(
+                "xdp-mode",
+                format!("no XDP program: VXLAN is decapsulated in TC on {} (--decap tc, or auto's choice for this device)", config.node.underlay_interface),
             )),
             Some(mode) => findings.push(Finding::ok("xdp-mode", format!("XDP runs in {mode} mode on {}", config.node.underlay_interface))),
             None => {}

@@ -13,6 +13,6 @@ pub mod state;
 pub mod status;
 
 pub use config::{Config, ConfigError};
-pub use datapath::{Counters, Datapath, DatapathError, XdpAttachMode};
+pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, XdpAttachMode};
 pub use netdev::ResolvedConfig;
 pub use state::MapState;

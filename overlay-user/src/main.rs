@@ -7,7 +7,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use overlay::{
-    Config, Counters, Datapath, MapState, ResolvedConfig, XdpAttachMode,
+    AttachMode, Config, Counters, Datapath, DecapMode, MapState, ResolvedConfig, XdpAttachMode,
     datapath::ApplyReport,
     pinning::{DEFAULT_BPFFS_DIR, PinDir},
     status::{self, DEFAULT_RUN_DIR, NodeStatus, Reload},
@@ -44,7 +44,12 @@ enum Command {
         /// The node's configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
-        /// How to attach the XDP decapsulation program to the underlay device.
+        /// Which hook decapsulates VXLAN on the underlay device: auto picks
+        /// TC on a veth and where native XDP is missing, XDP elsewhere.
+        #[arg(long, value_enum, default_value_t = DecapMode::Auto)]
+        decap: DecapMode,
+        /// How to attach the XDP decapsulation program (auto: native, else
+        /// generic). Given explicitly, it implies --decap xdp under --decap auto.
         #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
         xdp_mode: XdpAttachMode,
         /// Also print the datapath counters every this many seconds (0: only at exit).
@@ -155,8 +160,9 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, xdp_mode, counters_interval, keep_datapath, metrics_addr, places } => {
-            run(RunOptions { path: config, xdp_mode, counters_interval, keep_datapath, metrics_addr, places })
+        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, places } => {
+            let mode = AttachMode { decap, xdp: xdp_mode };
+            run(RunOptions { path: config, mode, counters_interval, keep_datapath, metrics_addr, places })
         }
         Command::Validate { config } => validate(config),
         Command::Down { node, places } => down(&node, &places),
@@ -308,7 +314,7 @@ fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
         Ok(status) => {
             let state = if status.agent_running() { "running" } else { "not running (datapath left pinned)" };
             println!("node {}: agent pid {} {state}, config {}", status.node, status.pid, status.config.display());
-            println!("  underlay {} (XDP {}), pinned in {}{}", status.underlay, status.xdp_mode, status.pin_dir.display(), if status.adopted { ", adopted from an earlier agent" } else { "" });
+            println!("  underlay {} ({}), pinned in {}{}", status.underlay, status.decap_description(), status.pin_dir.display(), if status.adopted { ", adopted from an earlier agent" } else { "" });
             println!("  attachments: {}", status.attachments.join(", "));
             for (vni, peers) in &status.peers_per_vni {
                 println!("  VNI {vni}: {peers} peer(s)");
@@ -412,7 +418,7 @@ extern "C" fn stop_monitor(_: libc::c_int) {
 
 struct RunOptions {
     path: PathBuf,
-    xdp_mode: XdpAttachMode,
+    mode: AttachMode,
     counters_interval: u64,
     keep_datapath: bool,
     metrics_addr: Option<std::net::SocketAddr>,
@@ -427,6 +433,7 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 fn run(options: RunOptions) -> anyhow::Result<()> {
     let path = options.path.clone();
     // Everything that can be checked is checked before the kernel is touched.
+    options.mode.check()?;
     let config = Config::load(&path)?;
     let mut resolved = ResolvedConfig::resolve(config, &path)?;
     let desired = MapState::from_config(&resolved);
@@ -462,7 +469,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         let forwarding = overlay::netdev::enable_ipv4_forwarding(&resolved.config.node.underlay_interface)
             .context("enabling IPv4 forwarding on the underlay device")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
-        let mode = datapath.attach(&resolved, options.xdp_mode).context("attaching the datapath")?;
+        let hook = datapath.attach(&resolved, options.mode).context("attaching the datapath")?;
         keep_peers_resolved(&resolved);
         let underlay = resolved.config.node.underlay_interface.clone();
         match overlay::netdev::mtu(&underlay) {
@@ -480,7 +487,8 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
             started: status::now(),
             adopted: datapath.adopted(),
             underlay: underlay.clone(),
-            xdp_mode: mode.to_string(),
+            decap: hook.hook().to_owned(),
+            xdp_mode: hook.xdp_mode(),
             ..NodeStatus::default()
         };
         refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
@@ -489,7 +497,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
             overlay::metrics::spawn(listener, overlay::metrics::Source { node: node.clone(), pins: pins.clone(), run_dir });
         }
         log::info!(
-            "node {node} forwarding: VTEP {} port {}, underlay {underlay} (XDP {mode}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
+            "node {node} forwarding: VTEP {} port {}, underlay {underlay} (decapsulation: {hook}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
             resolved.config.node.vtep_address,
             resolved.config.node.vxlan_port,
             resolved.config.endpoints.len(),
@@ -523,7 +531,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            let outcome = reload(&path, &mut datapath, &mut resolved, options.xdp_mode);
+            let outcome = reload(&path, &mut datapath, &mut resolved, options.mode);
             let message = match &outcome {
                 Ok(report) => format!("{report}"),
                 Err(error) => format!("{error:#}"),
@@ -560,7 +568,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
 
 /// Validates the file anew and applies it as a diff. A bad file, or one
 /// whose ports cannot be attached, changes nothing.
-fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mode: XdpAttachMode) -> anyhow::Result<ApplyReport> {
+fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mode: AttachMode) -> anyhow::Result<ApplyReport> {
     let config = Config::load(path)?;
     if config.node.name != current.config.node.name {
         bail!("node.name changed from {:?} to {:?}: a running agent cannot rename its node", current.config.node.name, config.node.name);

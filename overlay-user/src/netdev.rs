@@ -121,3 +121,55 @@ impl Drop for ForwardingGuard {
         }
     }
 }
+
+// struct ethtool_value / ethtool_drvinfo commands (include/uapi/linux/ethtool.h).
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+
+/// Runs one SIOCETHTOOL command on `interface` with `buffer` (whose first
+/// u32 is the command).
+fn ethtool(interface: &str, buffer: &mut [u32]) -> std::io::Result<()> {
+    // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = interface.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = buffer.as_mut_ptr().cast();
+    // SAFETY: plain syscalls on a socket we own; the buffer outlives them
+    // and is as large as the command's structure.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(socket, SIOCETHTOOL, &mut request);
+        let error = std::io::Error::last_os_error();
+        libc::close(socket);
+        if rc < 0 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// The driver name of `interface` (ETHTOOL_GDRVINFO).
+pub fn driver(interface: &str) -> std::io::Result<String> {
+    // struct ethtool_drvinfo is 196 bytes; the driver name follows the command.
+    let mut buffer = [0u32; 49];
+    buffer[0] = ETHTOOL_GDRVINFO;
+    ethtool(interface, &mut buffer)?;
+    let bytes: Vec<u8> = buffer[1..9].iter().flat_map(|w| w.to_ne_bytes()).take_while(|b| *b != 0).collect();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Whether `interface` leaves transmit checksums to the device (ETHTOOL_GTXCSUM).
+pub fn tx_checksum_offload(interface: &str) -> std::io::Result<bool> {
+    let mut buffer = [ETHTOOL_GTXCSUM, 0];
+    ethtool(interface, &mut buffer)?;
+    Ok(buffer[1] != 0)
+}

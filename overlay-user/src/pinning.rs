@@ -101,8 +101,17 @@ pub fn underlay_tc_link_name(interface: &str) -> String {
     format!("tc-underlay-{interface}")
 }
 
+pub fn decap_tc_link_name(interface: &str) -> String {
+    format!("tc-decap-{interface}")
+}
+
 pub fn port_link_name(interface: &str) -> String {
     format!("tc-port-{interface}")
+}
+
+/// Every name a TC attachment on `interface` can have.
+pub fn tc_link_names(interface: &str) -> [String; 3] {
+    [underlay_tc_link_name(interface), decap_tc_link_name(interface), port_link_name(interface)]
 }
 
 /// Makes sure `path` will be on bpffs: its nearest existing ancestor must

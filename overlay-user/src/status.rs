@@ -22,7 +22,11 @@ pub struct NodeStatus {
     /// Whether it adopted a datapath pinned by an earlier agent.
     pub adopted: bool,
     pub underlay: String,
-    /// "native" or "generic".
+    /// The decapsulation hook: "xdp" or "tc" (absent in files of agents
+    /// older than TC decapsulation, which always used XDP).
+    #[serde(default = "xdp_hook")]
+    pub decap: String,
+    /// "native", "generic" or "offload"; "none" with TC decapsulation.
     pub xdp_mode: String,
     /// Every attachment, by link name (e.g. `tc-port-veth1`).
     pub attachments: Vec<String>,
@@ -38,6 +42,10 @@ pub struct Reload {
     pub ok: bool,
     /// What changed, or why nothing did.
     pub message: String,
+}
+
+fn xdp_hook() -> String {
+    "xdp".into()
 }
 
 pub fn path(run_dir: &Path, node: &str) -> PathBuf {
@@ -61,6 +69,14 @@ impl NodeStatus {
     pub fn read(run_dir: &Path, node: &str) -> io::Result<NodeStatus> {
         let bytes = std::fs::read(path(run_dir, node))?;
         serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+
+    /// "XDP native", "TC", ...: how this node decapsulates.
+    pub fn decap_description(&self) -> String {
+        match self.decap.as_str() {
+            "tc" => "decapsulation in TC".into(),
+            _ => format!("decapsulation in XDP, {} mode", self.xdp_mode),
+        }
     }
 
     /// Whether the agent that wrote this is still running.

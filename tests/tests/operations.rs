@@ -109,6 +109,33 @@ fn kill_and_restart_of_the_agent_loses_no_packets() {
     );
 }
 
+/// An upgrade that changes the decapsulation hook: h1's agent runs XDP,
+/// is killed, and a new one adopts its datapath with TC (the default on
+/// veth), then the reverse. The new hook is attached before the old one is
+/// detached, so the flood loses nothing across either switch.
+#[test]
+fn switching_the_decap_hook_on_restart_loses_no_packets() {
+    let mut lab = two_hosts("switch");
+    lab.start_agents_with_args(&bin(), &["--decap", "xdp"]).expect("starting agents");
+    let (a, b) = (&lab.container("h1", "c").netns, lab.container("h2", "c").spec.ip);
+    assert_eq!(ping(a, b, 1).unwrap().1, 1, "no path before the flood");
+
+    let flood = Flood::start(a, b);
+    for (args, hook) in [(&[][..], "decapsulation: TC"), (&["--decap", "xdp"][..], "decapsulation: XDP native")] {
+        std::thread::sleep(Duration::from_secs(2));
+        lab.agents[0].kill();
+        std::thread::sleep(Duration::from_secs(1));
+        let restarted = lab.start_agent_with_args(0, &bin(), args).expect("restarting the agent");
+        let log = restarted.log();
+        assert!(log.contains("adopting the datapath") && log.contains(hook), "the restarted agent should adopt the datapath with {hook:?}:\n{log}");
+        lab.agents[0] = restarted;
+    }
+    assert_no_loss(flood, "kill -9 and restarts switching XDP -> TC -> XDP decapsulation", &lab);
+    let status = overlay(&lab, "h1", &["status", "--node", "h1"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("xdp-native-") && !text.contains("tc-decap-"), "after switching back only XDP decapsulation should be attached:\n{text}");
+}
+
 /// 50 reloads that add and remove a peer during a ping flood, then a
 /// reload with an invalid file: no packet is lost, the bad file changes
 /// nothing, and `overlay status` says it was refused.
@@ -157,7 +184,7 @@ fn kept_datapath_forwards_without_agent_until_down() {
     assert!(outputs.iter().all(|(_, o)| o.contains("leaving the datapath pinned")), "agents should leave the datapath: {outputs:?}");
     assert_eq!(ping(a, b, 3).unwrap().1, 3, "the pinned datapath should forward with no agent running");
     let status = overlay(&lab, "h1", &["status", "--node", "h1"]);
-    assert!(String::from_utf8_lossy(&status.stdout).contains("xdp-native-"), "status should list the pinned attachments");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("tc-decap-"), "status should list the pinned attachments");
     for host in ["h1", "h2"] {
         let down = overlay(&lab, host, &["down", "--node", host]);
         assert!(down.status.success(), "overlay down on {host}: {}", String::from_utf8_lossy(&down.stderr));

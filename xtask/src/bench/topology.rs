@@ -11,21 +11,24 @@ use overlay_lab::{
 };
 use serde::Serialize;
 
-/// How the overlay agent decapsulates. Only XDP exists today; a TC mode
-/// adds a variant here and its `overlay run` arguments in [`DecapMode::agent_args`].
+/// How the overlay agent decapsulates (`overlay run --decap`): each mode is
+/// its own column. `auto` is not one: it picks one of these per device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecapMode {
     /// XDP on the underlay device, native (driver) mode.
     Xdp,
+    /// TC ingress of the underlay device, bpf_redirect_peer into the container.
+    Tc,
 }
 
 impl DecapMode {
-    pub const ALL: [DecapMode; 1] = [DecapMode::Xdp];
+    pub const ALL: [DecapMode; 2] = [DecapMode::Xdp, DecapMode::Tc];
 
     pub fn name(self) -> &'static str {
         match self {
             DecapMode::Xdp => "xdp",
+            DecapMode::Tc => "tc",
         }
     }
 
@@ -33,7 +36,8 @@ impl DecapMode {
     /// explicitly: a silent fallback to generic XDP would measure another path.
     pub fn agent_args(self) -> &'static [&'static str] {
         match self {
-            DecapMode::Xdp => &["--xdp-mode", "native"],
+            DecapMode::Xdp => &["--decap", "xdp", "--xdp-mode", "native"],
+            DecapMode::Tc => &["--decap", "tc"],
         }
     }
 }

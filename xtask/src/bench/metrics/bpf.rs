@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use overlay_common::programs;
 
 use super::{FigureId, Outcome, Timing, tcp, udp_rate};
-use crate::bench::topology::TestBed;
+use crate::bench::topology::{DecapMode, TestBed, Topology};
 
 /// `enum bpf_cmd` and `enum bpf_stats_type` (include/uapi/linux/bpf.h).
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -139,7 +139,10 @@ fn path_stats(bed: &TestBed) -> anyhow::Result<PathStats> {
     let (Some(sending), Some(receiving)) = bed.agent_pids() else { bail!("{} has no agent on each host", bed.cell.name()) };
     Ok(PathStats {
         encap: program_stats(sending, programs::ENDPOINT_TC)?,
-        decap: program_stats(receiving, programs::DECAP_XDP)?,
+        decap: program_stats(receiving, match bed.cell.topology {
+            Topology::Overlay(DecapMode::Tc) => programs::DECAP_TC,
+            _ => programs::DECAP_XDP,
+        })?,
     })
 }
 
