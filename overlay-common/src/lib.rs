@@ -95,6 +95,12 @@ pub mod maps {
     pub const MONITOR_BUCKETS: &str = "MONITOR_BUCKETS";
     /// Per-CPU array of one u64: events not emitted (rate limit, full buffer).
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
+    /// Peer VTEP IPv4 address -> [`crate::RouteCacheEntry`]: the underlay
+    /// route to it, cached by the datapath for [`crate::ROUTE_CACHE_TTL_NS`]
+    /// so that encapsulation needs no FIB lookup per packet. LRU: entries
+    /// of peers that no longer send are evicted first.
+    pub const ROUTE_CACHE: &str = "ROUTE_CACHE";
+    pub const ROUTE_CACHE_CAPACITY: u32 = PEERS_CAPACITY;
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
     pub const COUNTERS_CAPACITY: u32 = crate::reason::DIRECTION_COUNT * crate::reason::REASON_SLOTS;
@@ -250,6 +256,30 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
 
+/// How long the datapath trusts a cached route to a peer VTEP before it asks
+/// the kernel's FIB again: a route or next-hop change takes effect within
+/// this time. 100 ms is well within the kernel's own neighbour staleness
+/// (an entry stays usable for seconds after its last confirmation) and
+/// makes a miss, two FIB lookups, rare enough to cost nothing measurable.
+pub const ROUTE_CACHE_TTL_NS: u64 = 100_000_000;
+
+/// A cached underlay route to a peer VTEP (only resolved next hops are cached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteCacheEntry {
+    /// CLOCK_MONOTONIC (coarse) time after which the entry is looked up anew.
+    pub expires_ns: u64,
+    /// Egress device.
+    pub ifindex: u32,
+    /// The route's MTU: larger outer packets get ICMP too-big.
+    pub mtu: u32,
+    pub source_mac: [u8; 6],
+    pub next_hop_mac: [u8; 6],
+    /// The next hop's IPv4 address (the peer, or a gateway).
+    pub next_hop_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<RouteCacheEntry>() == 32);
+
 /// How many bytes of each packet a monitor event carries.
 pub const MONITOR_CAPTURE_LEN: usize = 128;
 // The datapath bounds its copy length with a mask (see monitor.rs).
@@ -335,6 +365,7 @@ mod pod {
     unsafe impl aya::Pod for super::NeighbourEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::RouteCacheEntry {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::MonitorBucket {}
     unsafe impl aya::Pod for super::MonitorEvent {}

@@ -4,12 +4,12 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use overlay_common::{
     Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
     NodeConfig, PeerInfo, PeerVni,
-    PortInfo, Reason, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    PortInfo, Reason, RouteCacheEntry, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 #[map]
@@ -41,6 +41,10 @@ pub static NEIGHBOURS6: HashMap<VniIpv6, NeighbourEntry> =
 
 #[map]
 pub static FLOOD: HashMap<u32, FloodTargets> = HashMap::with_max_entries(maps::FLOOD_CAPACITY, 0);
+
+#[map]
+pub static ROUTE_CACHE: LruHashMap<u32, RouteCacheEntry> =
+    LruHashMap::with_max_entries(maps::ROUTE_CACHE_CAPACITY, 0);
 
 #[map]
 pub static IP_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -397,6 +397,7 @@ impl Datapath {
             maps::NEIGHBOURS6,
             maps::FLOOD,
             maps::IP_IDS,
+            maps::ROUTE_CACHE,
             maps::NODE,
             maps::COUNTERS,
             maps::EVENTS,
@@ -883,6 +884,12 @@ impl Datapath {
     pub fn test_underlay_flood(&self, frame: &[u8], ifindex: u32) -> Result<TestRunOutcome, DatapathError> {
         let program: &SchedClassifier = self.program(programs::UNDERLAY_FLOOD_TC)?;
         run_program(program, programs::UNDERLAY_FLOOD_TC, frame, Some(&skb_context(ifindex)), 1)
+    }
+
+    /// The datapath's route cache: peer VTEP (network byte order) -> the
+    /// underlay route encapsulation last looked up for it.
+    pub fn route_cache(&self) -> Result<BTreeMap<u32, overlay_common::RouteCacheEntry>, DatapathError> {
+        read_hash(&self.ebpf, maps::ROUTE_CACHE)
     }
 
     /// Runs the TC decapsulation program (`--decap tc`) on `frame` as if it

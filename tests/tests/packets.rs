@@ -1822,6 +1822,38 @@ fn truncated_frames_through(hook: Hook) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Encapsulation caches each peer's underlay route (egress device, MACs,
+/// MTU) instead of asking the FIB per packet, and asks again once the entry
+/// is older than ROUTE_CACHE_TTL_NS: a changed next hop is used within it.
+#[test]
+fn encapsulation_caches_the_route_and_follows_a_changed_next_hop() -> anyhow::Result<()> {
+    let near = Node::start(&NEAR)?;
+    let frame = ping(NEAR_1, FAR_1);
+    let outer_destination = |near: &Node| -> anyhow::Result<Mac> {
+        let (outcome, _) = near.run(Hook::Port(NEAR_1.port), &frame, 1)?;
+        let outer = VxlanOverIpv4::parse(&outcome.frame).context("the output is not VXLAN")?;
+        Ok(outer.eth_dst)
+    };
+    assert_eq!(outer_destination(&near)?, FAR_UNDERLAY_MAC, "first packet: the outer destination is the peer VTEP's neighbour");
+    let cache = near.datapath.route_cache()?;
+    let entry = cache
+        .get(&u32::from_ne_bytes(FAR_VTEP.octets()))
+        .unwrap_or_else(|| panic!("expected a route cache entry for {FAR_VTEP}, the cache holds {cache:?}"));
+    let expected = (near.ifindex_of(UNDERLAY)?, 1500, near.underlay_mac.0, FAR_UNDERLAY_MAC.0, u32::from_ne_bytes(FAR_VTEP.octets()));
+    assert_eq!(
+        (entry.ifindex, entry.mtu, entry.source_mac, entry.next_hop_mac, entry.next_hop_be),
+        expected,
+        "cached route to {FAR_VTEP}: expected (ifindex, mtu, source MAC, next-hop MAC, next hop) {expected:?}, cached {entry:?}"
+    );
+
+    let moved = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x77]);
+    near.netns.ip(&["neigh", "replace", &FAR_VTEP.to_string(), "lladdr", &moved.to_string(), "dev", UNDERLAY, "nud", "permanent"])?;
+    std::thread::sleep(Duration::from_nanos(2 * overlay_common::ROUTE_CACHE_TTL_NS));
+    let seen = outer_destination(&near)?;
+    assert_eq!(seen, moved, "after twice the cache TTL the new next-hop MAC {moved} must be used, saw {seen}");
+    Ok(())
+}
+
 /// Several tenants, one node (RFC 7348 section 4: the VNI scopes the inner
 /// MAC frame, so overlapping MAC and IP addresses are allowed across VNIs):
 /// tenant B (VNI 200, port p3) reuses tenant A's NEAR_1 MAC and addresses.
