@@ -17,6 +17,7 @@ use overlay_common::{
 
 use crate::{
     arp::{self, ArpBroadcast},
+    counters::Slots,
     maps::{LOCAL_ENDPOINTS, NEIGHBOURS, admit, node_config},
     packet::{BROADCAST_MAC, Verdict, is_inner_vlan, is_multicast, ptr_at},
 };
@@ -32,7 +33,9 @@ const PASS: Verdict<u32> = Verdict {
     reason: Reason::PASSED,
 };
 
-pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
+/// Judges and acts on a frame; `slots` gets the peer's and VNI's counter
+/// slots once the peer is known.
+pub fn try_decap(ctx: &XdpContext, slots: &mut Slots) -> Result<Verdict<u32>, Reason> {
     let (start, end) = (ctx.data(), ctx.data_end());
     let Some(node) = node_config() else {
         return Ok(PASS);
@@ -95,7 +98,7 @@ pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
     // Only a configured peer, and only for a VNI it carries (spoofing and
     // tenant isolation).
-    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
+    admit(u32::from_ne_bytes(ip.src_addr), vni, slots)?;
     let ifindex = match delivery_for(start, end, vni)? {
         Delivery::Port(ifindex) => ifindex,
         // XDP cannot clone: the TC program on this device replicates it.

@@ -429,7 +429,6 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
     // Everything that can be checked is checked before the kernel is touched.
     let config = Config::load(&path)?;
     let mut resolved = ResolvedConfig::resolve(config, &path)?;
-    let desired = MapState::from_config(&resolved);
     let node = resolved.config.node.name.clone();
     let pins = PinDir::new(&options.places.bpffs_dir, &node);
     if let Ok(other) = NodeStatus::read(&options.places.run_dir, &node) {
@@ -461,6 +460,8 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         let forwarding = overlay::netdev::enable_ipv4_forwarding(&resolved.config.node.underlay_interface)
             .context("enabling IPv4 forwarding on the underlay device")?;
+        // After loading: an adopted datapath's VNIs and peers keep their counter slots.
+        let desired = MapState::from_config(&resolved, datapath.applied()).context("assigning counter slots")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
         let mode = datapath.attach(&resolved, options.xdp_mode).context("attaching the datapath")?;
         keep_peers_resolved(&resolved);
@@ -567,7 +568,8 @@ fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mo
     }
     let resolved = ResolvedConfig::resolve(config, path)?;
     let previous = datapath.applied().clone();
-    let report = datapath.apply(&MapState::from_config(&resolved)).context("changing the maps")?;
+    let desired = MapState::from_config(&resolved, &previous).context("assigning counter slots")?;
+    let report = datapath.apply(&desired).context("changing the maps")?;
     if let Err(error) = datapath.attach(&resolved, mode) {
         // Back to the previous maps, and to the previous attachments.
         if let Err(undo) = datapath.apply(&previous) {

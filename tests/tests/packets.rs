@@ -331,7 +331,7 @@ impl Node {
             let config = Config::parse(&spec.config_toml(), path)?;
             let resolved = ResolvedConfig::resolve(config, path)?;
             let mut datapath = Datapath::load(log::LevelFilter::Info)?;
-            datapath.apply(&MapState::from_config(&resolved))?;
+            datapath.apply(&MapState::from_config(&resolved, &MapState::default())?)?;
             let mut ifindex = HashMap::new();
             for device in devices() {
                 let index = netdev::ifindex(device).with_context(|| format!("no {device} in {}", netns.name()))?;
