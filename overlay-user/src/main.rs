@@ -272,7 +272,13 @@ fn stats(node: &str, json: bool, watch: Option<u64>, places: &Places) -> anyhow:
     };
     let Some(period) = watch else {
         let stats = read()?;
-        if json { println!("{}", stats_json(&stats, None)) } else { print!("{}\n{}", stats.node, stats.vnis_peers) }
+        if json {
+            println!("{}", stats_json(&stats, None));
+        } else if stats.vnis_peers == VniPeerCounters::default() {
+            print!("{}", stats.node);
+        } else {
+            print!("{}\n{}", stats.node, stats.vnis_peers);
+        }
         return Ok(());
     };
     let period = Duration::from_secs(period.max(1));
