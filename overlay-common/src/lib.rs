@@ -104,6 +104,16 @@ pub mod maps {
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
     pub const COUNTERS_CAPACITY: u32 = crate::reason::DIRECTION_COUNT * crate::reason::REASON_SLOTS;
+    /// Per-CPU array of [`crate::SlotCounters`], indexed by a VNI's counter
+    /// slot (entry 0 is never used: see [`crate::NO_COUNTER_SLOT`]).
+    /// Memory: 257 entries x 128 counters x 16 bytes = 514 KiB per CPU
+    /// (1 MiB on a 2-CPU host, 32 MiB on a 64-CPU one).
+    pub const VNI_COUNTERS: &str = "VNI_COUNTERS";
+    pub const VNI_COUNTERS_CAPACITY: u32 = crate::VNI_COUNTER_SLOTS + 1;
+    /// Per-CPU array of [`crate::SlotCounters`], indexed by a peer VTEP's
+    /// counter slot; the same size as `VNI_COUNTERS`.
+    pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
+    pub const PEER_COUNTERS_CAPACITY: u32 = crate::PEER_COUNTER_SLOTS + 1;
 }
 
 /// Names of the eBPF programs in the object.
@@ -171,7 +181,9 @@ const _: () = assert!(core::mem::size_of::<PeerVni>() == 8);
 pub struct FdbEntry {
     /// The remote VTEP's IPv4 address.
     pub vtep_addr_be: u32,
-    pub _reserved: u32,
+    /// That peer's counter slot (its `PeerInfo::counter_slot`), so that
+    /// encapsulation counts per peer without another lookup.
+    pub peer_slot: u32,
 }
 const _: () = assert!(core::mem::size_of::<FdbEntry>() == 8);
 
@@ -189,7 +201,8 @@ const _: () = assert!(core::mem::size_of::<LocalEndpoint>() == 8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortInfo {
     pub vni: u32,
-    pub _reserved: u32,
+    /// That VNI's counter slot (its `VniInfo::counter_slot`).
+    pub vni_slot: u32,
 }
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 8);
 
@@ -197,7 +210,9 @@ const _: () = assert!(core::mem::size_of::<PortInfo>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VniInfo {
-    pub flags: u32,
+    /// The VNI's counter slot: its entry in `VNI_COUNTERS`. This table is
+    /// where the slot is recorded; the other values that carry it copy it.
+    pub counter_slot: u32,
     /// Most copies one flooded frame of this VNI makes (ports and peers).
     pub flood_limit: u32,
 }
@@ -208,9 +223,23 @@ const _: () = assert!(core::mem::size_of::<VniInfo>() == 8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerInfo {
     pub flags: u32,
-    pub _reserved: u32,
+    /// The peer's counter slot: its entry in `PEER_COUNTERS`. This table is
+    /// where the slot is recorded; the other values that carry it copy it.
+    pub counter_slot: u32,
 }
 const _: () = assert!(core::mem::size_of::<PeerInfo>() == 8);
+
+/// Peer-VNI table value. Presence means the peer may send the VNI; the
+/// slots let decapsulation count per peer and per VNI with the lookup it
+/// makes anyway. (8 bytes, as the `PeerInfo` that earlier versions stored
+/// here, so their pinned tables stay adoptable: all-zero means no slots.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerVniInfo {
+    pub peer_slot: u32,
+    pub vni_slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerVniInfo>() == 8);
 
 /// Neighbour table value: the MAC that owns an overlay IPv4 address.
 #[repr(C)]
@@ -342,10 +371,47 @@ pub struct Counter {
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
-/// Index into the `COUNTERS` array for a direction and reason.
+/// Index into the `COUNTERS` array (and into a [`SlotCounters`]) for a
+/// direction and reason.
 #[inline(always)]
 pub const fn counter_index(direction: Direction, reason: Reason) -> u32 {
     direction.0 * reason::REASON_SLOTS + (reason.0 % reason::REASON_SLOTS)
+}
+
+/// Counter slots: the agent gives each VNI this node carries and each peer
+/// VTEP a small number, its entry in `VNI_COUNTERS` or `PEER_COUNTERS`,
+/// and writes it into the map values the datapath reads anyway (`VniInfo`,
+/// `PortInfo`, `PeerInfo`, `PeerVniInfo`, `FdbEntry`). Slots are
+/// `1..=VNI_COUNTER_SLOTS` and `1..=PEER_COUNTER_SLOTS`; zero means no slot
+/// (so entries written before slots existed count only globally).
+pub const NO_COUNTER_SLOT: u32 = 0;
+/// Most VNIs one node carries: each needs a slot. A configuration with
+/// more is refused.
+pub const VNI_COUNTER_SLOTS: u32 = 256;
+/// Most peers one node has: each needs a slot. A configuration with more
+/// is refused. (A VNI floods to at most `FLOOD_MAX_REMOTE_VTEPS` of them.)
+pub const PEER_COUNTER_SLOTS: u32 = 256;
+/// Counters in one [`SlotCounters`]: every direction and reason, laid out
+/// as `COUNTERS` is (by [`counter_index`]). A power of two: the datapath
+/// masks its index with `COUNTERS_PER_SLOT - 1` to show the verifier it is
+/// in bounds.
+pub const COUNTERS_PER_SLOT: usize = (reason::DIRECTION_COUNT * reason::REASON_SLOTS) as usize;
+const _: () = assert!(COUNTERS_PER_SLOT.is_power_of_two());
+
+/// One VNI's or one peer's counters on one CPU: a copy of the `COUNTERS`
+/// layout. The whole reason dimension is kept (2 KiB per slot and CPU)
+/// rather than a chosen few: every drop a VNI or peer can cause shows in
+/// its own table, a reason added later is counted without a layout
+/// change, and one read returns a slot's whole table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotCounters {
+    pub counters: [Counter; COUNTERS_PER_SLOT],
+}
+const _: () = assert!(core::mem::size_of::<SlotCounters>() == 16 * COUNTERS_PER_SLOT);
+
+impl SlotCounters {
+    pub const ZERO: SlotCounters = SlotCounters { counters: [Counter { packets: 0, bytes: 0 }; COUNTERS_PER_SLOT] };
 }
 
 #[cfg(feature = "user")]
@@ -362,6 +428,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortInfo {}
     unsafe impl aya::Pod for super::VniInfo {}
     unsafe impl aya::Pod for super::PeerInfo {}
+    unsafe impl aya::Pod for super::PeerVniInfo {}
+    unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::NeighbourEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::Counter {}

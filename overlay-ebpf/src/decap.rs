@@ -19,6 +19,7 @@ use overlay_common::{
 
 use crate::{
     arp::{self, ArpBroadcast},
+    counters::Slots,
     maps::{LOCAL_ENDPOINTS, NEIGHBOURS, admit, node_config},
     packet::{BROADCAST_MAC, Verdict, is_inner_vlan, is_multicast, ptr_at},
 };
@@ -34,9 +35,11 @@ const PASS: Verdict<u32> = Verdict {
     reason: Reason::PASSED,
 };
 
-pub fn try_decap(ctx: &XdpContext) -> Result<Verdict<u32>, Reason> {
+/// Judges and acts on a frame; `slots` gets the peer's and VNI's counter
+/// slots once the peer is known.
+pub fn try_decap(ctx: &XdpContext, slots: &mut Slots) -> Result<Verdict<u32>, Reason> {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let ifindex = match judge(start, end, end - start, false)? {
+    let ifindex = match judge(start, end, end - start, false, slots)? {
         Judgement::NotOurs => return Ok(PASS),
         Judgement::Deliver(Delivery::Port(ifindex)) => ifindex,
         // XDP cannot clone: the TC program on this device replicates it.
@@ -75,9 +78,10 @@ pub enum Judgement {
 /// the whole frame's length (for an skb, more than its linear part may
 /// hold), `gso` whether it is a GSO aggregate, whose outer lengths are
 /// those of its first segment (a veth carries such skbs unsegmented).
-/// Shared by the XDP and TC decapsulation programs.
+/// Shared by the XDP and TC decapsulation programs. `slots` gets the
+/// peer's and VNI's counter slots once the peer is known.
 #[inline(always)]
-pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool) -> Result<Judgement, Reason> {
+pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool, slots: &mut Slots) -> Result<Judgement, Reason> {
     let Some(node) = node_config() else {
         return Ok(Judgement::NotOurs);
     };
@@ -141,7 +145,7 @@ pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool) -> Result<Ju
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
     // Only a configured peer, and only for a VNI it carries (spoofing and
     // tenant isolation).
-    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
+    admit(u32::from_ne_bytes(ip.src_addr), vni, slots)?;
     delivery_for(start, end, vni).map(Judgement::Deliver)
 }
 

@@ -23,6 +23,7 @@ use network_types::{arp::ArpHdr, eth::EthHdr};
 use overlay_common::{ETH_HDR_LEN, ETH_P_IPV4, ETH_P_IPV6, Reason, VXLAN_ENCAP_LEN};
 
 use crate::{
+    counters::Slots,
     decap::{Delivery, INNER_ETH_OFFSET, Judgement, judge},
     flood,
     packet::{Verdict, ptr_at},
@@ -41,7 +42,9 @@ const PASS: Verdict<i32> = Verdict {
     reason: Reason::PASSED,
 };
 
-pub fn try_decap_tc(ctx: &TcContext) -> Result<Verdict<i32>, Reason> {
+/// Judges and acts on a frame; `slots` gets the peer's and VNI's counter
+/// slots once the peer is known.
+pub fn try_decap_tc(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, Reason> {
     let len = ctx.len();
     let wanted = len.min(HEADERS_READ);
     // Direct packet access sees only the skb's linear part. A driver that
@@ -53,11 +56,11 @@ pub fn try_decap_tc(ctx: &TcContext) -> Result<Verdict<i32>, Reason> {
     // SAFETY: reading a field of the context the kernel handed us.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     let (start, end) = (ctx.data(), ctx.data_end());
-    let ifindex = match judge(start, end, len as usize, gso)? {
+    let ifindex = match judge(start, end, len as usize, gso, slots)? {
         Judgement::NotOurs => return Ok(PASS),
         Judgement::Deliver(Delivery::Port(ifindex)) => ifindex,
         Judgement::Deliver(Delivery::Flood) => {
-            return flood::try_underlay_flood(ctx)?.ok_or(Reason::DECAP_FAILED);
+            return flood::try_underlay_flood(ctx, slots)?.ok_or(Reason::DECAP_FAILED);
         }
     };
     // Re-derived for the verifier: judge's pointers are its own.

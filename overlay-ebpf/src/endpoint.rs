@@ -7,6 +7,7 @@ use overlay_common::{ETH_P_ARP, ETH_P_IPV6, Reason, VXLAN_ENCAP_LEN, VniMac};
 
 use crate::{
     arp,
+    counters::Slots,
     encap::{self, RouteLookup},
     flood, icmp,
     maps::{FDB, LOCAL_ENDPOINTS, PORTS, node_config},
@@ -16,13 +17,16 @@ use crate::{
     },
 };
 
-pub fn try_endpoint(ctx: &TcContext) -> Result<Verdict<i32>, Reason> {
+/// Judges and acts on a frame from a port; `slots` gets the port's VNI's
+/// counter slot, and the peer's for a frame to a remote endpoint.
+/// (Flooded copies to peers count in the VNI's counters only.)
+pub fn try_endpoint(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, Reason> {
     // SAFETY: reading a field of the context the kernel handed us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read and copied at once.
-    let vni = unsafe { PORTS.get(&ifindex) }
-        .ok_or(Reason::PORT_NOT_CONFIGURED)?
-        .vni;
+    let port = unsafe { PORTS.get(&ifindex) }.ok_or(Reason::PORT_NOT_CONFIGURED)?;
+    let vni = port.vni;
+    slots.vni = port.vni_slot;
     let node = node_config().ok_or(Reason::PORT_NOT_CONFIGURED)?;
     let eth: EthHdr = ctx.load(0).map_err(|_| Reason::TRUNCATED_ETHERNET)?;
     if is_inner_vlan(eth.ether_type) {
@@ -61,8 +65,9 @@ pub fn try_endpoint(ctx: &TcContext) -> Result<Verdict<i32>, Reason> {
         });
     }
     // SAFETY: read and copied at once.
-    match unsafe { FDB.get(&key) }.map(|entry| entry.vtep_addr_be) {
-        Some(remote_vtep_be) => {
+    match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
+        Some((remote_vtep_be, peer_slot)) => {
+            slots.peer = peer_slot;
             let source_port = encap::source_port_for(ctx, node);
             // Route (and size check) before touching the packet, so a drop
             // leaves it as it was.

@@ -20,6 +20,7 @@ use overlay_common::{
 };
 
 use crate::{
+    counters::Slots,
     encap::{self, RouteLookup},
     maps::{FLOOD, VNIS, admit, node_config},
     packet::{EndpointFrame, PackedVerdict, Verdict, is_inner_vlan, is_multicast},
@@ -139,7 +140,8 @@ const VXLAN_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN;
 /// TC ingress of the underlay: replicates a broadcast or multicast VXLAN
 /// frame that XDP passed up to every local port of its VNI. `Ok(None)` for
 /// everything else, which goes on untouched and uncounted (XDP counted it).
-pub fn try_underlay_flood(ctx: &TcContext) -> Result<Option<Verdict<i32>>, Reason> {
+/// `slots` gets the sending peer's and the VNI's counter slots.
+pub fn try_underlay_flood(ctx: &TcContext, slots: &mut Slots) -> Result<Option<Verdict<i32>>, Reason> {
     let Some(node) = node_config() else {
         return Ok(None);
     };
@@ -185,7 +187,7 @@ pub fn try_underlay_flood(ctx: &TcContext) -> Result<Option<Verdict<i32>>, Reaso
     }
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
     // Checked again, so that this path is safe on its own.
-    admit(u32::from_ne_bytes(ip.src_addr), vni)?;
+    admit(u32::from_ne_bytes(ip.src_addr), vni, slots)?;
     let targets: *const FloodTargets = FLOOD.get_ptr(&vni).ok_or(Reason::NO_FLOOD_TARGETS)?;
 
     // Decapsulate: the inner Ethernet header goes over the outer one, then

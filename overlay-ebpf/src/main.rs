@@ -1,7 +1,9 @@
 //! The overlay datapath: VXLAN (RFC 7348) in XDP and TC.
 //!
 //! Entry points are thin: they run a `try_*` function, count the outcome or
-//! drop reason, and return the hook's action. Nothing is dropped uncounted.
+//! drop reason (for the node, and for the packet's VNI and peer VTEP once
+//! the `try_*` function has found their counter slots), and return the
+//! hook's action. Nothing is dropped uncounted.
 //!
 //! There is no per-packet logging: a log call is code the verifier walks
 //! once for every distinct state that reaches it, and per-drop logs pushed
@@ -30,17 +32,18 @@ use aya_ebpf::{
 };
 use overlay_common::Direction;
 
-use crate::counters::count;
+use crate::counters::{Slots, count};
 
 /// XDP on the underlay device: decapsulates VXLAN for local endpoints.
 #[xdp]
 pub fn overlay_decap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let (action, reason) = match decap::try_decap(&ctx) {
+    let mut slots = Slots::NONE;
+    let (action, reason) = match decap::try_decap(&ctx, &mut slots) {
         Ok(verdict) => (verdict.action, verdict.reason),
         Err(reason) => (xdp_action::XDP_DROP, reason),
     };
-    count(Direction::FROM_UNDERLAY, reason, bytes);
+    count(Direction::FROM_UNDERLAY, reason, bytes, &slots);
     monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);
     action
 }
@@ -50,11 +53,12 @@ pub fn overlay_decap(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn overlay_decap_tc(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
-    let (action, reason) = match decap_tc::try_decap_tc(&ctx) {
+    let mut slots = Slots::NONE;
+    let (action, reason) = match decap_tc::try_decap_tc(&ctx, &mut slots) {
         Ok(verdict) => (verdict.action, verdict.reason),
         Err(reason) => (TC_ACT_SHOT, reason),
     };
-    count(Direction::FROM_UNDERLAY, reason, bytes);
+    count(Direction::FROM_UNDERLAY, reason, bytes, &slots);
     monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);
     action
 }
@@ -63,11 +67,12 @@ pub fn overlay_decap_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn overlay_endpoint(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
-    let (action, reason) = match endpoint::try_endpoint(&ctx) {
+    let mut slots = Slots::NONE;
+    let (action, reason) = match endpoint::try_endpoint(&ctx, &mut slots) {
         Ok(verdict) => (verdict.action, verdict.reason),
         Err(reason) => (TC_ACT_SHOT, reason),
     };
-    count(Direction::FROM_ENDPOINT, reason, bytes);
+    count(Direction::FROM_ENDPOINT, reason, bytes, &slots);
     monitor::report(&ctx, Direction::FROM_ENDPOINT, reason, bytes as u32);
     action
 }
@@ -77,14 +82,15 @@ pub fn overlay_endpoint(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn overlay_underlay_flood(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as u64;
-    match flood::try_underlay_flood(&ctx) {
+    let mut slots = Slots::NONE;
+    match flood::try_underlay_flood(&ctx, &mut slots) {
         Ok(Some(verdict)) => {
-            count(Direction::FROM_UNDERLAY, verdict.reason, bytes);
+            count(Direction::FROM_UNDERLAY, verdict.reason, bytes, &slots);
             verdict.action
         }
         Ok(None) => flood::PASS_UNTOUCHED,
         Err(reason) => {
-            count(Direction::FROM_UNDERLAY, reason, bytes);
+            count(Direction::FROM_UNDERLAY, reason, bytes, &slots);
             monitor::report(&ctx, Direction::FROM_UNDERLAY, reason, bytes as u32);
             TC_ACT_SHOT
         }

@@ -8,9 +8,11 @@ use aya_ebpf::{
 };
 use overlay_common::{
     Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
-    NodeConfig, PeerInfo, PeerVni,
-    PortInfo, Reason, RouteCacheEntry, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    NodeConfig, PeerInfo, PeerVni, PeerVniInfo,
+    PortInfo, Reason, RouteCacheEntry, SlotCounters, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
+
+use crate::counters::Slots;
 
 #[map]
 pub static FDB: HashMap<VniMac, FdbEntry> = HashMap::with_max_entries(maps::FDB_CAPACITY, 0);
@@ -29,7 +31,7 @@ pub static PORTS: HashMap<u32, PortInfo> = HashMap::with_max_entries(maps::PORTS
 pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(maps::PEERS_CAPACITY, 0);
 
 #[map]
-pub static PEER_VNIS: HashMap<PeerVni, PeerInfo> = HashMap::with_max_entries(maps::PEER_VNIS_CAPACITY, 0);
+pub static PEER_VNIS: HashMap<PeerVni, PeerVniInfo> = HashMap::with_max_entries(maps::PEER_VNIS_CAPACITY, 0);
 
 #[map]
 pub static NEIGHBOURS: HashMap<VniIpv4, NeighbourEntry> =
@@ -67,6 +69,14 @@ pub static MONITOR_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(maps::COUNTERS_CAPACITY, 0);
+
+#[map]
+pub static VNI_COUNTERS: PerCpuArray<SlotCounters> =
+    PerCpuArray::with_max_entries(maps::VNI_COUNTERS_CAPACITY, 0);
+
+#[map]
+pub static PEER_COUNTERS: PerCpuArray<SlotCounters> =
+    PerCpuArray::with_max_entries(maps::PEER_COUNTERS_CAPACITY, 0);
 
 /// Per-CPU scratch space for frames the datapath builds (ICMP and ND
 /// answers). Verifier: BPF stacks are 512 bytes for a whole call chain, too
@@ -106,20 +116,28 @@ pub fn scratch_fib() -> Option<&'static mut bpf_fib_lookup> {
 }
 
 /// Whether VXLAN from `source_be` for `vni` is accepted: one lookup on the
-/// fast path; on a miss, which check failed.
+/// fast path, which also gives the peer's and the VNI's counter slots; on
+/// a miss, which check failed, with the slots of whichever of the two is
+/// known (so a peer sending a VNI it does not carry shows in its counters).
 #[inline(always)]
-pub fn admit(source_be: u32, vni: u32) -> Result<(), Reason> {
-    // SAFETY (all three): presence tests only.
-    if unsafe { PEER_VNIS.get(&PeerVni { vtep_addr_be: source_be, vni }) }.is_some() {
+pub fn admit(source_be: u32, vni: u32, slots: &mut Slots) -> Result<(), Reason> {
+    // SAFETY (all three): read and copied at once.
+    if let Some(admitted) = unsafe { PEER_VNIS.get(&PeerVni { vtep_addr_be: source_be, vni }) } {
+        *slots = Slots {
+            vni: admitted.vni_slot,
+            peer: admitted.peer_slot,
+        };
         return Ok(());
     }
-    if unsafe { PEERS.get(&source_be) }.is_none() {
-        Err(Reason::UNKNOWN_PEER)
-    } else if unsafe { VNIS.get(&vni) }.is_none() {
-        Err(Reason::UNKNOWN_VNI)
-    } else {
-        Err(Reason::PEER_NOT_IN_VNI)
-    }
+    let Some(peer) = (unsafe { PEERS.get(&source_be) }) else {
+        return Err(Reason::UNKNOWN_PEER);
+    };
+    slots.peer = peer.counter_slot;
+    let Some(carried) = (unsafe { VNIS.get(&vni) }) else {
+        return Err(Reason::UNKNOWN_VNI);
+    };
+    slots.vni = carried.counter_slot;
+    Err(Reason::PEER_NOT_IN_VNI)
 }
 
 /// This node's settings, once the agent has written them.

@@ -14,7 +14,8 @@ use std::{
 
 use overlay_common::{
     DEFAULT_FLOOD_LIMIT, DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN,
-    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, VNI_MAX,
+    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, PEER_COUNTER_SLOTS,
+    VNI_COUNTER_SLOTS, VNI_MAX,
 };
 use serde::Deserialize;
 
@@ -574,6 +575,25 @@ impl Checker {
             }
         }
 
+        // Every VNI and every peer has its own counters, in a fixed number of slots.
+        let mut vnis: BTreeSet<u32> = BTreeSet::new();
+        for (i, endpoint) in config.endpoints.iter().enumerate() {
+            if vnis.insert(endpoint.vni) && vnis.len() == VNI_COUNTER_SLOTS as usize + 1 {
+                self.problem(
+                    format!("endpoints[{i}].vni"),
+                    endpoint.vni.to_string(),
+                    format!("this node already carries {VNI_COUNTER_SLOTS} VNIs, the most it can count per VNI"),
+                );
+            }
+        }
+        if let Some((i, peer)) = config.peers.iter().enumerate().nth(PEER_COUNTER_SLOTS as usize) {
+            self.problem(
+                format!("peers[{i}]"),
+                &peer.name,
+                format!("this node already has {PEER_COUNTER_SLOTS} peers, the most it can count per peer"),
+            );
+        }
+
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut vteps: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
         for (i, peer) in config.peers.iter().enumerate() {
@@ -801,6 +821,38 @@ vtep_address = "192.0.2.2"
         }
         let p = only_problem(&text);
         assert!(p.field.ends_with(".interface") && p.message.contains("VNI 100"), "{p}");
+    }
+
+    #[test]
+    fn more_vnis_or_peers_than_counter_slots_is_rejected() {
+        let endpoints = |count: u32| {
+            (0..count)
+                .map(|i| {
+                    format!(
+                        "\n[[endpoints]]\ninterface = \"port{i}\"\nmac = \"02:00:00:02:{:02x}:{:02x}\"\nip = \"10.20.0.1\"\nvni = {}\n",
+                        i >> 8,
+                        i & 0xff,
+                        1000 + i
+                    )
+                })
+                .collect::<String>()
+        };
+        // With GOOD's VNI 100: exactly as many VNIs as slots, then one more.
+        parse(&format!("{GOOD}{}", endpoints(VNI_COUNTER_SLOTS - 1))).unwrap();
+        let p = only_problem(&format!("{GOOD}{}", endpoints(VNI_COUNTER_SLOTS)));
+        let last = VNI_COUNTER_SLOTS as usize;
+        assert_eq!((p.field.as_str(), p.value.as_str()), (format!("endpoints[{last}].vni").as_str(), (1000 + VNI_COUNTER_SLOTS - 1).to_string().as_str()));
+        assert!(p.message.contains(&format!("{VNI_COUNTER_SLOTS} VNIs")), "{p}");
+
+        let peers = |count: u32| {
+            (0..count)
+                .map(|i| format!("\n[[peers]]\nname = \"extra{i}\"\nvtep_address = \"198.18.{}.{}\"\n", i >> 8, i & 0xff))
+                .collect::<String>()
+        };
+        parse(&format!("{GOOD}{}", peers(PEER_COUNTER_SLOTS - 1))).unwrap();
+        let p = only_problem(&format!("{GOOD}{}", peers(PEER_COUNTER_SLOTS)));
+        assert_eq!((p.field.as_str(), p.value.as_str()), (format!("peers[{}]", PEER_COUNTER_SLOTS).as_str(), format!("extra{}", PEER_COUNTER_SLOTS - 1).as_str()));
+        assert!(p.message.contains(&format!("{PEER_COUNTER_SLOTS} peers")), "{p}");
     }
 
     #[test]

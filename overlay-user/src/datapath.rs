@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -17,32 +17,34 @@ use aya::{
 };
 use overlay_common::{
     Counter, Direction, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig,
-    NeighbourEntry, NodeConfig, PeerInfo,
-    PeerVni, PortInfo, Reason, VniInfo, VniIpv4, VniIpv6, VniMac, counter_index, maps, programs,
-    reason,
+    NeighbourEntry, NodeConfig, PeerInfo, PeerVni, PeerVniInfo, PortInfo, Reason, SlotCounters,
+    VniInfo, VniIpv4, VniIpv6, VniMac, counter_index, maps, programs, reason,
 };
 
 use crate::{
     netdev::ResolvedConfig,
     pinning::{self, PinDir},
+    slots::{self, Owners},
     state::{MapDiff, MapState, diff},
 };
 
 /// Maps that are pinned (kept across agent restarts), with the key and
 /// value sizes this agent expects of them: a pin left by an incompatible
 /// version is refused rather than misread.
-const PINNED_MAPS: [(&str, usize, usize); 15] = [
+const PINNED_MAPS: [(&str, usize, usize); 17] = [
     (maps::FDB, size_of::<VniMac>(), size_of::<FdbEntry>()),
     (maps::VNIS, size_of::<u32>(), size_of::<VniInfo>()),
     (maps::LOCAL_ENDPOINTS, size_of::<VniMac>(), size_of::<LocalEndpoint>()),
     (maps::PORTS, size_of::<u32>(), size_of::<PortInfo>()),
     (maps::PEERS, size_of::<u32>(), size_of::<PeerInfo>()),
-    (maps::PEER_VNIS, size_of::<PeerVni>(), size_of::<PeerInfo>()),
+    (maps::PEER_VNIS, size_of::<PeerVni>(), size_of::<PeerVniInfo>()),
     (maps::NEIGHBOURS, size_of::<VniIpv4>(), size_of::<NeighbourEntry>()),
     (maps::NEIGHBOURS6, size_of::<VniIpv6>(), size_of::<NeighbourEntry>()),
     (maps::FLOOD, size_of::<u32>(), size_of::<FloodTargets>()),
     (maps::NODE, size_of::<u32>(), size_of::<NodeConfig>()),
     (maps::COUNTERS, size_of::<u32>(), size_of::<Counter>()),
+    (maps::VNI_COUNTERS, size_of::<u32>(), size_of::<SlotCounters>()),
+    (maps::PEER_COUNTERS, size_of::<u32>(), size_of::<SlotCounters>()),
     // A ring buffer has no keys or values; its size is its identity.
     (maps::EVENTS, 0, 0),
     (maps::MONITOR, size_of::<u32>(), size_of::<MonitorConfig>()),
@@ -225,19 +227,22 @@ impl Counters {
             .map_or(0, |row| row.packets)
     }
 
-    /// Counts since `earlier` (rows present in both).
+    /// Counts since `earlier` (rows present in both). A counter that went
+    /// back (a VNI's slot zeroed as it was removed and added again) counts
+    /// as nothing.
     pub fn since(&self, earlier: &Counters) -> Counters {
         let rows = self
             .rows
             .iter()
             .map(|row| CounterRow {
-                packets: row.packets - earlier.packets(row.direction, row.reason),
-                bytes: row.bytes
-                    - earlier
+                packets: row.packets.saturating_sub(earlier.packets(row.direction, row.reason)),
+                bytes: row.bytes.saturating_sub(
+                    earlier
                         .rows
                         .iter()
                         .find(|r| r.direction == row.direction && r.reason == row.reason)
                         .map_or(0, |r| r.bytes),
+                ),
                 ..*row
             })
             .filter(|row| row.packets > 0)
@@ -265,6 +270,57 @@ impl fmt::Display for Counters {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The counters of each VNI this node carries and of each peer VTEP (from
+/// their counter slots), summed over CPUs. Every VNI and peer is listed,
+/// with no rows when nothing was counted for it. Packets dropped before
+/// the datapath knew their VNI or peer (unknown peer, malformed outer
+/// headers, a port with no VNI) are only in the node's [`Counters`];
+/// flooded copies count for their VNI, not for each peer they went to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VniPeerCounters {
+    pub vnis: BTreeMap<u32, Counters>,
+    pub peers: BTreeMap<std::net::Ipv4Addr, Counters>,
+}
+
+impl VniPeerCounters {
+    /// Counts since `earlier`, for the VNIs and peers present now.
+    pub fn since(&self, earlier: &VniPeerCounters) -> VniPeerCounters {
+        fn each<K: Ord + Copy>(now: &BTreeMap<K, Counters>, before: &BTreeMap<K, Counters>) -> BTreeMap<K, Counters> {
+            now.iter().map(|(key, counters)| (*key, counters.since(before.get(key).unwrap_or(&Counters::default())))).collect()
+        }
+        VniPeerCounters { vnis: each(&self.vnis, &earlier.vnis), peers: each(&self.peers, &earlier.peers) }
+    }
+}
+
+impl fmt::Display for VniPeerCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn table<K: fmt::Display>(f: &mut fmt::Formatter<'_>, title: &str, counters: &BTreeMap<K, Counters>) -> fmt::Result {
+            writeln!(f, "{title:<16} {:<14} {:<30} {:>12} {:>14}", "DIRECTION", "REASON", "PACKETS", "BYTES")?;
+            for (key, counters) in counters {
+                if counters.rows.is_empty() {
+                    writeln!(f, "{:<16} {:<14} nothing counted", key.to_string(), "-")?;
+                }
+                for row in &counters.rows {
+                    let name = row.reason.info().map_or("unknown", |info| info.name);
+                    writeln!(
+                        f,
+                        "{:<16} {:<14} {:<30} {:>12} {:>14}",
+                        key.to_string(),
+                        row.direction.name(),
+                        format!("{name} ({})", row.reason.0),
+                        row.packets,
+                        row.bytes
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        table(f, "VNI", &self.vnis)?;
+        writeln!(f)?;
+        table(f, "PEER VTEP", &self.peers)
     }
 }
 
@@ -337,6 +393,9 @@ pub struct Datapath {
     links: std::collections::BTreeMap<String, HeldLink>,
     /// Whether maps and links were adopted from an earlier agent.
     adopted: bool,
+    /// Who each counter slot last counted for (see [`Datapath::apply`]).
+    vni_slot_owners: Owners<u32>,
+    peer_slot_owners: Owners<u32>,
 }
 
 impl Datapath {
@@ -356,7 +415,10 @@ impl Datapath {
         let mut datapath = Datapath::load_with(log_level, Some(pins))?;
         datapath.check_pinned_layouts(node)?;
         if adopted {
+            // The counter slots come back with the tables: every VNI and
+            // peer keeps its slot, and its counts, across the restart.
             datapath.applied = datapath.read_state()?;
+            datapath.record_slot_owners(&datapath.applied.clone());
             datapath.adopted = true;
         }
         Ok(datapath)
@@ -400,6 +462,8 @@ impl Datapath {
             maps::ROUTE_CACHE,
             maps::NODE,
             maps::COUNTERS,
+            maps::VNI_COUNTERS,
+            maps::PEER_COUNTERS,
             maps::EVENTS,
             maps::MONITOR,
             maps::MONITOR_BUCKETS,
@@ -416,6 +480,8 @@ impl Datapath {
             pins: pins.cloned(),
             links: Default::default(),
             adopted: false,
+            vni_slot_owners: Owners::new(),
+            peer_slot_owners: Owners::new(),
         })
     }
 
@@ -478,14 +544,24 @@ impl Datapath {
     /// Changes the maps from the applied state to `desired`, touching only
     /// entries that differ. On any failure every change already made is
     /// undone, so the maps hold exactly the previous state.
+    ///
+    /// A counter slot that `desired` gives to a VNI or peer it did not last
+    /// count for is zeroed first, so nobody inherits another's counts (a
+    /// slot given back to its last holder, as a rollback does, keeps them).
+    /// A slot free until now is zeroed before any entry names it. A slot
+    /// whose holder this same change removes (only at the slot limit) is
+    /// zeroed once no program can still be counting for the old holder: the
+    /// change is applied with that slot written nowhere, then
+    /// [`wait_for_running_programs`], then zeroed, then written.
     pub fn apply(&mut self, desired: &MapState) -> Result<ApplyReport, DatapathError> {
         let old = self.applied.clone();
         let mut undo: Vec<Undo> = Vec::new();
-        let result = self.apply_steps(&old, desired, &mut undo);
+        let result = self.apply_zeroing_slots(&old, desired, &mut undo);
         match result {
-            Ok(report) => {
+            Ok(()) => {
                 self.applied = desired.clone();
-                Ok(report)
+                self.record_slot_owners(desired);
+                Ok(Diffs::between(&old, desired).report())
             }
             Err(error) => {
                 for step in undo.into_iter().rev() {
@@ -493,62 +569,38 @@ impl Datapath {
                         log::error!("rolling back a map change failed: {undo_error}");
                     }
                 }
+                self.record_slot_owners(&old);
                 Err(error)
             }
         }
     }
 
-    fn apply_steps(&mut self, old: &MapState, new: &MapState, undo: &mut Vec<Undo>) -> Result<ApplyReport, DatapathError> {
-        let ebpf = &mut self.ebpf;
-        let vnis = diff(&old.vnis, &new.vnis);
-        let peers = diff(&old.peers, &new.peers);
-        let peer_vnis = diff(&old.peer_vnis, &new.peer_vnis);
-        let local = diff(&old.local_endpoints, &new.local_endpoints);
-        let neighbours = diff(&old.neighbours, &new.neighbours);
-        let neighbours6 = diff(&old.neighbours6, &new.neighbours6);
-        let flood = diff(&old.flood, &new.flood);
-        let fdb = diff(&old.fdb, &new.fdb);
-        let ports = diff(&old.ports, &new.ports);
-        // Additions from the leaves inwards (a port is classified into a VNI
-        // only once everything that VNI needs is in place); removals the
-        // other way round. The node entry goes first: until it is written the
-        // programs pass everything untouched.
-        let node_changed = old.node != new.node;
-        if node_changed {
-            set_node(ebpf, new.node, undo, old.node)?;
+    fn apply_zeroing_slots(&mut self, old: &MapState, new: &MapState, undo: &mut Vec<Undo>) -> Result<(), DatapathError> {
+        let vni_grants = slots::grants(&self.vni_slot_owners, &new.vni_slots());
+        let peer_grants = slots::grants(&self.peer_slot_owners, &new.peer_slots());
+        // Granted slots someone holds in `old`: still counting for them.
+        let held_vni: std::collections::BTreeSet<u32> = old.vni_slots().into_values().collect();
+        let held_peer: std::collections::BTreeSet<u32> = old.peer_slots().into_values().collect();
+        let (busy_vni, free_vni): (std::collections::BTreeSet<u32>, _) = vni_grants.into_iter().partition(|slot| held_vni.contains(slot));
+        let (busy_peer, free_peer): (std::collections::BTreeSet<u32>, _) = peer_grants.into_iter().partition(|slot| held_peer.contains(slot));
+        zero_slots(&mut self.ebpf, maps::VNI_COUNTERS, &free_vni)?;
+        zero_slots(&mut self.ebpf, maps::PEER_COUNTERS, &free_peer)?;
+        if busy_vni.is_empty() && busy_peer.is_empty() {
+            return apply_steps(&mut self.ebpf, old, new, undo);
         }
-        upsert(ebpf, maps::VNIS, &vnis, &old.vnis, undo)?;
-        upsert(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
-        upsert(ebpf, maps::PEER_VNIS, &peer_vnis, &old.peer_vnis, undo)?;
-        upsert(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
-        upsert(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
-        upsert(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
-        upsert(ebpf, maps::FDB, &fdb, &old.fdb, undo)?;
-        upsert(ebpf, maps::FLOOD, &flood, &old.flood, undo)?;
-        upsert(ebpf, maps::PORTS, &ports, &old.ports, undo)?;
-        delete(ebpf, maps::PORTS, &ports, &old.ports, undo)?;
-        delete(ebpf, maps::FLOOD, &flood, &old.flood, undo)?;
-        delete(ebpf, maps::FDB, &fdb, &old.fdb, undo)?;
-        delete(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
-        delete(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
-        delete(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
-        delete(ebpf, maps::PEER_VNIS, &peer_vnis, &old.peer_vnis, undo)?;
-        delete(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
-        delete(ebpf, maps::VNIS, &vnis, &old.vnis, undo)?;
-        Ok(ApplyReport {
-            changes: vec![
-                (maps::NODE, node_changed as usize),
-                (maps::VNIS, vnis.len()),
-                (maps::PEERS, peers.len()),
-                (maps::PEER_VNIS, peer_vnis.len()),
-                (maps::LOCAL_ENDPOINTS, local.len()),
-                (maps::NEIGHBOURS, neighbours.len()),
-                (maps::NEIGHBOURS6, neighbours6.len()),
-                (maps::FLOOD, flood.len()),
-                (maps::FDB, fdb.len()),
-                (maps::PORTS, ports.len()),
-            ],
-        })
+        let interim = new.withholding(&busy_vni, &busy_peer);
+        apply_steps(&mut self.ebpf, old, &interim, undo)?;
+        wait_for_running_programs();
+        zero_slots(&mut self.ebpf, maps::VNI_COUNTERS, &busy_vni)?;
+        zero_slots(&mut self.ebpf, maps::PEER_COUNTERS, &busy_peer)?;
+        apply_steps(&mut self.ebpf, &interim, new, undo)
+    }
+
+    /// The holders of `state`'s slots are now their owners; released slots
+    /// keep their last owner.
+    fn record_slot_owners(&mut self, state: &MapState) {
+        self.vni_slot_owners.extend(state.vni_slots().into_iter().map(|(vni, slot)| (slot, vni)));
+        self.peer_slot_owners.extend(state.peer_slots().into_iter().map(|(peer, slot)| (slot, peer)));
     }
 
     /// Attaches decapsulation and flooding to the underlay and the endpoint
@@ -841,6 +893,32 @@ impl Datapath {
         read_counters(&array)
     }
 
+    /// Reads the counters of every VNI and peer VTEP that has a counter slot.
+    pub fn vni_peer_counters(&self) -> Result<VniPeerCounters, DatapathError> {
+        let map = |name: &'static str| self.ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name });
+        read_vni_peer_counters(
+            map(maps::VNIS)?,
+            map(maps::PEERS)?,
+            map(maps::VNI_COUNTERS)?,
+            map(maps::PEER_COUNTERS)?,
+        )
+    }
+
+    /// Reads the counters of every VNI and peer of a pinned datapath
+    /// (another process's; its agent need not run): the slots come from its
+    /// pinned `VNIS` and `PEERS` tables.
+    pub fn pinned_vni_peer_counters(pins: &PinDir) -> Result<VniPeerCounters, DatapathError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(pins.map(name)).map_err(|source| map_error(name, "open pinned", source))
+        };
+        read_vni_peer_counters(
+            &aya::maps::Map::HashMap(open(maps::VNIS)?),
+            &aya::maps::Map::HashMap(open(maps::PEERS)?),
+            &aya::maps::Map::PerCpuArray(open(maps::VNI_COUNTERS)?),
+            &aya::maps::Map::PerCpuArray(open(maps::PEER_COUNTERS)?),
+        )
+    }
+
     /// What a pinned datapath (another process's) holds: its VTEP and how
     /// many entries its main tables have.
     pub fn pinned_summary(pins: &PinDir) -> Result<DatapathSummary, DatapathError> {
@@ -956,19 +1034,71 @@ fn skb_context(ifindex: u32) -> [u8; 44] {
 }
 
 fn read_counters(array: &PerCpuArray<&MapData, Counter>) -> Result<Counters, DatapathError> {
+    let mut per_index = Vec::new();
+    for index in 0..maps::COUNTERS_CAPACITY {
+        per_index.push(array.get(&index, 0).map_err(|source| map_error(maps::COUNTERS, "read", source))?);
+    }
+    Ok(counters_from(|index| per_index[index].iter().copied()))
+}
+
+/// Rows of every direction and reason with packets, from the per-CPU
+/// counters at each [`counter_index`].
+fn counters_from<I: Iterator<Item = Counter>>(per_cpu_at: impl Fn(usize) -> I) -> Counters {
     let mut rows = Vec::new();
     for direction in Direction::ALL {
         for code in 0..reason::REASON_SLOTS {
             let reason = Reason(code);
-            let per_cpu =
-                array.get(&counter_index(direction, reason), 0).map_err(|source| map_error(maps::COUNTERS, "read", source))?;
-            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            let (packets, bytes) =
+                per_cpu_at(counter_index(direction, reason) as usize).fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             if packets > 0 {
                 rows.push(CounterRow { direction, reason, packets, bytes });
             }
         }
     }
-    Ok(Counters { rows })
+    Counters { rows }
+}
+
+/// The counters of every slot holder of the `VNIS` and `PEERS` tables
+/// (`vnis`, `peers`), read from `VNI_COUNTERS` and `PEER_COUNTERS`.
+fn read_vni_peer_counters(
+    vnis: &aya::maps::Map,
+    peers: &aya::maps::Map,
+    vni_counters: &aya::maps::Map,
+    peer_counters: &aya::maps::Map,
+) -> Result<VniPeerCounters, DatapathError> {
+    let vnis: HashMap<&MapData, u32, VniInfo> = HashMap::try_from(vnis).map_err(|source| map_error(maps::VNIS, "open", source))?;
+    let peers: HashMap<&MapData, u32, PeerInfo> = HashMap::try_from(peers).map_err(|source| map_error(maps::PEERS, "open", source))?;
+    let vni_slots: BTreeMap<u32, u32> = vnis
+        .iter()
+        .map(|entry| entry.map(|(vni, info)| (vni, info.counter_slot)))
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(maps::VNIS, "read", source))?;
+    let peer_slots: BTreeMap<std::net::Ipv4Addr, u32> = peers
+        .iter()
+        .map(|entry| entry.map(|(addr_be, info)| (std::net::Ipv4Addr::from(addr_be.to_ne_bytes()), info.counter_slot)))
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(maps::PEERS, "read", source))?;
+    Ok(VniPeerCounters {
+        vnis: read_slots(maps::VNI_COUNTERS, vni_counters, &vni_slots)?,
+        peers: read_slots(maps::PEER_COUNTERS, peer_counters, &peer_slots)?,
+    })
+}
+
+/// The counters of each key's slot in the slot array `map`; a key without
+/// a slot (tables written before slots existed) has none.
+fn read_slots<K: Ord + Copy>(name: &'static str, map: &aya::maps::Map, slots: &BTreeMap<K, u32>) -> Result<BTreeMap<K, Counters>, DatapathError> {
+    let array: PerCpuArray<&MapData, SlotCounters> = PerCpuArray::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    let mut counters = BTreeMap::new();
+    for (key, &slot) in slots {
+        let read = if slot == overlay_common::NO_COUNTER_SLOT {
+            Counters::default()
+        } else {
+            let per_cpu = array.get(&slot, 0).map_err(|source| map_error(name, "read", source))?;
+            counters_from(|index| per_cpu.iter().map(move |block| block.counters[index]))
+        };
+        counters.insert(*key, read);
+    }
+    Ok(counters)
 }
 
 fn count_entries<K: Pod, V: Pod>(name: &'static str, data: MapData) -> Result<usize, DatapathError> {
@@ -1057,4 +1187,116 @@ fn set_node(ebpf: &mut Ebpf, value: Option<NodeConfig>, undo: &mut Vec<Undo>, pr
     write(ebpf, value)?;
     undo.push(Box::new(move |ebpf| write(ebpf, previous)));
     Ok(())
+}
+
+/// What must change in every table to go from one state to another.
+struct Diffs {
+    node_changed: bool,
+    vnis: MapDiff<u32, VniInfo>,
+    peers: MapDiff<u32, PeerInfo>,
+    peer_vnis: MapDiff<PeerVni, PeerVniInfo>,
+    local: MapDiff<VniMac, LocalEndpoint>,
+    neighbours: MapDiff<VniIpv4, NeighbourEntry>,
+    neighbours6: MapDiff<VniIpv6, NeighbourEntry>,
+    flood: MapDiff<u32, FloodTargets>,
+    fdb: MapDiff<VniMac, FdbEntry>,
+    ports: MapDiff<u32, PortInfo>,
+}
+
+impl Diffs {
+    fn between(old: &MapState, new: &MapState) -> Diffs {
+        Diffs {
+            node_changed: old.node != new.node,
+            vnis: diff(&old.vnis, &new.vnis),
+            peers: diff(&old.peers, &new.peers),
+            peer_vnis: diff(&old.peer_vnis, &new.peer_vnis),
+            local: diff(&old.local_endpoints, &new.local_endpoints),
+            neighbours: diff(&old.neighbours, &new.neighbours),
+            neighbours6: diff(&old.neighbours6, &new.neighbours6),
+            flood: diff(&old.flood, &new.flood),
+            fdb: diff(&old.fdb, &new.fdb),
+            ports: diff(&old.ports, &new.ports),
+        }
+    }
+
+    fn report(&self) -> ApplyReport {
+        ApplyReport {
+            changes: vec![
+                (maps::NODE, self.node_changed as usize),
+                (maps::VNIS, self.vnis.len()),
+                (maps::PEERS, self.peers.len()),
+                (maps::PEER_VNIS, self.peer_vnis.len()),
+                (maps::LOCAL_ENDPOINTS, self.local.len()),
+                (maps::NEIGHBOURS, self.neighbours.len()),
+                (maps::NEIGHBOURS6, self.neighbours6.len()),
+                (maps::FLOOD, self.flood.len()),
+                (maps::FDB, self.fdb.len()),
+                (maps::PORTS, self.ports.len()),
+            ],
+        }
+    }
+}
+
+/// Writes the difference between `old` and `new` into the maps, recording
+/// in `undo` how to put back every entry it changes.
+fn apply_steps(ebpf: &mut Ebpf, old: &MapState, new: &MapState, undo: &mut Vec<Undo>) -> Result<(), DatapathError> {
+    let Diffs { node_changed, vnis, peers, peer_vnis, local, neighbours, neighbours6, flood, fdb, ports } = Diffs::between(old, new);
+    // Additions from the leaves inwards (a port is classified into a VNI
+    // only once everything that VNI needs is in place); removals the
+    // other way round. The node entry goes first: until it is written the
+    // programs pass everything untouched.
+    if node_changed {
+        set_node(ebpf, new.node, undo, old.node)?;
+    }
+    upsert(ebpf, maps::VNIS, &vnis, &old.vnis, undo)?;
+    upsert(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
+    upsert(ebpf, maps::PEER_VNIS, &peer_vnis, &old.peer_vnis, undo)?;
+    upsert(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
+    upsert(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
+    upsert(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
+    upsert(ebpf, maps::FDB, &fdb, &old.fdb, undo)?;
+    upsert(ebpf, maps::FLOOD, &flood, &old.flood, undo)?;
+    upsert(ebpf, maps::PORTS, &ports, &old.ports, undo)?;
+    delete(ebpf, maps::PORTS, &ports, &old.ports, undo)?;
+    delete(ebpf, maps::FLOOD, &flood, &old.flood, undo)?;
+    delete(ebpf, maps::FDB, &fdb, &old.fdb, undo)?;
+    delete(ebpf, maps::NEIGHBOURS6, &neighbours6, &old.neighbours6, undo)?;
+    delete(ebpf, maps::NEIGHBOURS, &neighbours, &old.neighbours, undo)?;
+    delete(ebpf, maps::LOCAL_ENDPOINTS, &local, &old.local_endpoints, undo)?;
+    delete(ebpf, maps::PEER_VNIS, &peer_vnis, &old.peer_vnis, undo)?;
+    delete(ebpf, maps::PEERS, &peers, &old.peers, undo)?;
+    delete(ebpf, maps::VNIS, &vnis, &old.vnis, undo)
+}
+
+/// Sets the counters of `slots` in the per-CPU slot array `name` to zero on every CPU.
+fn zero_slots(ebpf: &mut Ebpf, name: &'static str, slots: &std::collections::BTreeSet<u32>) -> Result<(), DatapathError> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let map = ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+    let mut array: PerCpuArray<&mut MapData, SlotCounters> = PerCpuArray::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| map_error(name, "count CPUs for", MapError::from(error)))?;
+    for &slot in slots {
+        let zeros = PerCpuValues::try_from(vec![SlotCounters::ZERO; cpus]).map_err(|error| map_error(name, "zero", MapError::from(error)))?;
+        array.set(slot, zeros, 0).map_err(|source| map_error(name, "zero", source))?;
+    }
+    Ok(())
+}
+
+/// Returns once every datapath program run that started before the call
+/// has ended. XDP and TC programs run inside RCU read-side sections, and
+/// membarrier(MEMBARRIER_CMD_GLOBAL) waits for an RCU grace period
+/// (kernel/sched/membarrier.c: synchronize_rcu()), so after it no program
+/// can still hold a map value it read before. Kernels with nohz_full
+/// refuse that command; a program runs for microseconds, so a pause of
+/// 50 ms stands in for it there.
+fn wait_for_running_programs() {
+    /// include/uapi/linux/membarrier.h
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: plain syscall with integer arguments.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
+    if rc != 0 {
+        log::debug!("membarrier: {}; pausing instead", std::io::Error::last_os_error());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -9,10 +9,11 @@ pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
 pub mod pinning;
+pub mod slots;
 pub mod state;
 pub mod status;
 
 pub use config::{Config, ConfigError};
-pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, XdpAttachMode};
+pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, VniPeerCounters, XdpAttachMode};
 pub use netdev::ResolvedConfig;
 pub use state::MapState;

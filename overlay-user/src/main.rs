@@ -7,7 +7,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use overlay::{
-    AttachMode, Config, Counters, Datapath, DecapMode, MapState, ResolvedConfig, XdpAttachMode,
+    AttachMode, Config, Counters, Datapath, DecapMode, MapState, ResolvedConfig, VniPeerCounters, XdpAttachMode,
     datapath::ApplyReport,
     pinning::{DEFAULT_BPFFS_DIR, PinDir},
     status::{self, DEFAULT_RUN_DIR, NodeStatus, Reload},
@@ -79,7 +79,7 @@ enum Command {
         #[command(flatten)]
         places: Places,
     },
-    /// Print a node's datapath counters.
+    /// Print a node's datapath counters: the node's, each VNI's and each peer VTEP's.
     Stats {
         /// The node's name.
         #[arg(long)]
@@ -249,12 +249,42 @@ fn down(node: &str, places: &Places) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `overlay stats` shows: the node's counters, and each VNI's and peer's.
+struct Stats {
+    node: Counters,
+    vnis_peers: VniPeerCounters,
+}
+
+impl Stats {
+    fn since(&self, earlier: &Stats) -> Stats {
+        Stats { node: self.node.since(&earlier.node), vnis_peers: self.vnis_peers.since(&earlier.vnis_peers) }
+    }
+}
+
 fn stats(node: &str, json: bool, watch: Option<u64>, places: &Places) -> anyhow::Result<()> {
     let pins = PinDir::new(&places.bpffs_dir, node);
-    let read = || Datapath::pinned_counters(&pins).with_context(|| format!("reading the counters of node {node} (is its datapath running?)"));
+    let mut warned = false;
+    let mut read = || -> anyhow::Result<Stats> {
+        let counters = Datapath::pinned_counters(&pins).with_context(|| format!("reading the counters of node {node} (is its datapath running?)"))?;
+        // A datapath pinned by a version without them has only the node's counters.
+        let vnis_peers = Datapath::pinned_vni_peer_counters(&pins).unwrap_or_else(|error| {
+            if !warned {
+                eprintln!("overlay: no per-VNI or per-peer counters ({error}); the agent that pinned this datapath predates them");
+                warned = true;
+            }
+            VniPeerCounters::default()
+        });
+        Ok(Stats { node: counters, vnis_peers })
+    };
     let Some(period) = watch else {
-        let counters = read()?;
-        if json { println!("{}", counters_json(&counters, None)) } else { print!("{counters}") }
+        let stats = read()?;
+        if json {
+            println!("{}", stats_json(&stats, None));
+        } else if stats.vnis_peers == VniPeerCounters::default() {
+            print!("{}", stats.node);
+        } else {
+            print!("{}\n{}", stats.node, stats.vnis_peers);
+        }
         return Ok(());
     };
     let period = Duration::from_secs(period.max(1));
@@ -264,25 +294,63 @@ fn stats(node: &str, json: bool, watch: Option<u64>, places: &Places) -> anyhow:
         let current = read()?;
         let rates = current.since(&previous);
         if json {
-            println!("{}", counters_json(&current, Some((&rates, period))));
+            println!("{}", stats_json(&current, Some((&rates, period))));
         } else {
-            print!("\x1b[2J\x1b[H{current}\nper second over the last {period:?}:\n");
-            for row in &rates.rows {
-                println!(
-                    "  {:<14} {:<30} {:>12.1} pkt/s {:>14.1} B/s",
-                    row.direction.name(),
-                    row.reason.info().map_or("unknown", |i| i.name),
-                    row.packets as f64 / period.as_secs_f64(),
-                    row.bytes as f64 / period.as_secs_f64()
-                );
+            print!("\x1b[2J\x1b[H{}\n{}\nper second over the last {period:?}:\n", current.node, current.vnis_peers);
+            let print_rates = |scope: &str, counters: &Counters| {
+                for row in &counters.rows {
+                    println!(
+                        "  {scope:<20} {:<14} {:<30} {:>12.1} pkt/s {:>14.1} B/s",
+                        row.direction.name(),
+                        row.reason.info().map_or("unknown", |i| i.name),
+                        row.packets as f64 / period.as_secs_f64(),
+                        row.bytes as f64 / period.as_secs_f64()
+                    );
+                }
+            };
+            print_rates("node", &rates.node);
+            for (vni, counters) in &rates.vnis_peers.vnis {
+                print_rates(&format!("vni {vni}"), counters);
+            }
+            for (peer, counters) in &rates.vnis_peers.peers {
+                print_rates(&format!("peer {peer}"), counters);
             }
         }
         previous = current;
     }
 }
 
-fn counters_json(counters: &Counters, rates: Option<(&Counters, Duration)>) -> serde_json::Value {
-    let rows: Vec<serde_json::Value> = counters
+/// `overlay stats --json`: the node's rows under `counters`, each VNI's
+/// under `vnis`, each peer's under `peers`; with `rates`, per-second rates
+/// in every row.
+fn stats_json(stats: &Stats, rates: Option<(&Stats, Duration)>) -> serde_json::Value {
+    let vnis: Vec<serde_json::Value> = stats
+        .vnis_peers
+        .vnis
+        .iter()
+        .map(|(vni, counters)| {
+            let rates = rates.map(|(rates, period)| (rates.vnis_peers.vnis.get(vni), period));
+            serde_json::json!({ "vni": vni, "counters": rows_json(counters, rates) })
+        })
+        .collect();
+    let peers: Vec<serde_json::Value> = stats
+        .vnis_peers
+        .peers
+        .iter()
+        .map(|(peer, counters)| {
+            let rates = rates.map(|(rates, period)| (rates.vnis_peers.peers.get(peer), period));
+            serde_json::json!({ "peer": peer.to_string(), "counters": rows_json(counters, rates) })
+        })
+        .collect();
+    serde_json::json!({
+        "counters": rows_json(&stats.node, rates.map(|(rates, period)| (Some(&rates.node), period))),
+        "vnis": vnis,
+        "peers": peers,
+    })
+}
+
+fn rows_json(counters: &Counters, rates: Option<(Option<&Counters>, Duration)>) -> Vec<serde_json::Value> {
+    counters
         .rows
         .iter()
         .map(|row| {
@@ -296,14 +364,13 @@ fn counters_json(counters: &Counters, rates: Option<(&Counters, Duration)>) -> s
             });
             if let Some((rates, period)) = rates {
                 let per_second = |n: u64| n as f64 / period.as_secs_f64();
-                let delta = rates.rows.iter().find(|r| r.direction == row.direction && r.reason == row.reason);
+                let delta = rates.and_then(|rates| rates.rows.iter().find(|r| r.direction == row.direction && r.reason == row.reason));
                 value["packets_per_second"] = per_second(delta.map_or(0, |r| r.packets)).into();
                 value["bytes_per_second"] = per_second(delta.map_or(0, |r| r.bytes)).into();
             }
             value
         })
-        .collect();
-    serde_json::json!({ "counters": rows })
+        .collect()
 }
 
 fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
@@ -436,7 +503,6 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
     options.mode.check()?;
     let config = Config::load(&path)?;
     let mut resolved = ResolvedConfig::resolve(config, &path)?;
-    let desired = MapState::from_config(&resolved);
     let node = resolved.config.node.name.clone();
     let pins = PinDir::new(&options.places.bpffs_dir, &node);
     if let Ok(other) = NodeStatus::read(&options.places.run_dir, &node) {
@@ -468,6 +534,8 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         let forwarding = overlay::netdev::enable_ipv4_forwarding(&resolved.config.node.underlay_interface)
             .context("enabling IPv4 forwarding on the underlay device")?;
+        // After loading: an adopted datapath's VNIs and peers keep their counter slots.
+        let desired = MapState::from_config(&resolved, datapath.applied()).context("assigning counter slots")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
         let hook = datapath.attach(&resolved, options.mode).context("attaching the datapath")?;
         keep_peers_resolved(&resolved);
@@ -524,8 +592,8 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
                     "a change of the file"
                 }
                 _ = counters_ticker.tick(), if options.counters_interval > 0 => {
-                    match datapath.counters() {
-                        Ok(counters) => println!("{counters}"),
+                    match read_all_counters(&datapath) {
+                        Ok((counters, vnis_peers)) => println!("{counters}\n{vnis_peers}"),
                         Err(error) => log::warn!("reading counters: {error}"),
                     }
                     continue;
@@ -543,7 +611,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
             status.last_reload = Some(Reload { at: status::now(), ok: outcome.is_ok(), message });
             refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
         };
-        let counters = datapath.counters();
+        let counters = read_all_counters(&datapath);
         if options.keep_datapath {
             log::info!("{signal_name}: leaving the datapath pinned and forwarding in {} (`overlay down --node {node}` removes it)", pins.root().display());
             forwarding.keep();
@@ -556,7 +624,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(status::path(&options.places.run_dir, &node));
         match counters {
-            Ok(counters) => println!("datapath counters of node {node} at exit:\n{counters}"),
+            Ok((counters, vnis_peers)) => println!("datapath counters of node {node} at exit:\n{counters}\n{vnis_peers}"),
             Err(error) => log::warn!("reading counters: {error}"),
         }
         if !options.keep_datapath {
@@ -564,6 +632,11 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The node's counters and each VNI's and peer's.
+fn read_all_counters(datapath: &Datapath) -> Result<(Counters, VniPeerCounters), overlay::DatapathError> {
+    Ok((datapath.counters()?, datapath.vni_peer_counters()?))
 }
 
 /// Validates the file anew and applies it as a diff. A bad file, or one
@@ -575,7 +648,8 @@ fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mo
     }
     let resolved = ResolvedConfig::resolve(config, path)?;
     let previous = datapath.applied().clone();
-    let report = datapath.apply(&MapState::from_config(&resolved)).context("changing the maps")?;
+    let desired = MapState::from_config(&resolved, &previous).context("assigning counter slots")?;
+    let report = datapath.apply(&desired).context("changing the maps")?;
     if let Err(error) = datapath.attach(&resolved, mode) {
         // Back to the previous maps, and to the previous attachments.
         if let Err(undo) = datapath.apply(&previous) {

@@ -10,9 +10,14 @@
 //! Names follow the Prometheus conventions: an `overlay_` prefix, counters
 //! ending in `_total`, the unit in the name (`_bytes`, `_seconds`). The
 //! counters are labelled `direction`, `reason`, `code` (the stable number,
-//! `overlay reasons`) and `kind` (`outcome` or `drop`). Counters per VNI and
-//! per peer will add `vni` and `peer` labels to these same families, so
-//! queries that sum over labels keep their meaning.
+//! `overlay reasons`) and `kind` (`outcome` or `drop`). The counters of each
+//! VNI and each peer VTEP are families of their own with one more label,
+//! `overlay_vni_{packets,bytes}_total{vni=...}` and
+//! `overlay_peer_{packets,bytes}_total{peer=...}`, not more series of
+//! `overlay_packets_total`: they are two overlapping breakdowns of the same
+//! packets, and neither holds those dropped before their VNI or peer was
+//! known, so summing one family over all its labels must give the node's
+//! total, a VNI's or a peer's total, never a mix.
 use std::{
     fmt,
     net::SocketAddr,
@@ -31,7 +36,7 @@ use prometheus_client::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
-    Counters, Datapath, DatapathError,
+    Counters, Datapath, DatapathError, VniPeerCounters,
     datapath::DatapathSummary,
     pinning::PinDir,
     status::NodeStatus,
@@ -62,6 +67,9 @@ pub struct Snapshot {
     /// The node's name.
     pub node: String,
     pub counters: Counters,
+    /// Each VNI's and peer's counters (none from a datapath pinned by a
+    /// version without them).
+    pub vnis_peers: VniPeerCounters,
     pub datapath: DatapathSummary,
     /// The agent's status file; `None` until the agent has written it.
     pub status: Option<NodeStatus>,
@@ -81,6 +89,10 @@ impl Source {
         Ok(Snapshot {
             node: self.node.clone(),
             counters: Datapath::pinned_counters(&self.pins)?,
+            vnis_peers: Datapath::pinned_vni_peer_counters(&self.pins).unwrap_or_else(|error| {
+                log::debug!("metrics without per-VNI and per-peer counters: {error}");
+                VniPeerCounters::default()
+            }),
             datapath: Datapath::pinned_summary(&self.pins)?,
             status: NodeStatus::read(&self.run_dir, &self.node).ok(),
         })
@@ -121,8 +133,49 @@ struct CounterLabels {
     kind: &'static str,
 }
 
+/// Labels of a VNI's packet and byte counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VniCounterLabels {
+    vni: u32,
+    #[prometheus(flatten)]
+    counter: CounterLabels,
+}
+
+/// Labels of a peer VTEP's packet and byte counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerCounterLabels {
+    /// The peer's VTEP address.
+    peer: String,
+    #[prometheus(flatten)]
+    counter: CounterLabels,
+}
+
 /// One counter series: labels, packets, bytes.
-type CounterSeries = (CounterLabels, u64, u64);
+type CounterSeries<L = CounterLabels> = (L, u64, u64);
+
+fn counter_labels(direction: Direction, reason: Reason) -> CounterLabels {
+    CounterLabels {
+        direction: direction.name(),
+        reason: reason.info().map_or("unknown", |info| info.name),
+        code: reason.0,
+        kind: if reason.is_drop() { "drop" } else { "outcome" },
+    }
+}
+
+/// The series of one VNI or peer: `forwarded` in both directions always
+/// (so `rate()` sees a new VNI's first packets), every other reason once
+/// it has counted something. Every reason for every VNI and peer would be
+/// 2 x 41 series each, mostly zero.
+fn breakdown_series(counters: &Counters) -> Vec<CounterSeries> {
+    let mut counted: Vec<(Direction, Reason, u64, u64)> = Direction::ALL
+        .into_iter()
+        .filter(|&direction| counters.packets(direction, Reason::FORWARDED) == 0)
+        .map(|direction| (direction, Reason::FORWARDED, 0, 0))
+        .collect();
+    counted.extend(counters.rows.iter().map(|row| (row.direction, row.reason, row.packets, row.bytes)));
+    counted.sort();
+    counted.into_iter().map(|(direction, reason, packets, bytes)| (counter_labels(direction, reason), packets, bytes)).collect()
+}
 
 impl Snapshot {
     /// Every direction and known reason, zero when nothing was counted (a
@@ -136,21 +189,34 @@ impl Snapshot {
                 .find(|row| row.direction == direction && row.reason == reason)
                 .map_or((0, 0), |row| (row.packets, row.bytes))
         };
-        let labels = |direction: Direction, reason: Reason, name: &'static str| CounterLabels {
-            direction: direction.name(),
-            reason: name,
-            code: reason.0,
-            kind: if reason.is_drop() { "drop" } else { "outcome" },
-        };
         let mut series = Vec::new();
         for direction in Direction::ALL {
             for info in REASONS {
                 let (packets, bytes) = counted(direction, info.reason);
-                series.push((labels(direction, info.reason, info.name), packets, bytes));
+                series.push((counter_labels(direction, info.reason), packets, bytes));
             }
         }
         for row in self.counters.rows.iter().filter(|row| row.reason.info().is_none()) {
-            series.push((labels(row.direction, row.reason, "unknown"), row.packets, row.bytes));
+            series.push((counter_labels(row.direction, row.reason), row.packets, row.bytes));
+        }
+        series
+    }
+
+    fn vni_series(&self) -> Vec<CounterSeries<VniCounterLabels>> {
+        let mut series = Vec::new();
+        for (&vni, counters) in &self.vnis_peers.vnis {
+            series.extend(breakdown_series(counters).into_iter().map(|(counter, p, b)| (VniCounterLabels { vni, counter }, p, b)));
+        }
+        series
+    }
+
+    fn peer_series(&self) -> Vec<CounterSeries<PeerCounterLabels>> {
+        let mut series = Vec::new();
+        for (peer, counters) in &self.vnis_peers.peers {
+            let peer = peer.to_string();
+            series.extend(
+                breakdown_series(counters).into_iter().map(|(counter, p, b)| (PeerCounterLabels { peer: peer.clone(), counter }, p, b)),
+            );
         }
         series
     }
@@ -198,6 +264,29 @@ impl Collector for Snapshot {
             ConstCounter::new(*count).encode(bytes.encode_family(labels)?)?;
         }
 
+        let by_vni = "by VNI, direction and numbered reason, as overlay_packets (forwarded in both directions always, other reasons once counted). \
+                      Packets dropped before their VNI was known (unknown peer, malformed outer headers) are only in overlay_packets.";
+        counter_family(&mut encoder, "overlay_vni_packets", None, &format!("Packets of each VNI, {by_vni}"), &self.vni_series(), |(_, packets, _)| *packets)?;
+        counter_family(
+            &mut encoder,
+            "overlay_vni",
+            Some(&Unit::Bytes),
+            &format!("Bytes of each VNI's packets, {by_vni}"),
+            &self.vni_series(),
+            |(_, _, bytes)| *bytes,
+        )?;
+        let by_peer = "by peer VTEP address, direction (from-underlay: received from the peer; from-endpoint: encapsulated to it) and numbered reason, \
+                       as overlay_packets (forwarded in both directions always, other reasons once counted). Flooded copies count per VNI, not per peer.";
+        counter_family(&mut encoder, "overlay_peer_packets", None, &format!("Packets of each peer VTEP, {by_peer}"), &self.peer_series(), |(_, packets, _)| *packets)?;
+        counter_family(
+            &mut encoder,
+            "overlay_peer",
+            Some(&Unit::Bytes),
+            &format!("Bytes of each peer VTEP's packets, {by_peer}"),
+            &self.peer_series(),
+            |(_, _, bytes)| *bytes,
+        )?;
+
         let tables = [
             ("overlay_vnis", "VNIs (tenant networks) this node carries.", self.datapath.vnis),
             ("overlay_local_endpoints", "Containers on this node, counted per VNI and MAC.", self.datapath.local_endpoints),
@@ -227,6 +316,23 @@ impl Collector for Snapshot {
             at as i64,
         )
     }
+}
+
+/// A counter family of `series` (registered as `name` with `unit`: the
+/// encoder appends the unit, `overlay_vni` with bytes is `overlay_vni_bytes`).
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    unit: Option<&Unit>,
+    help: &str,
+    series: &[CounterSeries<L>],
+    value: impl Fn(&CounterSeries<L>) -> u64,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for one in series {
+        ConstCounter::new(value(one)).encode(family.encode_family(&one.0)?)?;
+    }
+    Ok(())
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, value: i64) -> Result<(), fmt::Error> {
@@ -354,6 +460,8 @@ fn response(status: &str, content_type: &str, body: &str, headers: &[(&str, &str
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::{
         datapath::CounterRow,
@@ -370,6 +478,25 @@ mod tests {
                     row(Direction::FROM_UNDERLAY, Reason::UNKNOWN_PEER, 3, 150),
                     row(Direction::FROM_ENDPOINT, Reason::FORWARDED, 21, 1960),
                 ],
+            },
+            vnis_peers: VniPeerCounters {
+                vnis: BTreeMap::from([
+                    (
+                        100,
+                        Counters {
+                            rows: vec![
+                                row(Direction::FROM_UNDERLAY, Reason::FORWARDED, 20, 2960),
+                                row(Direction::FROM_ENDPOINT, Reason::FORWARDED, 21, 1960),
+                                row(Direction::FROM_ENDPOINT, Reason::INNER_VLAN, 1, 102),
+                            ],
+                        },
+                    ),
+                    (200, Counters::default()),
+                ]),
+                peers: BTreeMap::from([
+                    ("192.0.2.2".parse().unwrap(), Counters { rows: vec![row(Direction::FROM_UNDERLAY, Reason::FORWARDED, 20, 2960)] }),
+                    ("192.0.2.3".parse().unwrap(), Counters { rows: vec![row(Direction::FROM_UNDERLAY, Reason::PEER_NOT_IN_VNI, 2, 200)] }),
+                ]),
             },
             datapath: DatapathSummary {
                 vtep: Some("192.0.2.1".parse().unwrap()),
@@ -416,6 +543,37 @@ mod tests {
         assert_eq!(series("overlay_packets_total{"), 2 * REASONS.len(), "one packet series per direction and reason:\n{text}");
         assert_eq!(series("overlay_bytes_total{"), 2 * REASONS.len(), "one byte series per direction and reason:\n{text}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF:\n{text}");
+    }
+
+    #[test]
+    fn each_vni_and_peer_has_its_own_labelled_series() {
+        let text = encode(snapshot()).unwrap();
+        let lines = lines_of(&text);
+        for expected in [
+            "# TYPE overlay_vni_packets counter",
+            r#"overlay_vni_packets_total{vni="100",direction="from-underlay",reason="forwarded",code="0",kind="outcome"} 20"#,
+            r#"overlay_vni_packets_total{vni="100",direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 21"#,
+            r#"overlay_vni_packets_total{vni="100",direction="from-endpoint",reason="inner-vlan",code="36",kind="drop"} 1"#,
+            // Nothing counted: forwarded is there at zero, nothing else.
+            r#"overlay_vni_packets_total{vni="200",direction="from-underlay",reason="forwarded",code="0",kind="outcome"} 0"#,
+            r#"overlay_vni_packets_total{vni="200",direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 0"#,
+            "# UNIT overlay_vni_bytes bytes",
+            r#"overlay_vni_bytes_total{vni="100",direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 1960"#,
+            "# TYPE overlay_peer_packets counter",
+            r#"overlay_peer_packets_total{peer="192.0.2.2",direction="from-underlay",reason="forwarded",code="0",kind="outcome"} 20"#,
+            r#"overlay_peer_packets_total{peer="192.0.2.2",direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 0"#,
+            r#"overlay_peer_packets_total{peer="192.0.2.3",direction="from-underlay",reason="peer-not-in-vni",code="40",kind="drop"} 2"#,
+            r#"overlay_peer_bytes_total{peer="192.0.2.3",direction="from-underlay",reason="peer-not-in-vni",code="40",kind="drop"} 200"#,
+        ] {
+            assert!(lines.contains(&expected), "expected the line\n  {expected}\nin:\n{text}");
+        }
+        let series = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        // VNI 100: forwarded both ways and inner-vlan; VNI 200: forwarded both ways.
+        assert_eq!(series("overlay_vni_packets_total{"), 5, "{text}");
+        assert_eq!(series("overlay_vni_bytes_total{"), 5, "{text}");
+        // 192.0.2.2: forwarded both ways; 192.0.2.3: forwarded both ways and its drop.
+        assert_eq!(series("overlay_peer_packets_total{"), 5, "{text}");
+        assert!(!text.contains(r#"vni="200",direction="from-underlay",reason="passed""#), "reasons that counted nothing are left out:\n{text}");
     }
 
     #[test]
@@ -507,6 +665,10 @@ mod tests {
                 "overlay",
                 "overlay_packets",
                 "overlay_bytes",
+                "overlay_vni_packets",
+                "overlay_vni_bytes",
+                "overlay_peer_packets",
+                "overlay_peer_bytes",
                 "overlay_vnis",
                 "overlay_local_endpoints",
                 "overlay_remote_endpoints",

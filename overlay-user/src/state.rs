@@ -2,14 +2,18 @@
 //! difference between two such states. The agent only ever changes maps by
 //! applying a difference, so entries that stay the same are never touched
 //! (and traffic that uses them never sees a gap).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use overlay_common::{
     FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LocalEndpoint,
-    NeighbourEntry, NodeConfig, PeerInfo, PeerVni, PortInfo, VniInfo, VniIpv4, VniIpv6, VniMac,
+    NO_COUNTER_SLOT, NeighbourEntry, NodeConfig, PEER_COUNTER_SLOTS, PeerInfo, PeerVni, PeerVniInfo,
+    PortInfo, VNI_COUNTER_SLOTS, VniInfo, VniIpv4, VniIpv6, VniMac,
 };
 
-use crate::netdev::ResolvedConfig;
+use crate::{
+    netdev::ResolvedConfig,
+    slots::{self, SlotsFull},
+};
 
 /// The full contents of every configuration map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,7 +24,7 @@ pub struct MapState {
     pub local_endpoints: BTreeMap<VniMac, LocalEndpoint>,
     pub fdb: BTreeMap<VniMac, FdbEntry>,
     pub peers: BTreeMap<u32, PeerInfo>,
-    pub peer_vnis: BTreeMap<PeerVni, PeerInfo>,
+    pub peer_vnis: BTreeMap<PeerVni, PeerVniInfo>,
     pub neighbours: BTreeMap<VniIpv4, NeighbourEntry>,
     pub neighbours6: BTreeMap<VniIpv6, NeighbourEntry>,
     pub flood: BTreeMap<u32, FloodTargets>,
@@ -32,9 +36,26 @@ pub fn ipv4_be(addr: std::net::Ipv4Addr) -> u32 {
 }
 
 impl MapState {
-    pub fn from_config(resolved: &ResolvedConfig) -> MapState {
+    /// The state for a configuration. Counter slots (see [`crate::slots`])
+    /// are kept from `previous`, the state the maps hold now, for every VNI
+    /// and peer that stays; new ones get free slots. Fails only when there
+    /// are more VNIs or peers than slots, which validation refuses first.
+    pub fn from_config(resolved: &ResolvedConfig, previous: &MapState) -> Result<MapState, SlotsFull> {
         let config = &resolved.config;
         let node = &config.node;
+        let vni_slots = slots::assign(
+            "VNI",
+            &previous.vni_slots(),
+            &config.endpoints.iter().map(|e| e.vni).collect(),
+            VNI_COUNTER_SLOTS,
+        )?;
+        let peer_slots = slots::assign(
+            "peer",
+            &previous.peer_slots(),
+            &config.peers.iter().map(|p| ipv4_be(p.vtep_address)).collect(),
+            PEER_COUNTER_SLOTS,
+        )?;
+        let vni_slot = |vni: u32| vni_slots.get(&vni).copied().unwrap_or(NO_COUNTER_SLOT);
         let mut state = MapState {
             node: Some(NodeConfig {
                 vtep_addr_be: ipv4_be(node.vtep_address),
@@ -51,7 +72,10 @@ impl MapState {
         let mut flood_ports: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
         let mut flood_vteps: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
         for (endpoint, &ifindex) in config.endpoints.iter().zip(&resolved.endpoint_ifindex) {
-            state.vnis.insert(endpoint.vni, VniInfo { flags: 0, flood_limit: config.flood_limit(endpoint.vni) });
+            state.vnis.insert(
+                endpoint.vni,
+                VniInfo { counter_slot: vni_slot(endpoint.vni), flood_limit: config.flood_limit(endpoint.vni) },
+            );
             flood_ports.entry(endpoint.vni).or_default().insert(ifindex);
             if let Some(ipv6) = endpoint.ipv6 {
                 state.neighbours6.insert(
@@ -59,7 +83,7 @@ impl MapState {
                     NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
                 );
             }
-            state.ports.insert(ifindex, PortInfo { vni: endpoint.vni, _reserved: 0 });
+            state.ports.insert(ifindex, PortInfo { vni: endpoint.vni, vni_slot: vni_slot(endpoint.vni) });
             state
                 .local_endpoints
                 .insert(VniMac::new(endpoint.vni, endpoint.mac.0), LocalEndpoint { ifindex, _reserved: 0 });
@@ -70,12 +94,13 @@ impl MapState {
         }
         for peer in &config.peers {
             let vtep_addr_be = ipv4_be(peer.vtep_address);
-            state.peers.insert(vtep_addr_be, PeerInfo { flags: 0, _reserved: 0 });
+            let peer_slot = peer_slots.get(&vtep_addr_be).copied().unwrap_or(NO_COUNTER_SLOT);
+            state.peers.insert(vtep_addr_be, PeerInfo { flags: 0, counter_slot: peer_slot });
             for vni in peer.vnis() {
                 flood_vteps.entry(vni).or_default().insert(vtep_addr_be);
                 // Only VNIs this node carries: VXLAN for others is dropped anyway.
                 if state.vnis.contains_key(&vni) {
-                    state.peer_vnis.insert(PeerVni { vtep_addr_be, vni }, PeerInfo { flags: 0, _reserved: 0 });
+                    state.peer_vnis.insert(PeerVni { vtep_addr_be, vni }, PeerVniInfo { peer_slot, vni_slot: vni_slot(vni) });
                 }
             }
             for endpoint in &peer.endpoints {
@@ -87,7 +112,7 @@ impl MapState {
                 }
                 state
                     .fdb
-                    .insert(VniMac::new(endpoint.vni, endpoint.mac.0), FdbEntry { vtep_addr_be, _reserved: 0 });
+                    .insert(VniMac::new(endpoint.vni, endpoint.mac.0), FdbEntry { vtep_addr_be, peer_slot });
                 state.neighbours.insert(
                     VniIpv4 { vni: endpoint.vni, addr_be: ipv4_be(endpoint.ip) },
                     NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
@@ -111,6 +136,42 @@ impl MapState {
                 targets.remote_count += 1;
             }
             state.flood.insert(vni, targets);
+        }
+        Ok(state)
+    }
+
+    /// The counter slot of every VNI that has one.
+    pub fn vni_slots(&self) -> BTreeMap<u32, u32> {
+        slots::held(&self.vnis, |info| info.counter_slot)
+    }
+
+    /// The counter slot of every peer VTEP (network byte order) that has one.
+    pub fn peer_slots(&self) -> BTreeMap<u32, u32> {
+        slots::held(&self.peers, |info| info.counter_slot)
+    }
+
+    /// This state with the given VNI and peer slots written nowhere (zero
+    /// in every value that would carry them): their holders count only in
+    /// the node's counters.
+    pub fn withholding(&self, vni_slots: &BTreeSet<u32>, peer_slots: &BTreeSet<u32>) -> MapState {
+        let vni = |slot: &mut u32| {
+            if vni_slots.contains(slot) {
+                *slot = NO_COUNTER_SLOT;
+            }
+        };
+        let peer = |slot: &mut u32| {
+            if peer_slots.contains(slot) {
+                *slot = NO_COUNTER_SLOT;
+            }
+        };
+        let mut state = self.clone();
+        state.vnis.values_mut().for_each(|info| vni(&mut info.counter_slot));
+        state.ports.values_mut().for_each(|port| vni(&mut port.vni_slot));
+        state.peers.values_mut().for_each(|info| peer(&mut info.counter_slot));
+        state.fdb.values_mut().for_each(|entry| peer(&mut entry.peer_slot));
+        for info in state.peer_vnis.values_mut() {
+            vni(&mut info.vni_slot);
+            peer(&mut info.peer_slot);
         }
         state
     }
@@ -146,6 +207,69 @@ pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTre
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
+
+    /// A node with a port in each of `vnis` (ifindex 10, 11, ...) and a
+    /// peer per address of `peers`, each with an endpoint in the first VNI.
+    fn resolved(vnis: &[u32], peers: &[&str]) -> ResolvedConfig {
+        let mut text = "[node]\nname = \"n\"\nunderlay_interface = \"ul\"\nvtep_address = \"192.0.2.1\"\n".to_owned();
+        for (i, vni) in vnis.iter().enumerate() {
+            text += &format!("[[endpoints]]\ninterface = \"p{i}\"\nmac = \"02:00:00:00:01:{i:02x}\"\nip = \"10.0.0.{i}\"\nvni = {vni}\n");
+        }
+        for (i, peer) in peers.iter().enumerate() {
+            text += &format!(
+                "[[peers]]\nname = \"peer{i}\"\nvtep_address = \"{peer}\"\n[[peers.endpoints]]\nmac = \"02:00:00:00:02:{i:02x}\"\nip = \"10.0.1.{i}\"\nvni = {}\n",
+                vnis[0]
+            );
+        }
+        let config = Config::parse(&text, std::path::Path::new("n.toml")).unwrap();
+        ResolvedConfig { config, underlay_ifindex: 1, endpoint_ifindex: (10..10 + vnis.len() as u32).collect() }
+    }
+
+    fn be(addr: &str) -> u32 {
+        ipv4_be(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn every_value_carries_the_slots_of_its_vni_and_peer() {
+        let state = MapState::from_config(&resolved(&[100, 200], &["192.0.2.2", "192.0.2.3"]), &MapState::default()).unwrap();
+        let vni_slots = state.vni_slots();
+        let peer_slots = state.peer_slots();
+        assert_eq!(vni_slots, BTreeMap::from([(100, 1), (200, 2)]));
+        assert_eq!(peer_slots, BTreeMap::from([(be("192.0.2.2"), 1), (be("192.0.2.3"), 2)]));
+        for port in state.ports.values() {
+            assert_eq!(port.vni_slot, vni_slots[&port.vni], "{port:?}");
+        }
+        for (key, entry) in &state.fdb {
+            assert_eq!(entry.peer_slot, peer_slots[&entry.vtep_addr_be], "{key:?}: {entry:?}");
+        }
+        assert!(!state.peer_vnis.is_empty());
+        for (key, info) in &state.peer_vnis {
+            assert_eq!((info.peer_slot, info.vni_slot), (peer_slots[&key.vtep_addr_be], vni_slots[&key.vni]), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn slots_stay_with_their_vni_and_peer_across_a_reload() {
+        let first = MapState::from_config(&resolved(&[100, 200], &["192.0.2.2", "192.0.2.3"]), &MapState::default()).unwrap();
+        // VNI 200 and peer .2 go, VNI 300 and peer .4 come.
+        let second = MapState::from_config(&resolved(&[100, 300], &["192.0.2.3", "192.0.2.4"]), &first).unwrap();
+        assert_eq!(second.vni_slots(), BTreeMap::from([(100, 1), (300, 3)]));
+        assert_eq!(second.peer_slots(), BTreeMap::from([(be("192.0.2.3"), 2), (be("192.0.2.4"), 3)]));
+        // A state read back from the maps (adoption) gives the same slots.
+        assert_eq!(MapState::from_config(&resolved(&[100, 300], &["192.0.2.3", "192.0.2.4"]), &second).unwrap(), second);
+    }
+
+    #[test]
+    fn withholding_removes_a_slot_from_every_value() {
+        let state = MapState::from_config(&resolved(&[100, 200], &["192.0.2.2"]), &MapState::default()).unwrap();
+        let withheld = state.withholding(&BTreeSet::from([2]), &BTreeSet::from([1]));
+        assert_eq!(withheld.vni_slots(), BTreeMap::from([(100, 1)]));
+        assert!(withheld.peer_slots().is_empty());
+        assert!(withheld.ports.values().all(|port| port.vni_slot == if port.vni == 100 { 1 } else { 0 }));
+        assert!(withheld.fdb.values().all(|entry| entry.peer_slot == 0));
+        assert!(withheld.peer_vnis.values().all(|info| info.peer_slot == 0 && info.vni_slot == 1));
+    }
 
     #[test]
     fn diff_touches_only_what_changed() {

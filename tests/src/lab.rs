@@ -340,6 +340,15 @@ impl Lab {
         Ok(agent)
     }
 
+    /// `overlay ARGS` in host `host`'s namespace with this lab's
+    /// `--bpffs-dir` and `--run-dir`, as an operator on that host runs a
+    /// subcommand (`stats`, `status`, `down`...).
+    pub fn overlay_command(&self, host: &str, overlay_bin: &Path, args: &[&str]) -> anyhow::Result<std::process::Command> {
+        let mut command = self.host(host).netns.command(overlay_bin.to_str().context("overlay binary path is not UTF-8")?);
+        command.args(args).arg("--bpffs-dir").arg(self.bpffs_dir()).arg("--run-dir").arg(self.dir.join("run"));
+        Ok(command)
+    }
+
     pub fn host(&self, name: &str) -> &Host {
         self.hosts.iter().find(|h| h.spec.name == name).unwrap_or_else(|| panic!("no host {name} in the lab"))
     }

@@ -1,6 +1,8 @@
 //! Prometheus metrics (`overlay run --metrics-addr`): scraped from inside
-//! the host's namespace, they move with the traffic; an address the agent
-//! cannot serve refuses the start with nothing attached.
+//! the host's namespace, they move with the traffic, the node's and each
+//! VNI's and peer's (checked against `overlay stats --json`, across a
+//! reload too); an address the agent cannot serve refuses the start with
+//! nothing attached.
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -178,4 +180,175 @@ fn an_address_that_cannot_be_served_refuses_the_start_with_nothing_attached() {
     drop(taken);
     lab.start_agents_with_args(&bin(), &["--metrics-addr", METRICS_ADDR]).expect("starting agents again");
     assert!(scrape(&lab, "h1").contains("overlay_peers 1"), "the agent started after the refusals serves metrics");
+}
+
+/// Below 100, so it has the lower counter slot: a reload that reshuffled
+/// slots would hand VNI 100 this one, zeroed.
+const QUIET_VNI: u32 = 50;
+/// A peer in h1's configuration that no host answers for: nothing is ever
+/// sent to it as unicast, nothing comes from it.
+const GHOST_VTEP: &str = "192.0.2.99";
+
+/// Two hosts, each with a container in VNI 100 (`a`) and one in [`QUIET_VNI`] (`b`).
+fn two_hosts_two_vnis(scope: &str) -> Lab {
+    let container = |name: &str, vni: u32, o: u8| ContainerSpec {
+        name: name.into(),
+        mac: [2, 0, 0, (vni / 100) as u8, 0x61, o],
+        ip: Ipv4Addr::new(10, (vni / 10) as u8, 0, o),
+        vni,
+    };
+    let host = |n: &str, o: u8| HostSpec {
+        name: n.into(),
+        kind: HostKind::Overlay,
+        containers: vec![container("a", 100, o), container("b", QUIET_VNI, o)],
+    };
+    Lab::build(LabSpec { scope: scope.into(), vxlan_port: 4789, hosts: vec![host("h1", 1), host("h2", 2)] }).expect("building the lab")
+}
+
+/// `overlay stats --json` on `host`.
+fn stats_json(lab: &Lab, host: &str) -> serde_json::Value {
+    let output = lab
+        .overlay_command(host, &bin(), &["stats", "--node", host, "--json"])
+        .expect("overlay command")
+        .output()
+        .expect("running overlay stats");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "overlay stats --json on {host} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("overlay stats --json on {host} is not JSON ({e}):\n{text}"))
+}
+
+/// The counter rows of VNI `vni` (key "vnis", "vni") or of a peer (key
+/// "peers", "peer") in a stats JSON; `None` when it is not listed.
+fn rows_of<'a>(stats: &'a serde_json::Value, list: &str, key: &str, value: serde_json::Value) -> Option<&'a Vec<serde_json::Value>> {
+    stats[list].as_array()?.iter().find(|entry| entry[key] == value)?["counters"].as_array()
+}
+
+/// (packets, bytes) of a row of `rows` (zero when absent).
+fn row(rows: &[serde_json::Value], direction: &str, reason: &str) -> (u64, u64) {
+    rows.iter()
+        .find(|row| row["direction"] == direction && row["reason"] == reason)
+        .map_or((0, 0), |row| (row["packets"].as_u64().unwrap(), row["bytes"].as_u64().unwrap()))
+}
+
+/// The value of the series of `metric` whose labels start with `labels`.
+fn series(body: &str, metric: &str, labels: &str) -> Option<u64> {
+    let prefix = format!("{metric}{{{labels},");
+    body.lines().find(|l| l.starts_with(&prefix)).and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Per-VNI and per-peer counters, end to end: with traffic in VNI 100
+/// only, between h1 and h2 only, the counters of VNI 100 and of the peer
+/// move, in `overlay stats --json` and in `/metrics`, by what was sent and
+/// exactly as the node's forwarded counters (no other VNI carries
+/// anything); VNI 50 and a configured peer nobody talks to stay at zero.
+/// Then a reload that replaces VNI 50 by VNI 300 keeps VNI 100's slot:
+/// its counts survive and go on growing; VNI 300 starts empty.
+#[test]
+fn vni_and_peer_counters_move_for_their_vni_and_peer_only() {
+    let mut lab = two_hosts_two_vnis("vnipeer");
+    // No IPv6 autoconfiguration chatter in the quiet VNI.
+    for host in ["h1", "h2"] {
+        for container in ["a", "b"] {
+            lab.container(host, container).netns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").expect("disabling IPv6");
+        }
+    }
+    let h1_config = lab.host("h1").config_path.clone().unwrap();
+    let ghost = format!(
+        "[[peers]]\nname = \"ghost\"\nvtep_address = \"{GHOST_VTEP}\"\n  [[peers.endpoints]]\n  mac = \"02:00:00:01:61:63\"\n  ip = \"10.10.0.99\"\n  vni = 100\n"
+    );
+    let original = std::fs::read_to_string(&h1_config).unwrap() + &ghost;
+    std::fs::write(&h1_config, &original).unwrap();
+    lab.start_agents_with_args(&bin(), &["--metrics-addr", METRICS_ADDR]).expect("starting agents");
+
+    let (a, b) = (&lab.container("h1", "a").netns, lab.container("h2", "a"));
+    let (sent, received) = ping(a, b.spec.ip, PINGS).expect("running ping");
+    assert_eq!((sent, received), (PINGS, PINGS), "ping h1 -> h2 in VNI 100\n{}", lab.agent_logs());
+    let transfer = tcp_transfer(a, &b.netns, b.spec.ip, TRANSFER_BYTES).expect("TCP transfer h1 -> h2");
+    assert_eq!((transfer.bytes_received, transfer.first_mismatch), (TRANSFER_BYTES, None), "TCP transfer h1 -> h2: {transfer:?}");
+    std::thread::sleep(Duration::from_millis(500)); // the last ACKs
+
+    let peer_of = |host: &str| if host == "h1" { "192.0.2.2" } else { "192.0.2.1" };
+    let mut vni_100_before_reload = Vec::new();
+    for host in ["h1", "h2"] {
+        let stats = stats_json(&lab, host);
+        let node = stats["counters"].as_array().unwrap();
+        let vni = rows_of(&stats, "vnis", "vni", 100.into()).unwrap_or_else(|| panic!("{host}: VNI 100 is not listed: {stats}"));
+        let peer = rows_of(&stats, "peers", "peer", peer_of(host).into()).unwrap_or_else(|| panic!("{host}: peer {} is not listed: {stats}", peer_of(host)));
+        for direction in ["from-endpoint", "from-underlay"] {
+            let (packets, bytes) = row(vni, direction, "forwarded");
+            assert!(packets >= PINGS as u64, "{host}: VNI 100 {direction} forwarded should count at least the {PINGS} echo messages, counted {packets}: {stats}");
+            assert_eq!(
+                (row(node, direction, "forwarded"), row(peer, direction, "forwarded")),
+                ((packets, bytes), (packets, bytes)),
+                "{host}: every packet forwarded {direction} is VNI 100's and the peer's, so the node, VNI 100 and peer {} count the same: {stats}",
+                peer_of(host)
+            );
+        }
+        let sender_bytes = if host == "h1" { row(vni, "from-endpoint", "forwarded").1 } else { row(vni, "from-underlay", "forwarded").1 };
+        assert!(sender_bytes >= TRANSFER_BYTES, "{host}: VNI 100's forwarded bytes should include the {TRANSFER_BYTES}-byte transfer, have {sender_bytes}: {stats}");
+        let quiet = rows_of(&stats, "vnis", "vni", QUIET_VNI.into()).unwrap_or_else(|| panic!("{host}: VNI {QUIET_VNI} is not listed: {stats}"));
+        assert!(quiet.is_empty(), "{host}: nothing was sent in VNI {QUIET_VNI}, yet it counted {quiet:?}");
+        if host == "h1" {
+            let ghost = rows_of(&stats, "peers", "peer", GHOST_VTEP.into()).unwrap_or_else(|| panic!("h1: peer {GHOST_VTEP} is not listed: {stats}"));
+            assert!(ghost.is_empty(), "h1: nothing went to or came from {GHOST_VTEP}, yet it counted {ghost:?}");
+            vni_100_before_reload = vni.clone();
+        }
+    }
+
+    let body = scrape(&lab, "h1");
+    let forwarded = |direction: &str| format!("direction=\"{direction}\",reason=\"forwarded\"");
+    for direction in ["from-endpoint", "from-underlay"] {
+        let in_stats = row(&vni_100_before_reload, direction, "forwarded").0;
+        for (metric, labels) in [
+            ("overlay_vni_packets_total", format!("vni=\"100\",{}", forwarded(direction))),
+            ("overlay_peer_packets_total", format!("peer=\"192.0.2.2\",{}", forwarded(direction))),
+        ] {
+            let scraped = series(&body, metric, &labels).unwrap_or_else(|| panic!("no {metric}{{{labels},...}} series in:\n{body}"));
+            assert_eq!(scraped, in_stats, "{metric}{{{labels}}}: expected what overlay stats showed ({in_stats}), scraped {scraped}");
+        }
+        for (metric, labels) in [
+            ("overlay_vni_packets_total", format!("vni=\"{QUIET_VNI}\",{}", forwarded(direction))),
+            ("overlay_peer_packets_total", format!("peer=\"{GHOST_VTEP}\",{}", forwarded(direction))),
+        ] {
+            assert_eq!(series(&body, metric, &labels), Some(0), "{metric}{{{labels}}} should be there at 0:\n{body}");
+        }
+    }
+    let moved_quiet: Vec<&str> = body
+        .lines()
+        .filter(|l| (l.contains(&format!("{{vni=\"{QUIET_VNI}\"")) || l.contains(&format!("{{peer=\"{GHOST_VTEP}\""))) && !l.ends_with(" 0"))
+        .collect();
+    assert!(moved_quiet.is_empty(), "VNI {QUIET_VNI} and peer {GHOST_VTEP} should have no counts, scraped:\n{}", moved_quiet.join("\n"));
+    let text = lab.overlay_command("h1", &bin(), &["stats", "--node", "h1"]).unwrap().output().unwrap();
+    println!("$ overlay stats --node h1\n{}", String::from_utf8_lossy(&text.stdout));
+    println!(
+        "$ curl -s http://{METRICS_ADDR}/metrics | grep -E 'overlay_(vni|peer)_packets'\n{}",
+        body.lines().filter(|l| l.starts_with("overlay_vni_packets") || l.starts_with("overlay_peer_packets")).collect::<Vec<_>>().join("\n")
+    );
+
+    // Reload: h1's port b moves from VNI 50 to VNI 300.
+    let b_ip = lab.container("h1", "b").spec.ip;
+    let moved = original.replace(&format!("ip = \"{b_ip}\"\nvni = {QUIET_VNI}\n"), &format!("ip = \"{b_ip}\"\nvni = 300\n"));
+    assert_ne!(moved, original, "h1's configuration should have a local endpoint {b_ip} in VNI {QUIET_VNI}:\n{original}");
+    let reloads = lab.agents[0].log().matches("reloaded ").count();
+    std::fs::write(&h1_config, &moved).unwrap();
+    lab.agents[0].signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.agents[0].log().matches("reloaded ").count() == reloads {
+        assert!(Instant::now() < deadline, "h1 did not reload within 10 s:\n{}", lab.agents[0].log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = stats_json(&lab, "h1");
+    assert_eq!(
+        rows_of(&stats, "vnis", "vni", 100.into()),
+        Some(&vni_100_before_reload),
+        "VNI 100 should keep its counts (and its slot) across the reload: {stats}"
+    );
+    assert!(rows_of(&stats, "vnis", "vni", QUIET_VNI.into()).is_none(), "VNI {QUIET_VNI} is gone after the reload: {stats}");
+    assert_eq!(rows_of(&stats, "vnis", "vni", 300.into()).map(Vec::len), Some(0), "VNI 300 is listed, with nothing counted: {stats}");
+    let (sent, received) = ping(a, b.spec.ip, 3).expect("running ping");
+    assert_eq!((sent, received), (3, 3), "ping h1 -> h2 in VNI 100 after the reload\n{}", lab.agent_logs());
+    let stats = stats_json(&lab, "h1");
+    let grown = row(rows_of(&stats, "vnis", "vni", 100.into()).unwrap(), "from-endpoint", "forwarded").0;
+    let before = row(&vni_100_before_reload, "from-endpoint", "forwarded").0;
+    assert!(grown >= before + 3, "VNI 100 from-endpoint forwarded should go on from {before} by at least 3 echo requests, is {grown}: {stats}");
 }

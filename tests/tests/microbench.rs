@@ -111,7 +111,7 @@ impl Node {
         let resolved = ResolvedConfig::resolve(Config::parse(&config_text, path)?, path)?;
         let known_before = program_ids()?;
         let mut datapath = Datapath::load(log::LevelFilter::Info)?;
-        datapath.apply(&MapState::from_config(&resolved))?;
+        datapath.apply(&MapState::from_config(&resolved, &MapState::default())?)?;
         let underlay_ifindex = netdev::ifindex("ul0").context("no ul0")?;
         let port_ifindex = netdev::ifindex("p1").context("no p1")?;
         let decap = our_program(

@@ -62,9 +62,7 @@ fn assert_no_loss(flood: Flood, what: &str, lab: &Lab) {
 }
 
 fn overlay(lab: &Lab, host: &str, args: &[&str]) -> std::process::Output {
-    let mut command = lab.host(host).netns.command(bin().to_str().unwrap());
-    command.args(args).arg("--bpffs-dir").arg(lab.bpffs_dir()).arg("--run-dir").arg(lab.dir.join("run"));
-    command.output().expect("running overlay")
+    lab.overlay_command(host, &bin(), args).expect("overlay command").output().expect("running overlay")
 }
 
 /// Packets a counters JSON (from `overlay stats --json`) holds for a row.
@@ -107,6 +105,19 @@ fn kill_and_restart_of_the_agent_loses_no_packets() {
         requests >= FLOOD_PACKETS as u64 && replies >= FLOOD_PACKETS as u64,
         "counters across the restart should account for all {FLOOD_PACKETS} requests and replies, have {requests} and {replies}: {json}"
     );
+    // The restarted agent read the VNI's and the peer's counter slots back
+    // from the pinned tables: their counts went on, nothing was zeroed.
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for (list, key, name) in [("vnis", "vni", serde_json::json!(100)), ("peers", "peer", serde_json::json!("192.0.2.2"))] {
+        let rows = value[list].as_array().and_then(|entries| entries.iter().find(|entry| entry[key] == name)).map(|entry| entry["counters"].to_string());
+        let rows = rows.unwrap_or_else(|| panic!("{key} {name} is not listed: {json}"));
+        let counts = |direction: &str| json_packets(&format!("{{\"counters\":{rows}}}"), direction, "forwarded");
+        assert_eq!(
+            (counts("from-endpoint"), counts("from-underlay")),
+            (requests, replies),
+            "{key} {name} should count every forwarded packet across the restart, as the node does: {json}"
+        );
+    }
 }
 
 /// An upgrade that changes the decapsulation hook: h1's agent runs XDP,
