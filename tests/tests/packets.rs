@@ -2143,6 +2143,16 @@ fn vni_and_peer_counters_follow_the_packet() -> anyhow::Result<()> {
             Some(TENANT_B_VNI),
             Some(TENANT_B_VTEP),
         ),
+        case("TC decap: from the far VTEP to NEAR_1", Hook::DecapTc, vxlan_from_far(&ping(FAR_1, NEAR_1)), Reason::FORWARDED, Some(VNI), Some(FAR_VTEP)),
+        case("TC decap: broadcast flooded to local ports", Hook::DecapTc, vxlan_from_far(&dhcp_discover(FAR_1)), Reason::FLOODED, Some(VNI), Some(FAR_VTEP)),
+        case(
+            "TC decap: tenant B's VTEP in VNI 100, which it does not carry",
+            Hook::DecapTc,
+            vxlan_from(TENANT_B_VTEP, VNI, &ping(TENANT_B_REMOTE, NEAR_1)),
+            Reason::PEER_NOT_IN_VNI,
+            Some(VNI),
+            Some(TENANT_B_VTEP),
+        ),
         case("p1: to FAR_1, encapsulated to the far VTEP", p1, ping(NEAR_1, FAR_1), Reason::FORWARDED, Some(VNI), Some(FAR_VTEP)),
         case(
             "p3: to tenant B's remote endpoint",
