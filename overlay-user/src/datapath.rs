@@ -3,7 +3,10 @@
 //!
 //! Dropping a [`Datapath`] detaches everything it attached and frees its
 //! maps, so an error at any step leaves the host as it was.
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
@@ -579,10 +582,10 @@ impl Datapath {
         let vni_grants = slots::grants(&self.vni_slot_owners, &new.vni_slots());
         let peer_grants = slots::grants(&self.peer_slot_owners, &new.peer_slots());
         // Granted slots someone holds in `old`: still counting for them.
-        let held_vni: std::collections::BTreeSet<u32> = old.vni_slots().into_values().collect();
-        let held_peer: std::collections::BTreeSet<u32> = old.peer_slots().into_values().collect();
-        let (busy_vni, free_vni): (std::collections::BTreeSet<u32>, _) = vni_grants.into_iter().partition(|slot| held_vni.contains(slot));
-        let (busy_peer, free_peer): (std::collections::BTreeSet<u32>, _) = peer_grants.into_iter().partition(|slot| held_peer.contains(slot));
+        let held_vni: BTreeSet<u32> = old.vni_slots().into_values().collect();
+        let held_peer: BTreeSet<u32> = old.peer_slots().into_values().collect();
+        let (busy_vni, free_vni): (BTreeSet<u32>, _) = vni_grants.into_iter().partition(|slot| held_vni.contains(slot));
+        let (busy_peer, free_peer): (BTreeSet<u32>, _) = peer_grants.into_iter().partition(|slot| held_peer.contains(slot));
         zero_slots(&mut self.ebpf, maps::VNI_COUNTERS, &free_vni)?;
         zero_slots(&mut self.ebpf, maps::PEER_COUNTERS, &free_peer)?;
         if busy_vni.is_empty() && busy_peer.is_empty() {
@@ -1269,7 +1272,7 @@ fn apply_steps(ebpf: &mut Ebpf, old: &MapState, new: &MapState, undo: &mut Vec<U
 }
 
 /// Sets the counters of `slots` in the per-CPU slot array `name` to zero on every CPU.
-fn zero_slots(ebpf: &mut Ebpf, name: &'static str, slots: &std::collections::BTreeSet<u32>) -> Result<(), DatapathError> {
+fn zero_slots(ebpf: &mut Ebpf, name: &'static str, slots: &BTreeSet<u32>) -> Result<(), DatapathError> {
     if slots.is_empty() {
         return Ok(());
     }
