@@ -120,6 +120,9 @@ struct NodeLabels {
     node: String,
     vtep: String,
     underlay: String,
+    /// The decapsulation hook: "xdp" or "tc".
+    decap: String,
+    /// "native", "generic", "offload"; "none" with TC decapsulation.
     xdp_mode: String,
     version: &'static str,
 }
@@ -230,12 +233,13 @@ impl Collector for Snapshot {
             node: self.node.clone(),
             vtep: self.datapath.vtep.map(|vtep| vtep.to_string()).unwrap_or_default(),
             underlay: status.map(|s| s.underlay.clone()).unwrap_or_default(),
+            decap: status.map(|s| s.decap.clone()).unwrap_or_default(),
             xdp_mode: status.map(|s| s.xdp_mode.clone()).unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION"),
         });
         info.encode(encoder.encode_descriptor(
             "overlay",
-            "The node: its name, VTEP address, underlay device, XDP mode and agent version.",
+            "The node: its name, VTEP address, underlay device, decapsulation hook, XDP mode and agent version.",
             None,
             info.metric_type(),
         )?)?;
@@ -508,6 +512,7 @@ mod tests {
             status: Some(NodeStatus {
                 node: "h1".into(),
                 underlay: "ul1".into(),
+                decap: "xdp".into(),
                 xdp_mode: "native".into(),
                 started: 1_700_000_000,
                 last_reload: Some(Reload { at: 1_700_000_100, ok: false, message: "bad file".into() }),
@@ -582,7 +587,7 @@ mod tests {
         let lines = lines_of(&text);
         for expected in [
             "# TYPE overlay info",
-            r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="ul1",xdp_mode="native",version="0.1.0"} 1"#,
+            r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="ul1",decap="xdp",xdp_mode="native",version="0.1.0"} 1"#,
             "# TYPE overlay_vnis gauge",
             "overlay_vnis 2",
             "overlay_local_endpoints 3",
@@ -616,7 +621,7 @@ mod tests {
         let mut snapshot = snapshot();
         snapshot.status = None;
         let text = encode(snapshot).unwrap();
-        assert!(text.contains(r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="",xdp_mode="","#), "{text}");
+        assert!(text.contains(r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="",decap="",xdp_mode="","#), "{text}");
         assert!(text.contains("overlay_peers 2"), "{text}");
         assert!(!text.contains("overlay_last_reload") && !text.contains("overlay_agent_start"), "{text}");
     }

@@ -108,7 +108,7 @@ fn scraped_counters_move_with_traffic() {
     );
 
     let lines: Vec<&str> = after[0].lines().collect();
-    let info = format!("overlay_info{{node=\"h1\",vtep=\"192.0.2.1\",underlay=\"{}\",xdp_mode=\"none\",", lab.host("h1").underlay);
+    let info = format!("overlay_info{{node=\"h1\",vtep=\"192.0.2.1\",underlay=\"{}\",decap=\"tc\",xdp_mode=\"none\",", lab.host("h1").underlay);
     assert!(lines.iter().any(|l| l.starts_with(&info) && l.ends_with("} 1")), "expected {info}...}} 1 in:\n{}", after[0]);
     for gauge in ["overlay_vnis 1", "overlay_local_endpoints 1", "overlay_remote_endpoints 1", "overlay_peers 1", "overlay_last_reload_success 1"] {
         assert!(lines.contains(&gauge), "expected {gauge} in:\n{}", after[0]);
