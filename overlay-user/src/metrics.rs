@@ -245,7 +245,7 @@ impl Collector for Snapshot {
         )?)?;
 
         let series = self.counter_series();
-        let by_reason = "by direction (from-underlay: XDP on the underlay device; from-endpoint: TC on a container port) \
+        let by_reason = "by direction (from-underlay: XDP or TC on the underlay device; from-endpoint: TC on a container port) \
                          and numbered reason (overlay reasons lists them; kind is drop for drops, outcome otherwise).";
         let mut packets = encoder.encode_descriptor(
             "overlay_packets",
@@ -530,7 +530,7 @@ mod tests {
         let text = encode(snapshot()).unwrap();
         let lines = lines_of(&text);
         for expected in [
-            "# HELP overlay_packets Packets the datapath handled, by direction (from-underlay: XDP on the underlay device; from-endpoint: TC on a container port) and numbered reason (overlay reasons lists them; kind is drop for drops, outcome otherwise).",
+            "# HELP overlay_packets Packets the datapath handled, by direction (from-underlay: XDP or TC on the underlay device; from-endpoint: TC on a container port) and numbered reason (overlay reasons lists them; kind is drop for drops, outcome otherwise).",
             "# TYPE overlay_packets counter",
             r#"overlay_packets_total{direction="from-endpoint",reason="forwarded",code="0",kind="outcome"} 21"#,
             r#"overlay_packets_total{direction="from-underlay",reason="forwarded",code="0",kind="outcome"} 20"#,
