@@ -661,14 +661,37 @@ fn firewall_drops(ruleset: &serde_json::Value, port: u16, texts: &BTreeMap<(Stri
         let side = side.filter(|_| matches!(family, "ip" | "inet" | "netdev" | "bridge"));
         chains.insert(key(chain, "name"), (side, chain["policy"].as_str().unwrap_or("accept").to_owned()));
     }
+    // Every chain a datagram to the port can pass through: the base chains,
+    // and regular chains reached from them by jump or goto (transitively),
+    // with the side of the base chain and whether reaching it depended on
+    // conditions doctor cannot decide.
+    let rules: Vec<&serde_json::Value> = items.iter().filter_map(|i| i.get("rule")).collect();
+    let mut reach: BTreeMap<(String, String, String), (HookSide, bool)> =
+        chains.iter().filter_map(|(chain, (side, _))| side.map(|side| (chain.clone(), (side, false)))).collect();
+    loop {
+        let mut found = Vec::new();
+        for rule in &rules {
+            let Some(&(side, via_conditional)) = reach.get(&key(rule, "chain")) else { continue };
+            let Some((target, conditional)) = jump_target(rule["expr"].as_array().map_or(&[][..], Vec::as_slice), port) else { continue };
+            let target_key = (rule["family"].as_str().unwrap_or("").to_owned(), rule["table"].as_str().unwrap_or("").to_owned(), target);
+            if !reach.contains_key(&target_key) {
+                found.push((target_key, (side, via_conditional || conditional)));
+            }
+        }
+        if found.is_empty() {
+            break;
+        }
+        reach.extend(found);
+    }
     let mut drops = Vec::new();
     let mut accepted: Vec<(String, String, String)> = Vec::new();
     let mut count = 0;
-    for rule in items.iter().filter_map(|i| i.get("rule")) {
+    for rule in &rules {
         count += 1;
         let chain_key = key(rule, "chain");
-        let Some((Some(side), _)) = chains.get(&chain_key) else { continue };
-        let Some(effect) = rule_effect(rule["expr"].as_array().map_or(&[][..], Vec::as_slice), port) else { continue };
+        let Some(&(side, via_conditional)) = reach.get(&chain_key) else { continue };
+        let Some(mut effect) = rule_effect(rule["expr"].as_array().map_or(&[][..], Vec::as_slice), port) else { continue };
+        effect.conditional |= via_conditional;
         let handle = rule["handle"].as_u64().unwrap_or(0);
         let (family, table, chain) = &chain_key;
         if effect.verdict == Verdict::Accept {
@@ -683,7 +706,7 @@ fn firewall_drops(ruleset: &serde_json::Value, port: u16, texts: &BTreeMap<(Stri
         }
         let text = texts.get(&(family.clone(), table.clone(), chain.clone(), handle)).cloned().unwrap_or_else(|| format!("rule handle {handle}"));
         drops.push(FirewallDrop {
-            side: *side,
+            side,
             chain: format!("{family} {table} {chain}"),
             rule: text,
             removal: Some(format!("nft delete rule {family} {table} {chain} handle {handle}")),
@@ -717,6 +740,25 @@ struct RuleEffect {
     conditional: bool,
 }
 
+/// The chain a rule jumps or goes to (`jump`/`goto`), if an IPv4 UDP
+/// datagram to `port` can take it, and whether that depends on conditions
+/// doctor cannot decide.
+fn jump_target(exprs: &[serde_json::Value], port: u16) -> Option<(String, bool)> {
+    let mut conditional = false;
+    for expr in exprs {
+        if let Some(condition) = expr.get("match") {
+            match match_effect(condition, port) {
+                Match::Never => return None,
+                Match::Always => {}
+                Match::Unknown => conditional = true,
+            }
+        } else if let Some(target) = expr.get("jump").or_else(|| expr.get("goto")) {
+            return target["target"].as_str().map(|name| (name.to_owned(), conditional));
+        }
+    }
+    None
+}
+
 /// What a rule does to an IPv4 UDP datagram to `port`: `None` when it
 /// cannot match one or has no final verdict.
 fn rule_effect(exprs: &[serde_json::Value], port: u16) -> Option<RuleEffect> {
@@ -734,7 +776,7 @@ fn rule_effect(exprs: &[serde_json::Value], port: u16) -> Option<RuleEffect> {
         } else if expr.get("accept").is_some() {
             verdict = Some(Verdict::Accept);
         } else if expr.get("jump").is_some() || expr.get("goto").is_some() || expr.get("queue").is_some() {
-            return None; // decided elsewhere; not followed
+            return None; // decided elsewhere (firewall_drops follows jump and goto)
         }
     }
     verdict.map(|verdict| RuleEffect { verdict, conditional })
@@ -1076,6 +1118,37 @@ vtep_address = "192.0.2.2"
         let policy = found("input", "drop", serde_json::json!([{ "counter": null }]));
         assert_eq!(policy.iter().map(|d| d.rule.as_str()).collect::<Vec<_>>(), ["policy drop"]);
         assert!(found("input", "drop", serde_json::json!([udp_dport("==", 4789.into()), { "accept": null }])).is_empty(), "policy drop, port accepted");
+    }
+
+    /// A drop in a regular chain counts when a base chain jumps (or goes)
+    /// to it, even through another regular chain; a chain nothing reaches,
+    /// or reached only by a jump the datagram cannot take, does not.
+    #[test]
+    fn firewall_rules_behind_jumps_are_found() {
+        let texts = BTreeMap::new();
+        let chain = |name: &str, hook: Option<&str>| match hook {
+            Some(hook) => serde_json::json!({ "chain": { "family": "inet", "table": "filter", "name": name, "type": "filter", "hook": hook, "prio": 0, "policy": "accept" } }),
+            None => serde_json::json!({ "chain": { "family": "inet", "table": "filter", "name": name } }),
+        };
+        let rule = |chain: &str, handle: u64, exprs: serde_json::Value| serde_json::json!({ "rule": { "family": "inet", "table": "filter", "chain": chain, "handle": handle, "expr": exprs } });
+        let tcp_dport = serde_json::json!({ "match": { "op": "==", "left": { "payload": { "protocol": "tcp", "field": "dport" } }, "right": 22 } });
+        let ruleset = serde_json::json!({ "nftables": [
+            chain("input", Some("input")),
+            chain("udp_checks", None),
+            chain("vxlan", None),
+            chain("ssh_only", None),
+            chain("orphan", None),
+            rule("input", 1, serde_json::json!([{ "jump": { "target": "udp_checks" } }])),
+            rule("input", 2, serde_json::json!([tcp_dport, { "jump": { "target": "ssh_only" } }])),
+            rule("udp_checks", 3, serde_json::json!([udp_dport("==", 4789.into()), { "goto": { "target": "vxlan" } }])),
+            rule("vxlan", 4, serde_json::json!([{ "drop": null }])),
+            rule("ssh_only", 5, serde_json::json!([{ "drop": null }])),
+            rule("orphan", 6, serde_json::json!([udp_dport("==", 4789.into()), { "drop": null }])),
+        ]});
+        let (drops, count) = firewall_drops(&ruleset, 4789, &texts);
+        assert_eq!(count, 6);
+        let chains: Vec<(&str, HookSide, bool)> = drops.iter().map(|d| (d.chain.as_str(), d.side, d.conditional)).collect();
+        assert_eq!(chains, [("inet filter vxlan", HookSide::Receive, false)], "expected only the drop behind input -> udp_checks -> vxlan, found {drops:?}");
     }
 
     #[test]

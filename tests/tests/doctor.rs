@@ -171,7 +171,16 @@ fn firewall_rules_on_the_vxlan_port_are_named() {
     assert!(finding["fix"].as_str().unwrap().contains("nft delete rule inet doctortest input handle"), "{finding}");
     report.expect("peer", "ok", "answered");
 
+    // The same drop in a regular chain the input chain jumps to.
     nft(&["flush", "chain", "inet", "doctortest", "input"]);
+    nft(&["add", "chain", "inet", "doctortest", "vxlan_checks"]);
+    nft(&["add", "rule", "inet", "doctortest", "vxlan_checks", "udp", "dport", "4789", "drop"]);
+    nft(&["add", "rule", "inet", "doctortest", "input", "jump", "vxlan_checks"]);
+    let report = doctor(&lab, "h1");
+    report.expect("firewall", "warn", "inet doctortest vxlan_checks `udp dport 4789 drop` drops UDP to port 4789 arriving");
+    nft(&["flush", "chain", "inet", "doctortest", "input"]);
+    nft(&["flush", "chain", "inet", "doctortest", "vxlan_checks"]);
+
     nft(&["add", "chain", "inet", "doctortest", "output", "{ type filter hook output priority 0; policy accept; }"]);
     nft(&["add", "rule", "inet", "doctortest", "output", "udp", "dport", "4789", "drop"]);
     let report = doctor(&lab, "h1");
