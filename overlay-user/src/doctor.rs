@@ -740,38 +740,37 @@ struct RuleEffect {
     conditional: bool,
 }
 
+/// Whether an IPv4 UDP datagram to `port` can pass all of a rule's match
+/// conditions: `None` when one of them can never hold, else whether some
+/// depend on what doctor cannot decide.
+fn conditions_for(exprs: &[serde_json::Value], port: u16) -> Option<bool> {
+    let mut conditional = false;
+    for condition in exprs.iter().filter_map(|expr| expr.get("match")) {
+        match match_effect(condition, port) {
+            Match::Never => return None,
+            Match::Always => {}
+            Match::Unknown => conditional = true,
+        }
+    }
+    Some(conditional)
+}
+
 /// The chain a rule jumps or goes to (`jump`/`goto`), if an IPv4 UDP
 /// datagram to `port` can take it, and whether that depends on conditions
 /// doctor cannot decide.
 fn jump_target(exprs: &[serde_json::Value], port: u16) -> Option<(String, bool)> {
-    let mut conditional = false;
-    for expr in exprs {
-        if let Some(condition) = expr.get("match") {
-            match match_effect(condition, port) {
-                Match::Never => return None,
-                Match::Always => {}
-                Match::Unknown => conditional = true,
-            }
-        } else if let Some(target) = expr.get("jump").or_else(|| expr.get("goto")) {
-            return target["target"].as_str().map(|name| (name.to_owned(), conditional));
-        }
-    }
-    None
+    let target = exprs.iter().find_map(|expr| expr.get("jump").or_else(|| expr.get("goto")))?;
+    let name = target["target"].as_str()?.to_owned();
+    conditions_for(exprs, port).map(|conditional| (name, conditional))
 }
 
 /// What a rule does to an IPv4 UDP datagram to `port`: `None` when it
 /// cannot match one or has no final verdict.
 fn rule_effect(exprs: &[serde_json::Value], port: u16) -> Option<RuleEffect> {
-    let mut conditional = false;
+    let conditional = conditions_for(exprs, port)?;
     let mut verdict = None;
     for expr in exprs {
-        if let Some(condition) = expr.get("match") {
-            match match_effect(condition, port) {
-                Match::Never => return None,
-                Match::Always => {}
-                Match::Unknown => conditional = true,
-            }
-        } else if expr.get("drop").is_some() || expr.get("reject").is_some() {
+        if expr.get("drop").is_some() || expr.get("reject").is_some() {
             verdict = Some(Verdict::Drop);
         } else if expr.get("accept").is_some() {
             verdict = Some(Verdict::Accept);

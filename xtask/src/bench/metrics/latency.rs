@@ -4,6 +4,13 @@
 //! transaction (sockperf reports half of it). The echo server runs in the
 //! receiving container, the client in the sending one; transactions in the
 //! warm-up are not counted.
+//!
+//! While it runs the CPUs are kept out of idle states deeper than polling
+//! (a PM QoS request of 0 µs on /dev/cpu_dma_latency, as latency-benchmark
+//! guides advise): with one message in flight a CPU would otherwise halt
+//! between messages, and waking a halted vCPU of this VM costs about 80 µs,
+//! which on an idle machine became every path's median (docs/performance.md).
+//! Every cell is measured so, references included.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -40,7 +47,21 @@ struct RoundTrips {
     seconds: f64,
 }
 
+/// Holds a PM QoS CPU latency request of 0 µs while alive: the kernel
+/// keeps every CPU in polling idle until the file is closed (also when the
+/// process dies). `None` where the file cannot be opened.
+struct NoDeepIdle(#[allow(dead_code)] std::fs::File);
+
+impl NoDeepIdle {
+    fn request() -> Option<NoDeepIdle> {
+        let mut file = std::fs::OpenOptions::new().write(true).open("/dev/cpu_dma_latency").ok()?;
+        file.write_all(&0i32.to_ne_bytes()).ok()?;
+        Some(NoDeepIdle(file))
+    }
+}
+
 pub fn request_response(bed: &TestBed, transport: Transport, timing: Timing) -> anyhow::Result<Outcome> {
+    let no_deep_idle = NoDeepIdle::request();
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server_stop = stop.clone();
@@ -73,9 +94,10 @@ pub fn request_response(bed: &TestBed, transport: Transport, timing: Timing) -> 
     Ok(Outcome {
         figures: vec![(p50_figure, p50), (p99_figure, p99)],
         summary: format!(
-            "RTT p50 {p50:.1} µs, p99 {p99:.1} µs ({:.0} transactions/s, {} lost)",
+            "RTT p50 {p50:.1} µs, p99 {p99:.1} µs ({:.0} transactions/s, {} lost{})",
             trips.nanos.len() as f64 / trips.seconds,
-            trips.lost
+            trips.lost,
+            if no_deep_idle.is_some() { "" } else { "; CPUs free to halt: /dev/cpu_dma_latency unavailable" }
         ),
     })
 }
