@@ -130,6 +130,8 @@ pub mod programs {
     /// multicast VXLAN frames that XDP passes up to every local port of
     /// their VNI (XDP cannot clone a frame).
     pub const UNDERLAY_FLOOD_TC: &str = "overlay_underlay_flood";
+    /// Every program of the object, as the agent loads (and unloads) them.
+    pub const ALL: [&str; 4] = [DECAP_XDP, DECAP_TC, ENDPOINT_TC, UNDERLAY_FLOOD_TC];
 }
 
 /// Key of the FDB and of the local endpoint table: a MAC address within a VNI.

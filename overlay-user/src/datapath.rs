@@ -215,6 +215,15 @@ pub struct CounterRow {
     pub bytes: u64,
 }
 
+/// The row's columns in the counter tables: direction, reason (name and
+/// code), packets, bytes.
+impl fmt::Display for CounterRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.reason.info().map_or("unknown", |info| info.name);
+        write!(f, "{:<14} {:<30} {:>12} {:>14}", self.direction.name(), format!("{name} ({})", self.reason.0), self.packets, self.bytes)
+    }
+}
+
 /// A snapshot of the datapath counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -258,19 +267,9 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<14} {:<30} {:>12} {:>14}  {}", "DIRECTION", "REASON", "PACKETS", "BYTES", "MEANING")?;
         for row in &self.rows {
-            let (name, description) = row
-                .reason
-                .info()
-                .map_or(("unknown", ""), |info| (info.name, info.description.trim()));
+            let description = row.reason.info().map_or("", |info| info.description.trim());
             let kind = if row.reason.is_drop() { "drop: " } else { "" };
-            writeln!(
-                f,
-                "{:<14} {:<30} {:>12} {:>14}  {kind}{description}",
-                row.direction.name(),
-                format!("{name} ({})", row.reason.0),
-                row.packets,
-                row.bytes
-            )?;
+            writeln!(f, "{row}  {kind}{description}")?;
         }
         Ok(())
     }
@@ -307,16 +306,7 @@ impl fmt::Display for VniPeerCounters {
                     writeln!(f, "{:<16} {:<14} nothing counted", key.to_string(), "-")?;
                 }
                 for row in &counters.rows {
-                    let name = row.reason.info().map_or("unknown", |info| info.name);
-                    writeln!(
-                        f,
-                        "{:<16} {:<14} {:<30} {:>12} {:>14}",
-                        key.to_string(),
-                        row.direction.name(),
-                        format!("{name} ({})", row.reason.0),
-                        row.packets,
-                        row.bytes
-                    )?;
+                    writeln!(f, "{:<16} {row}", key.to_string())?;
                 }
             }
             Ok(())
@@ -442,7 +432,7 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        for name in [programs::DECAP_XDP, programs::DECAP_TC, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
+        for name in programs::ALL {
             let program = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
             let result = match program {
                 aya::programs::Program::Xdp(xdp) => xdp.load(),
@@ -849,7 +839,7 @@ impl Datapath {
             self.drop_link(&name);
         }
         // Links still owned by the programs (none in normal operation).
-        for name in [programs::DECAP_XDP, programs::DECAP_TC, programs::ENDPOINT_TC, programs::UNDERLAY_FLOOD_TC] {
+        for name in programs::ALL {
             if let Some(program) = self.ebpf.program_mut(name) {
                 let result = match program {
                     aya::programs::Program::Xdp(xdp) => xdp.unload(),
