@@ -380,7 +380,6 @@ struct HeldLink {
 pub struct Datapath {
     ebpf: Ebpf,
     applied: MapState,
-    decap: Option<DecapHook>,
     pins: Option<PinDir>,
     /// Attachments by link name (see [`pinning`]).
     links: std::collections::BTreeMap<String, HeldLink>,
@@ -469,7 +468,6 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             applied: MapState::default(),
-            decap: None,
             pins: pins.cloned(),
             links: Default::default(),
             adopted: false,
@@ -631,7 +629,6 @@ impl Datapath {
             self.attach_tc(programs::UNDERLAY_FLOOD_TC, &name, &underlay)?;
             wanted.push(name);
         }
-        self.decap = Some(hook);
         for endpoint in &resolved.config.endpoints {
             let name = pinning::port_link_name(&endpoint.interface);
             if !wanted.contains(&name) {
@@ -856,17 +853,11 @@ impl Datapath {
                 log::warn!("removing pins in {}: {error}", pins.root().display());
             }
         }
-        self.decap = None;
     }
 
     /// Names of the attachments held (see [`pinning`]).
     pub fn attachments(&self) -> Vec<String> {
         self.links.keys().cloned().collect()
-    }
-
-    /// The decapsulation hook in use, once attached.
-    pub fn decap_hook(&self) -> Option<DecapHook> {
-        self.decap
     }
 
     /// Reads all counters, summed over CPUs; rows with no packets are left out.
