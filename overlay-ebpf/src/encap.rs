@@ -9,8 +9,8 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_ktime_get_coarse_ns, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_head,
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
+        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head,
     },
     programs::TcContext,
 };
@@ -224,6 +224,12 @@ pub fn grow_for_outer_headers(ctx: &TcContext, inner_is_ip: bool) -> Result<(), 
 /// The next outer IPv4 ID, reserving one per GSO segment (the stack numbers
 /// the segments consecutively), as the kernel's tunnels give every outer
 /// packet an ID even with DF set.
+///
+/// Each CPU counts on its own (no shared cache line per packet). All
+/// starting at zero, two CPUs sending alike would hand out the same IDs; so
+/// each CPU's counter starts at a random value on its first use, which
+/// keeps the CPUs' sequences apart (as the kernel's own IDs are hashed,
+/// not one shared count).
 #[inline(always)]
 pub fn next_ip_id(ctx: &TcContext) -> u16 {
     // SAFETY: reading a context field.
@@ -231,7 +237,11 @@ pub fn next_ip_id(ctx: &TcContext) -> u16 {
     match IP_IDS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         Some(counter) => unsafe {
-            let id = *counter;
+            let mut id = *counter;
+            if id == 0 {
+                // SAFETY: plain helper call.
+                id = bpf_get_prandom_u32();
+            }
             *counter = id.wrapping_add(segments);
             id as u16
         },
