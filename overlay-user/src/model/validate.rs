@@ -308,3 +308,156 @@ fn network_value(network: &NetworkRef) -> String {
         NetworkRef::Vni(vni) => vni.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{Endpoint, Fragment, Network, NodeSettings, Owner, OwnerKind, Peer, RemoteEndpoint, SourceKind};
+
+    fn node() -> NodeSettings {
+        NodeSettings {
+            name: "n1".into(),
+            underlay_interface: "ul".into(),
+            vtep_address: "192.0.2.1".parse().unwrap(),
+            vxlan_port: 4789,
+            ttl: 64,
+            source_port_min: 49152,
+            source_port_max: 65535,
+            flood_limit: 64,
+        }
+    }
+
+    fn api(key: &str) -> Origin {
+        Origin::new(SourceKind::Api, key)
+    }
+
+    fn network(name: &str, vni: u32, subnet: Option<&str>) -> Network {
+        Network {
+            name: name.into(),
+            vni,
+            subnet: subnet.map(|s| s.parse().unwrap()),
+            subnet6: None,
+            mtu: None,
+            flood_limit: None,
+            options: BTreeMap::new(),
+            origin: api(&format!("network {name}")),
+        }
+    }
+
+    fn endpoint(id: &str, network: &str, interface: &str, mac: u8, ip: &str) -> Endpoint {
+        Endpoint {
+            network: NetworkRef::Name(network.into()),
+            interface: interface.into(),
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            ipv4: Some(ip.parse().unwrap()),
+            ipv6: None,
+            owner: Owner { kind: OwnerKind::Api, container_id: None },
+            origin: api(&format!("endpoint {id}")),
+        }
+    }
+
+    fn peer(name: &str, vtep: &str, endpoints: Vec<RemoteEndpoint>) -> Peer {
+        Peer { name: name.into(), vtep_address: vtep.parse().unwrap(), endpoints, networks: vec![], origin: Origin::new(SourceKind::Registry, format!("node {name}")) }
+    }
+
+    fn remote(network: NetworkRef, mac: u8, ip: &str) -> RemoteEndpoint {
+        RemoteEndpoint { network, mac: MacAddr([2, 0, 0, 0, 1, mac]), ipv4: Some(ip.parse().unwrap()), ipv6: None, origin: Origin::new(SourceKind::Registry, format!("endpoint {mac}")) }
+    }
+
+    /// One row: a description, the fragment, and the problems expected as
+    /// (kind, subject key, field, value).
+    struct Row {
+        what: &'static str,
+        fragment: Fragment,
+        expected: Vec<(ProblemKind, &'static str, &'static str, &'static str)>,
+    }
+
+    #[test]
+    fn models_built_in_code_get_every_check() {
+        let blue = || network("blue", 100, Some("10.0.9.0/24"));
+        let rows = vec![
+            Row { what: "a good model", fragment: Fragment { networks: vec![blue()], endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2")], peers: vec![] }, expected: vec![] },
+            Row {
+                what: "unknown network",
+                fragment: Fragment { networks: vec![blue()], endpoints: vec![endpoint("a", "green", "p1", 1, "10.0.9.2")], peers: vec![] },
+                expected: vec![(UnknownNetwork, "endpoint a", "network", "green")],
+            },
+            Row {
+                what: "address outside the subnet",
+                fragment: Fragment { networks: vec![blue()], endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.8.2")], peers: vec![] },
+                expected: vec![(Invalid, "endpoint a", "ip", "10.0.8.2")],
+            },
+            Row {
+                what: "same MAC twice in a network",
+                fragment: Fragment { networks: vec![blue()], endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2"), endpoint("b", "blue", "p2", 1, "10.0.9.3")], peers: vec![] },
+                expected: vec![(Duplicate, "endpoint b", "mac", "02:00:00:00:00:01")],
+            },
+            Row {
+                what: "same IP as a peer's endpoint, named by VNI",
+                fragment: Fragment {
+                    networks: vec![blue()],
+                    endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2")],
+                    peers: vec![peer("n2", "192.0.2.2", vec![remote(NetworkRef::Vni(100), 9, "10.0.9.2")])],
+                },
+                expected: vec![(Duplicate, "endpoint 9", "ip", "10.0.9.2")],
+            },
+            Row {
+                what: "two networks with one VNI or one name",
+                fragment: Fragment { networks: vec![blue(), network("red", 100, None), network("blue", 200, None)], endpoints: vec![], peers: vec![] },
+                expected: vec![(Duplicate, "network red", "vni", "100"), (Duplicate, "network blue", "name", "blue")],
+            },
+            Row {
+                what: "a multicast MAC, VNI 0 and a bad subnet",
+                fragment: Fragment {
+                    networks: vec![network("zero", 0, Some("10.0.9.1/24"))],
+                    endpoints: vec![Endpoint { mac: MacAddr([1, 0, 0x5e, 0, 0, 1]), ..endpoint("a", "zero", "p1", 1, "10.0.9.2") }],
+                    peers: vec![],
+                },
+                expected: vec![(Invalid, "network zero", "vni", "0"), (Invalid, "network zero", "subnet", "10.0.9.1/24"), (Invalid, "endpoint a", "mac", "01:00:5e:00:00:01")],
+            },
+            Row {
+                what: "a peer with our VTEP, an IPv6 VTEP",
+                fragment: Fragment { networks: vec![], endpoints: vec![], peers: vec![peer("n2", "192.0.2.1", vec![]), peer("n3", "2001:db8::3", vec![])] },
+                expected: vec![(Invalid, "node n3", "vtep_address", "2001:db8::3"), (Invalid, "node n2", "vtep_address", "192.0.2.1")],
+            },
+            Row {
+                what: "one port in two networks",
+                fragment: Fragment {
+                    networks: vec![blue(), network("red", 200, None)],
+                    endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2"), endpoint("b", "red", "p1", 2, "10.0.10.2")],
+                    peers: vec![],
+                },
+                expected: vec![(Duplicate, "endpoint b", "network", "red")],
+            },
+        ];
+        for row in rows {
+            let model = Model::merge(node(), [&row.fragment]);
+            let found: Vec<(ProblemKind, String, String, String)> =
+                validate(&model).into_iter().map(|p| (p.kind, p.subject.key, p.field, p.value)).collect();
+            let expected: Vec<(ProblemKind, String, String, String)> =
+                row.expected.iter().map(|(k, s, f, v)| (*k, s.to_string(), f.to_string(), v.to_string())).collect();
+            assert_eq!(found, expected, "{}: expected these problems, found others", row.what);
+        }
+    }
+
+    #[test]
+    fn a_later_source_is_the_one_refused_and_the_holder_is_named() {
+        let file = Fragment {
+            networks: vec![],
+            endpoints: vec![Endpoint { network: NetworkRef::Vni(100), origin: Origin::new(SourceKind::File, "endpoints[0]"), ..endpoint("x", "", "p1", 1, "10.0.9.2") }],
+            peers: vec![],
+        };
+        let from_api = Fragment { networks: vec![network("blue", 100, None)], endpoints: vec![endpoint("a", "blue", "p2", 1, "10.0.9.3")], peers: vec![] };
+        let problems = validate(&Model::merge(node(), [&file, &from_api]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let problem = &problems[0];
+        assert_eq!((problem.subject.source, problem.field.as_str()), (SourceKind::Api, "mac"));
+        assert_eq!(problem.holder, Some(Origin::new(SourceKind::File, "endpoints[0]")));
+        assert!(problem.message.ends_with("by file endpoints[0]"), "{problem}");
+        // The API's network of VNI 100 is the file's endpoint's network too: no implicit one.
+        let model = Model::merge(node(), [&file, &from_api]);
+        assert_eq!(model.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["blue"]);
+    }
+}
