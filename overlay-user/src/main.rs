@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use overlay::{
     AttachMode, Config, Counters, Datapath, DecapMode, MapState, ResolvedConfig, VniPeerCounters, XdpAttachMode,
-    datapath::ApplyReport,
+    datapath::{ApplyReport, AttachPlan, Interface},
     pinning::{DEFAULT_BPFFS_DIR, PinDir},
     status::{self, DEFAULT_RUN_DIR, NodeStatus, Reload},
 };
@@ -46,11 +46,11 @@ enum Command {
         config: PathBuf,
         /// Which hook decapsulates VXLAN on the underlay device: auto picks
         /// TC on a veth and where native XDP is missing, XDP elsewhere.
-        #[arg(long, value_enum, default_value_t = DecapMode::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_parser(DecapMode::NAMES))]
         decap: DecapMode,
         /// How to attach the XDP decapsulation program (auto: native, else
         /// generic). Given explicitly, it implies --decap xdp under --decap auto.
-        #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_parser(XdpAttachMode::NAMES))]
         xdp_mode: XdpAttachMode,
         /// Also print the datapath counters every this many seconds (0: only at exit).
         #[arg(long, default_value_t = 0)]
@@ -154,6 +154,30 @@ enum Command {
         #[command(flatten)]
         places: Places,
     },
+}
+
+/// Parses one of a mode enum's names (the library has no clap types).
+fn mode_parser<M>(names: &'static [(M, &'static str)]) -> impl clap::builder::TypedValueParser<Value = M>
+where
+    M: std::str::FromStr<Err = overlay::datapath::attach::UnknownMode> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names.iter().map(|(_, name)| *name)).try_map(|name| name.parse::<M>())
+}
+
+/// What to attach where, for a configuration.
+fn attach_plan(resolved: &ResolvedConfig, mode: AttachMode) -> AttachPlan {
+    let config = &resolved.config;
+    AttachPlan {
+        underlay: Interface { name: config.node.underlay_interface.clone(), ifindex: resolved.underlay_ifindex },
+        ports: config
+            .endpoints
+            .iter()
+            .zip(&resolved.endpoint_ifindex)
+            .map(|(endpoint, &ifindex)| Interface { name: endpoint.interface.clone(), ifindex })
+            .collect(),
+        mode,
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -537,7 +561,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         // After loading: an adopted datapath's VNIs and peers keep their counter slots.
         let desired = MapState::from_config(&resolved, datapath.applied()).context("assigning counter slots")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
-        let hook = datapath.attach(&resolved, options.mode).context("attaching the datapath")?;
+        let hook = datapath.attach(&attach_plan(&resolved, options.mode)).context("attaching the datapath")?;
         keep_peers_resolved(&resolved);
         let underlay = resolved.config.node.underlay_interface.clone();
         match overlay::netdev::mtu(&underlay) {
@@ -650,12 +674,12 @@ fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mo
     let previous = datapath.applied().clone();
     let desired = MapState::from_config(&resolved, &previous).context("assigning counter slots")?;
     let report = datapath.apply(&desired).context("changing the maps")?;
-    if let Err(error) = datapath.attach(&resolved, mode) {
+    if let Err(error) = datapath.attach(&attach_plan(&resolved, mode)) {
         // Back to the previous maps, and to the previous attachments.
         if let Err(undo) = datapath.apply(&previous) {
             log::error!("restoring the previous maps after a failed attach: {undo}");
         }
-        let _ = datapath.attach(current, mode);
+        let _ = datapath.attach(&attach_plan(current, mode));
         return Err(error).context("attaching to the new configuration's ports");
     }
     keep_peers_resolved(&resolved);
