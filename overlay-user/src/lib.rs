@@ -5,6 +5,7 @@ pub mod config;
 pub mod datapath;
 pub mod doctor;
 pub mod metrics;
+pub mod model;
 pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
