@@ -2,24 +2,16 @@
 //! agent, the API and everything they do live in the library.
 mod cli_api;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use overlay::{
-    AttachMode, Config, Counters, Datapath, DecapMode, MapState, ResolvedConfig, VniPeerCounters, XdpAttachMode,
-    datapath::ApplyReport,
+    AttachMode, Config, Counters, Datapath, DecapMode, VniPeerCounters, XdpAttachMode,
     pinning::{DEFAULT_BPFFS_DIR, PinDir},
-    status::{self, DEFAULT_RUN_DIR, NodeStatus, Reload},
+    status::{self, DEFAULT_RUN_DIR, NodeStatus},
 };
 use overlay_common::reason::REASONS;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
 
 #[derive(Parser)]
 #[command(name = "overlay", version, about = "A VXLAN container overlay whose datapath runs in eBPF")]
@@ -49,11 +41,11 @@ enum Command {
         config: PathBuf,
         /// Which hook decapsulates VXLAN on the underlay device: auto picks
         /// TC on a veth and where native XDP is missing, XDP elsewhere.
-        #[arg(long, value_enum, default_value_t = DecapMode::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_parser(DecapMode::NAMES))]
         decap: DecapMode,
         /// How to attach the XDP decapsulation program (auto: native, else
         /// generic). Given explicitly, it implies --decap xdp under --decap auto.
-        #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_parser(XdpAttachMode::NAMES))]
         xdp_mode: XdpAttachMode,
         /// Also print the datapath counters every this many seconds (0: only at exit).
         #[arg(long, default_value_t = 0)]
@@ -174,6 +166,15 @@ enum Command {
         #[command(flatten)]
         places: Places,
     },
+}
+
+/// Parses one of a mode enum's names (the library has no clap types).
+fn mode_parser<M>(names: &'static [(M, &'static str)]) -> impl clap::builder::TypedValueParser<Value = M>
+where
+    M: std::str::FromStr<Err = overlay::datapath::attach::UnknownMode> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names.iter().map(|(_, name)| *name)).try_map(|name| name.parse::<M>())
 }
 
 fn main() -> std::process::ExitCode {

@@ -314,7 +314,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{Endpoint, Fragment, Network, NodeSettings, Owner, OwnerKind, Peer, RemoteEndpoint, SourceKind};
+    use crate::model::{Endpoint, Fragment, Network, NodeSettings, Owner, OwnerKind, Peer, ProblemKind, RemoteEndpoint, SourceKind};
 
     fn node() -> NodeSettings {
         NodeSettings {
