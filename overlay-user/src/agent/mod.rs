@@ -199,19 +199,15 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             refresh_status(&mut status, &agent, &options.run_dir);
         };
         let _ = std::fs::remove_file(&socket_path);
-        let agent = Arc::into_inner(shared).map(Mutex::into_inner);
-        let Some(agent) = agent else { bail!("the API still holds the agent's state at exit") };
+        // API connections may still hold the state: work through the lock.
+        let mut agent = shared.lock().await;
         let counters = read_all_counters(agent.reconciler.datapath());
-        let mut reconciler = agent.reconciler;
         if options.keep_datapath {
             log::info!("{signal_name}: leaving the datapath pinned and forwarding in {} (`overlay down --node {node}` removes it)", pins.root().display());
             forwarding.keep();
         } else {
             log::info!("{signal_name}: detaching");
-            reconciler.forget_neighbours();
-            let mut datapath = reconciler.into_datapath();
-            datapath.detach();
-            drop(datapath);
+            agent.reconciler.detach();
             drop(forwarding);
         }
         let _ = std::fs::remove_file(status::path(&options.run_dir, &node));

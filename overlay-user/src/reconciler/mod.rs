@@ -147,10 +147,11 @@ impl Reconciler {
         Ok(Outcome { maps, hook, neighbours })
     }
 
-    /// Takes the managed neighbour entries this agent made away again (at a
-    /// detaching exit).
-    pub fn forget_neighbours(&mut self) {
+    /// Detaches everything and takes the managed neighbour entries this
+    /// agent made away again (a detaching exit).
+    pub fn detach(&mut self) {
         self.neighbours.sync(&BTreeSet::new());
+        self.datapath.detach();
     }
 }
 
