@@ -4,6 +4,7 @@
 pub mod config;
 pub mod datapath;
 pub mod doctor;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

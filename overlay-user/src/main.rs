@@ -562,7 +562,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
         let desired = MapState::from_config(&resolved, datapath.applied()).context("assigning counter slots")?;
         let report = datapath.apply(&desired).context("filling the datapath maps")?;
         let hook = datapath.attach(&attach_plan(&resolved, options.mode)).context("attaching the datapath")?;
-        keep_peers_resolved(&resolved);
+        keep_peers_resolved(&resolved).await;
         let underlay = resolved.config.node.underlay_interface.clone();
         match overlay::netdev::mtu(&underlay) {
             Ok(mtu) => log::info!(
@@ -624,6 +624,9 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
                 }
             };
             let outcome = reload(&path, &mut datapath, &mut resolved, options.mode);
+            if outcome.is_ok() {
+                keep_peers_resolved(&resolved).await;
+            }
             let message = match &outcome {
                 Ok(report) => format!("{report}"),
                 Err(error) => format!("{error:#}"),
@@ -682,13 +685,12 @@ fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mo
         let _ = datapath.attach(&attach_plan(current, mode));
         return Err(error).context("attaching to the new configuration's ports");
     }
-    keep_peers_resolved(&resolved);
     *current = resolved;
     Ok(report)
 }
 
-fn keep_peers_resolved(resolved: &ResolvedConfig) {
-    for (peer, error) in overlay::neighbour::keep_peers_resolved(&resolved.config) {
+async fn keep_peers_resolved(resolved: &ResolvedConfig) {
+    for (peer, error) in overlay::neighbour::keep_peers_resolved(&resolved.config, resolved.underlay_ifindex).await {
         log::warn!("peer {peer}: cannot keep its underlay next hop resolved ({error}); flooded and non-IP frames to it may be lost until it is");
     }
 }
