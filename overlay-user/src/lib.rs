@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
 pub mod pinning;
+pub mod registry;
 pub mod slots;
 pub mod state;
 pub mod status;
