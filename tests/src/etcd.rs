@@ -1,0 +1,172 @@
+//! Real etcd servers for the registry tests: one member or a cluster on
+//! free loopback ports, each with its own data directory, killed by pid and
+//! removed on drop (so on every exit path of a test, panics included).
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// Debian's `etcd-server` installs it here.
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// One member's fixed identity: its name, ports and data directory.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// An etcd cluster of one or more members; every member is killed and
+/// every data directory removed on drop.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    root: PathBuf,
+}
+
+/// Why a test cannot run here (printed, then the test returns).
+pub fn missing() -> Option<String> {
+    (!std::path::Path::new(ETCD).exists()).then(|| format!("{ETCD} is not installed (Debian package etcd-server)"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0)).context("binding a free port")?.local_addr()?.port())
+}
+
+impl EtcdCluster {
+    /// Starts `size` members named `<scope>-<i>` and waits until each
+    /// answers `/health`. Data directories live under
+    /// `$TMPDIR/ovl-<scope>-<pid>-etcd`.
+    pub fn start(scope: &str, size: usize) -> anyhow::Result<EtcdCluster> {
+        let root = std::env::temp_dir().join(format!("{}-{scope}-{}-etcd", crate::netns::PREFIX, std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let mut members = Vec::new();
+        for index in 0..size {
+            members.push(Member {
+                name: format!("{scope}-{index}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                dir: root.join(format!("member-{index}")),
+                process: None,
+            });
+        }
+        let initial_cluster =
+            members.iter().map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port)).collect::<Vec<_>>().join(",");
+        let mut cluster = EtcdCluster { members, initial_cluster, token: format!("{scope}-{}", std::process::id()), root };
+        for index in 0..size {
+            cluster.spawn(index)?;
+        }
+        for index in 0..size {
+            cluster.wait_healthy(index)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Client URLs of every member (`http://127.0.0.1:PORT`).
+    pub fn client_urls(&self) -> Vec<String> {
+        (0..self.members.len()).map(|index| self.client_url(index)).collect()
+    }
+
+    pub fn client_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].client_port)
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let member = &self.members[index];
+        let log = File::create(self.root.join(format!("member-{index}.log")))?;
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let state = if member.dir.exists() { "existing" } else { "new" };
+        let child = Command::new(ETCD)
+            .args(["--logger=zap", "--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.dir)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
+            .args(["--initial-cluster-token", &self.token])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {ETCD}"))?;
+        self.members[index].process = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the member answers `{"health":"true"}` on its client port.
+    pub fn wait_healthy(&mut self, index: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = self.members[index].client_port;
+        loop {
+            if let Some(process) = self.members[index].process.as_mut()
+                && let Some(status) = process.try_wait()?
+            {
+                let log = fs::read_to_string(self.root.join(format!("member-{index}.log"))).unwrap_or_default();
+                bail!("etcd member {index} exited ({status}): {}", log.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
+            }
+            if health(port).unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd member {index} on port {port} not healthy after 30 s");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills a member (SIGKILL, by pid) and reaps it; its data stays.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.members[index].process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts a killed member again on its data directory.
+    pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.spawn(index)
+    }
+
+    /// Removes a killed member's data: restarted, it is an empty etcd (of a
+    /// one-member cluster), as after a lost disk.
+    pub fn wipe(&mut self, index: usize) -> anyhow::Result<()> {
+        assert!(self.members[index].process.is_none(), "wipe needs the member killed first");
+        fs::remove_dir_all(&self.members[index].dir).context("removing the member's data")?;
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// GET /health over plain HTTP/1.0.
+fn health(port: u16) -> anyhow::Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.contains("\"health\":\"true\""))
+}
