@@ -21,6 +21,8 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` even when clients must use TLS.
+    metrics_port: u16,
     dir: PathBuf,
     process: Option<Child>,
 }
@@ -29,9 +31,19 @@ struct Member {
 /// every data directory removed on drop.
 pub struct EtcdCluster {
     members: Vec<Member>,
+    tls: Option<ServerTls>,
     initial_cluster: String,
     token: String,
     root: PathBuf,
+}
+
+/// TLS for the client port (PEM files): the server's certificate and key,
+/// and the CA whose client certificates are required.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// Why a test cannot run here (printed, then the test returns).
@@ -48,6 +60,12 @@ impl EtcdCluster {
     /// answers `/health`. Data directories live under
     /// `$TMPDIR/ovl-<scope>-<pid>-etcd`.
     pub fn start(scope: &str, size: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(scope, size, None)
+    }
+
+    /// As [`EtcdCluster::start`], with clients required to use TLS and a
+    /// client certificate when `tls` is given.
+    pub fn start_with(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
         let root = std::env::temp_dir().join(format!("{}-{scope}-{}-etcd", crate::netns::PREFIX, std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -57,13 +75,14 @@ impl EtcdCluster {
                 name: format!("{scope}-{index}"),
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                metrics_port: free_port()?,
                 dir: root.join(format!("member-{index}")),
                 process: None,
             });
         }
         let initial_cluster =
             members.iter().map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port)).collect::<Vec<_>>().join(",");
-        let mut cluster = EtcdCluster { members, initial_cluster, token: format!("{scope}-{}", std::process::id()), root };
+        let mut cluster = EtcdCluster { members, tls, initial_cluster, token: format!("{scope}-{}", std::process::id()), root };
         for index in 0..size {
             cluster.spawn(index)?;
         }
@@ -79,7 +98,8 @@ impl EtcdCluster {
     }
 
     pub fn client_url(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[index].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[index].client_port)
     }
 
     pub fn size(&self) -> usize {
@@ -89,10 +109,16 @@ impl EtcdCluster {
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
         let member = &self.members[index];
         let log = File::create(self.root.join(format!("member-{index}.log")))?;
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let client = self.client_url(index);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", member.metrics_port);
         let state = if member.dir.exists() { "existing" } else { "new" };
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            command.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.client_ca);
+        }
+        let child = command
             .args(["--logger=zap", "--name", &member.name])
             .arg("--data-dir")
             .arg(&member.dir)
@@ -100,6 +126,7 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(["--initial-cluster-token", &self.token])
+            .args(["--listen-metrics-urls", &metrics])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -112,7 +139,7 @@ impl EtcdCluster {
     /// Waits until the member answers `{"health":"true"}` on its client port.
     pub fn wait_healthy(&mut self, index: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let port = self.members[index].client_port;
+        let port = self.members[index].metrics_port;
         loop {
             if let Some(process) = self.members[index].process.as_mut()
                 && let Some(status) = process.try_wait()?
