@@ -135,6 +135,16 @@ async fn reg_snapshot_and_watch_see_every_change() {
     let late_snapshot = wait_snapshot(&mut late_snapshots, LONG, "the late watcher's first read", |s| s.revision >= fresh.revision).await;
     assert_eq!(content(&late_snapshot), content(&fresh), "a late watcher differs");
 
+    // The cluster report: the node with its lease, counts per network, the problems.
+    let status = overlay::registry::ClusterStatus::read(&registry).await.unwrap();
+    println!("{status}");
+    let a = &status.nodes[0];
+    assert_eq!((status.nodes.len(), a.name.as_str(), a.endpoints, a.lease_ttl), (1, "a", 2, 5), "{status}");
+    assert!(a.lease_age.is_some_and(|age| (0..=5).contains(&age)), "lease age {:?}", a.lease_age);
+    let counts: Vec<_> = status.networks.iter().map(|n| (n.name.as_str(), n.endpoints)).collect();
+    assert_eq!(counts, [("blue", 2), ("green", 0)], "{status}");
+    assert_eq!(status.problems.len(), 2, "{status}");
+
     // A graceful close removes the node and its endpoints at once.
     session.close().await.unwrap();
     let snapshot = wait_snapshot(&mut snapshots, LONG, "node a gone", |s| s.nodes.is_empty()).await;
@@ -386,7 +396,7 @@ async fn allocate_many(ipam: &overlay::registry::Ipam, node: &str, count: usize)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reg_ipam_concurrent_nodes_never_share_an_address() {
     use overlay::registry::Ipam;
-    let Some(etcd) = start_etcd("regipam", 1) else { return };
+    let Some(mut etcd) = start_etcd("regipam", 1) else { return };
     let registry_a = connect(etcd.client_urls(), 5).await;
     let registry_b = connect(etcd.client_urls(), 5).await;
     registry_a.create_network(&network("blue", 100, "10.1.0.0/22")).await.unwrap();
@@ -453,6 +463,17 @@ async fn reg_ipam_concurrent_nodes_never_share_an_address() {
     let next = ipam_a.allocate("blue", "a-after-restart").await.unwrap();
     assert!(!union.contains(&next) && next != last_block_address, "{next} handed out twice after a restart");
     ipam_a.flush().await.unwrap();
+
+    // With etcd down, allocation goes on from the block held (no round
+    // trip); the record reaches etcd when it is back.
+    etcd.kill(0);
+    let offline = ipam_a.allocate("blue", "a-offline").await.expect("allocating while etcd is down");
+    etcd.restart(0).unwrap();
+    etcd.wait_healthy(0).unwrap();
+    tokio::time::timeout(LONG, ipam_a.flush()).await.expect("flushing after etcd returned").unwrap();
+    let snapshot = registry_a.read_store().await.unwrap().snapshot();
+    let owner = snapshot.blocks.values().find_map(|block| block.allocations.get(&offline).cloned());
+    assert_eq!(owner.as_deref(), Some("a-offline"), "the allocation made while etcd was down is not in etcd");
 
     // A network whose one block is claimed has nothing for another node.
     registry_a.create_network(&network("tiny", 101, "10.9.0.0/26")).await.unwrap();

@@ -111,7 +111,11 @@ impl Registry {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.request_timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum cancels our watch (so the
+            // watcher reconnects, possibly elsewhere) instead of serving it
+            // silently stale.
+            .with_require_leader(true);
         if let Some(credentials) = &settings.credentials {
             options = options.with_user(&credentials.user, &credentials.password).with_auto_token_refresh(true);
         }

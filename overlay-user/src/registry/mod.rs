@@ -46,6 +46,7 @@ pub mod problem;
 pub mod records;
 pub mod session;
 pub mod snapshot;
+pub mod status;
 pub mod watcher;
 
 pub use cidr::{Ipv4Net, Ipv6Net};
@@ -56,4 +57,5 @@ pub use problem::{ClusterProblem, ConflictReport, Holder, RecordProblem, Registr
 pub use records::{BlockRecord, EndpointRecord, NetworkRecord, NodeRecord};
 pub use session::{NodeSession, SessionState};
 pub use snapshot::{ClusterSnapshot, NodeEntry, RegistryStore};
+pub use status::{ClusterStatus, NetworkStatus, NodeStatus};
 pub use watcher::{ClusterWatch, WatchStatus};
