@@ -2,7 +2,7 @@
 //! module doc of [`crate::registry`]).
 use std::net::IpAddr;
 
-use crate::config::MacAddr;
+use crate::model::MacAddr;
 
 use super::problem::RegistryError;
 

@@ -2,7 +2,7 @@
 //! (values, reported and skipped) and errors of an operation (returned).
 use std::{fmt, net::IpAddr};
 
-use crate::config::MacAddr;
+use crate::model::MacAddr;
 
 /// A record in etcd that could not be used. The record is skipped; every
 /// other record is still read.

@@ -18,7 +18,7 @@ use super::{
     keys::check_name,
     problem::{ConflictReport, RecordProblem},
 };
-use crate::config::MacAddr;
+use crate::model::MacAddr;
 
 /// Default IPAM block: 64 addresses per node at a time, as Calico's /26.
 pub const DEFAULT_BLOCK_PREFIX_LEN: u8 = 26;

@@ -25,7 +25,7 @@ use super::{
     problem::{ConflictReport, Holder, RegistryError},
     records::{EndpointRecord, NodeRecord, claim_value, parse_claim},
 };
-use crate::config::MacAddr;
+use crate::model::MacAddr;
 
 /// Where a session stands.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use super::{
     problem::{ClusterProblem, ConflictReport, RecordProblem},
     records::{BlockRecord, EndpointRecord, NetworkRecord, NodeRecord},
 };
-use crate::config::MacAddr;
+use crate::model::MacAddr;
 
 /// A node as the snapshot sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
