@@ -1,122 +1,56 @@
-//! IPv4 and IPv6 prefixes (`10.1.0.0/16`) as the registry writes them.
-use std::{
-    fmt,
-    net::{Ipv4Addr, Ipv6Addr},
-    str::FromStr,
-};
+//! IPv4 and IPv6 prefixes as the registry writes them: the model's `ipnet`
+//! types, parsed strictly (host bits must be zero) and with the few
+//! operations IPAM needs.
+use std::net::Ipv4Addr;
 
-/// An IPv4 prefix with its host bits zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ipv4Net {
-    pub base: Ipv4Addr,
-    pub prefix_len: u8,
+pub use ipnet::{Ipv4Net, Ipv6Net};
+
+/// Parses `A.B.C.D/LEN`, refusing host bits (`10.1.0.1/16`): a record
+/// that says one thing and means another is a bad record.
+pub fn parse_v4(text: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = text.parse().map_err(|_| "expected ADDRESS/LENGTH".to_owned())?;
+    if net.trunc() != net {
+        return Err(format!("host bits are set (the network is {})", net.trunc()));
+    }
+    Ok(net)
 }
 
-impl Ipv4Net {
-    pub fn new(base: Ipv4Addr, prefix_len: u8) -> Result<Self, String> {
-        if prefix_len > 32 {
-            return Err(format!("prefix length {prefix_len} is over 32"));
-        }
-        let net = Ipv4Net { base, prefix_len };
-        if u32::from(base) & !net.mask() != 0 {
-            return Err(format!("host bits are set (the network is {}/{prefix_len})", Ipv4Addr::from(u32::from(base) & net.mask())));
-        }
-        Ok(net)
+pub fn parse_v6(text: &str) -> Result<Ipv6Net, String> {
+    let net: Ipv6Net = text.parse().map_err(|_| "expected ADDRESS/LENGTH".to_owned())?;
+    if net.trunc() != net {
+        return Err(format!("host bits are set (the network is {})", net.trunc()));
     }
+    Ok(net)
+}
 
-    pub fn mask(&self) -> u32 {
-        if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - self.prefix_len) }
-    }
+/// The prefix of length `prefix_len` that holds `address` (its IPAM block).
+pub fn block_of(address: Ipv4Addr, prefix_len: u8) -> Ipv4Net {
+    Ipv4Net::new(address, prefix_len).expect("block lengths are validated to be at most 30").trunc()
+}
 
-    pub fn contains(&self, address: Ipv4Addr) -> bool {
-        u32::from(address) & self.mask() == u32::from(self.base)
-    }
-
-    /// Number of addresses, network and broadcast included.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - self.prefix_len)
-    }
-
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) | !self.mask())
-    }
-
-    /// The `index`th address of the prefix.
-    pub fn nth(&self, index: u64) -> Option<Ipv4Addr> {
-        (index < self.size()).then(|| Ipv4Addr::from(u32::from(self.base) + index as u32))
-    }
-
-    /// The prefix of length `prefix_len` (longer than this one's) that holds `address`.
-    pub fn subnet_of(address: Ipv4Addr, prefix_len: u8) -> Ipv4Net {
-        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len) };
-        Ipv4Net { base: Ipv4Addr::from(u32::from(address) & mask), prefix_len }
-    }
-
+/// What IPAM asks of a prefix.
+pub trait Ipv4NetExt {
     /// Can hosts use `address` in this subnet? Not its network address nor,
     /// below /31, its broadcast address (RFC 3021 lets /31 use both).
-    pub fn is_host(&self, address: Ipv4Addr) -> bool {
-        self.contains(address)
-            && (self.prefix_len >= 31 || (address != self.base && address != self.broadcast()))
-    }
+    fn is_host(&self, address: Ipv4Addr) -> bool;
+    /// Number of addresses, network and broadcast included.
+    fn size(&self) -> u64;
+    /// The `index`th address of the prefix.
+    fn nth(&self, index: u64) -> Option<Ipv4Addr>;
 }
 
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix_len)
-    }
-}
-
-impl FromStr for Ipv4Net {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (base, len) = text.split_once('/').ok_or("expected ADDRESS/LENGTH")?;
-        let base: Ipv4Addr = base.parse().map_err(|_| format!("{base:?} is not an IPv4 address"))?;
-        let len: u8 = len.parse().map_err(|_| format!("{len:?} is not a prefix length"))?;
-        Ipv4Net::new(base, len)
-    }
-}
-
-/// An IPv6 prefix with its host bits zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ipv6Net {
-    pub base: Ipv6Addr,
-    pub prefix_len: u8,
-}
-
-impl Ipv6Net {
-    pub fn new(base: Ipv6Addr, prefix_len: u8) -> Result<Self, String> {
-        if prefix_len > 128 {
-            return Err(format!("prefix length {prefix_len} is over 128"));
-        }
-        let net = Ipv6Net { base, prefix_len };
-        if u128::from(base) & !net.mask() != 0 {
-            return Err("host bits are set".to_owned());
-        }
-        Ok(net)
+impl Ipv4NetExt for Ipv4Net {
+    fn is_host(&self, address: Ipv4Addr) -> bool {
+        self.contains(&address)
+            && (self.prefix_len() >= 31 || (address != self.network() && address != self.broadcast()))
     }
 
-    fn mask(&self) -> u128 {
-        if self.prefix_len == 0 { 0 } else { u128::MAX << (128 - self.prefix_len) }
+    fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix_len())
     }
 
-    pub fn contains(&self, address: Ipv6Addr) -> bool {
-        u128::from(address) & self.mask() == u128::from(self.base)
-    }
-}
-
-impl fmt::Display for Ipv6Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix_len)
-    }
-}
-
-impl FromStr for Ipv6Net {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (base, len) = text.split_once('/').ok_or("expected ADDRESS/LENGTH")?;
-        let base: Ipv6Addr = base.parse().map_err(|_| format!("{base:?} is not an IPv6 address"))?;
-        let len: u8 = len.parse().map_err(|_| format!("{len:?} is not a prefix length"))?;
-        Ipv6Net::new(base, len)
+    fn nth(&self, index: u64) -> Option<Ipv4Addr> {
+        (index < self.size()).then(|| Ipv4Addr::from(u32::from(self.network()) + index as u32))
     }
 }
 
@@ -125,14 +59,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefixes_parse_and_refuse_host_bits() {
-        let net: Ipv4Net = "10.1.0.0/16".parse().unwrap();
-        assert!(net.contains("10.1.255.3".parse().unwrap()));
+    fn prefixes_parse_strictly_and_know_their_hosts() {
+        let net = parse_v4("10.1.0.0/16").unwrap();
+        assert!(net.is_host("10.1.255.3".parse().unwrap()));
         assert!(!net.is_host("10.1.0.0".parse().unwrap()));
         assert!(!net.is_host("10.1.255.255".parse().unwrap()));
-        assert!("10.1.0.1/16".parse::<Ipv4Net>().is_err());
-        assert_eq!(Ipv4Net::subnet_of("10.1.0.77".parse().unwrap(), 26).to_string(), "10.1.0.64/26");
-        assert!("fd00::/64".parse::<Ipv6Net>().is_ok());
-        assert!("fd00::1/64".parse::<Ipv6Net>().is_err());
+        assert!(parse_v4("10.1.0.1/16").is_err());
+        assert_eq!(block_of("10.1.0.77".parse().unwrap(), 26).to_string(), "10.1.0.64/26");
+        assert!(parse_v6("fd00::/64").is_ok());
+        assert!(parse_v6("fd00::1/64").is_err());
     }
 }

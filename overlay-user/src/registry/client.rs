@@ -153,10 +153,46 @@ impl Registry {
         }
     }
 
+    /// Runs one request, retried while etcd answers Unavailable (a member
+    /// down: the client's balancer still picks it now and then; a leader
+    /// election under way) until the request timeout. Every write here is
+    /// a compare-and-swap or a put of the same value, so a retry of one
+    /// that did land finds its own result (the callers recognise it).
+    pub(crate) async fn request<T, F, R>(&self, mut call: F) -> Result<T, RegistryError>
+    where
+        F: FnMut(Client) -> R,
+        R: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let result = self.timed(call(self.client.clone())).await;
+            match result {
+                Err(RegistryError::Etcd(error)) if is_unavailable(&error) && tokio::time::Instant::now() + pause < deadline => {
+                    log::debug!("registry: retrying: {error}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads one key.
+    pub(crate) async fn get(&self, key: &str) -> Result<etcd_client::GetResponse, RegistryError> {
+        self.request(|mut client| async move { client.get(key, None).await }).await
+    }
+
+    /// Runs a transaction.
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, RegistryError> {
+        let txn = &txn;
+        self.request(|mut client| async move { client.txn(txn.clone()).await }).await
+    }
+
     /// Reads every record under the prefix into a store, at one revision.
     pub async fn read_store(&self) -> Result<RegistryStore, RegistryError> {
-        let mut client = self.client.clone();
-        let response = self.timed(client.get(self.layout.root(), Some(GetOptions::new().with_prefix()))).await?;
+        let root = &self.layout.root();
+        let response = self.request(|mut client| async move { client.get(root.as_str(), Some(GetOptions::new().with_prefix())).await }).await?;
         let mut store = RegistryStore::new(self.layout.clone());
         for kv in response.kvs() {
             let Ok(key) = kv.key_str() else { continue };
@@ -183,8 +219,7 @@ impl Registry {
                 TxnOp::put(vni_key.as_str(), claim_value(&network.name), None),
             ])
             .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(vni_key.as_str(), None)]);
-        let mut client = self.client.clone();
-        let response = self.timed(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(());
         }
@@ -204,15 +239,14 @@ impl Registry {
     /// remove them.
     pub async fn delete_network(&self, name: &str) -> Result<bool, RegistryError> {
         let key = self.layout.network(name);
-        let mut client = self.client.clone();
-        let response = self.timed(client.get(key.as_str(), None)).await?;
+        let response = self.get(&key).await?;
         let Some(kv) = response.kvs().first() else { return Ok(false) };
         let mut operations = vec![TxnOp::delete(key.as_str(), None)];
         if let Ok(record) = NetworkRecord::parse(&key, kv.value()) {
             operations.push(TxnOp::delete(self.layout.vni_claim(record.vni), None));
         }
         let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())]).and_then(operations);
-        let response = self.timed(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         if !response.succeeded() {
             return Err(RegistryError::Contended { what: format!("deleting network {name}"), attempts: 1 });
         }
@@ -222,8 +256,7 @@ impl Registry {
     /// One network's record, if it exists and parses.
     pub async fn network(&self, name: &str) -> Result<Option<(NetworkRecord, i64)>, RegistryError> {
         let key = self.layout.network(name);
-        let mut client = self.client.clone();
-        let response = self.timed(client.get(key.as_str(), None)).await?;
+        let response = self.get(&key).await?;
         match response.kvs().first() {
             None => Ok(None),
             Some(kv) => NetworkRecord::parse(&key, kv.value())
@@ -257,6 +290,14 @@ fn tls_options(tls: &TlsFiles) -> Result<TlsOptions, RegistryError> {
         }
     }
     Ok(options)
+}
+
+fn is_unavailable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
 }
 
 /// The values of a transaction's `get` operations (None: the key is absent).

@@ -45,7 +45,7 @@ use tokio::{
 };
 
 use super::{
-    cidr::Ipv4Net,
+    cidr::{Ipv4NetExt, block_of},
     client::{Backoff, Registry},
     problem::{Holder, RegistryError},
     records::{BlockRecord, NetworkRecord},
@@ -133,7 +133,7 @@ impl Ipam {
                 subnet: pool.network.subnet.to_string(),
             });
         }
-        let base = Ipv4Net::subnet_of(address, pool.network.block_prefix_len).base;
+        let base = block_of(address, pool.network.block_prefix_len).network();
         if !pool.own.contains(&base) {
             match self.shared.claim_block(&pool.network, base).await? {
                 None => {
@@ -174,7 +174,7 @@ impl Ipam {
     pub async fn release(&self, network: &str, address: Ipv4Addr) -> Result<bool, RegistryError> {
         let mut pools = self.shared.pools.lock().await;
         let pool = self.shared.pool(&mut pools, network).await?;
-        let base = Ipv4Net::subnet_of(address, pool.network.block_prefix_len).base;
+        let base = block_of(address, pool.network.block_prefix_len).network();
         let allocated = pool.own.contains(&base)
             && self.shared.blocks.lock().unwrap()[&(network.to_owned(), base)].record.allocations.contains_key(&address);
         if allocated {
@@ -222,7 +222,7 @@ impl Shared {
             let mut own = Vec::new();
             for (block, mod_revision) in self.read_blocks(network).await? {
                 if block.node == self.node {
-                    own.push(block.cidr.base);
+                    own.push(block.cidr.network());
                     self.adopt(block, mod_revision);
                 }
             }
@@ -232,8 +232,11 @@ impl Shared {
     }
 
     async fn read_blocks(&self, network: &str) -> Result<Vec<(BlockRecord, i64)>, RegistryError> {
-        let mut client = self.registry.etcd();
-        let response = self.registry.timed(client.get(self.registry.layout().blocks(network), Some(GetOptions::new().with_prefix()))).await?;
+        let prefix = &self.registry.layout().blocks(network);
+        let response = self
+            .registry
+            .request(|mut client| async move { client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await })
+            .await?;
         let mut blocks = Vec::new();
         for kv in response.kvs() {
             let key = kv.key_str().unwrap_or_default();
@@ -247,7 +250,7 @@ impl Shared {
     }
 
     fn adopt(&self, record: BlockRecord, mod_revision: i64) {
-        let key = (record.network.clone(), record.cidr.base);
+        let key = (record.network.clone(), record.cidr.network());
         let block = OwnedBlock { record, mod_revision, changed: 0, written: 0 };
         self.blocks.lock().unwrap().entry(key).or_insert(block);
     }
@@ -275,7 +278,7 @@ impl Shared {
         };
         let block = blocks
             .values_mut()
-            .find(|block| block.record.network == network && block.record.cidr.contains(address))
+            .find(|block| block.record.network == network && block.record.cidr.contains(&address))
             .expect("the caller checked the block is this node's");
         match owner {
             Some(owner) => block.record.allocations.insert(address, owner.to_owned()),
@@ -289,12 +292,12 @@ impl Shared {
     /// Claims the first unclaimed block of the subnet.
     async fn claim_any_block(&self, pool: &Pool) -> Result<Ipv4Addr, RegistryError> {
         let network = &pool.network;
-        let count = 1u64 << (network.block_prefix_len - network.subnet.prefix_len);
+        let count = 1u64 << (network.block_prefix_len - network.subnet.prefix_len());
         for _attempt in 0..8 {
-            let taken: Vec<Ipv4Addr> = self.read_blocks(&network.name).await?.into_iter().map(|(block, _)| block.cidr.base).collect();
+            let taken: Vec<Ipv4Addr> = self.read_blocks(&network.name).await?.into_iter().map(|(block, _)| block.cidr.network()).collect();
             let mut raced = false;
             for index in 0..count {
-                let base = Ipv4Addr::from(u32::from(network.subnet.base) + ((index as u32) << (32 - network.block_prefix_len)));
+                let base = Ipv4Addr::from(u32::from(network.subnet.network()) + ((index as u32) << (32 - network.block_prefix_len)));
                 if taken.contains(&base) {
                     continue;
                 }
@@ -320,7 +323,7 @@ impl Shared {
         let key = self.registry.layout().block(&network.name, IpAddr::V4(base));
         let record = BlockRecord {
             network: network.name.clone(),
-            cidr: Ipv4Net::subnet_of(base, network.block_prefix_len),
+            cidr: block_of(base, network.block_prefix_len),
             node: self.node.clone(),
             allocations: BTreeMap::new(),
         };
@@ -328,8 +331,7 @@ impl Shared {
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), record.to_json(), None)])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let mut client = self.registry.etcd();
-        let response = self.registry.timed(client.txn(txn)).await?;
+        let response = self.registry.txn(txn).await?;
         if response.succeeded() {
             let revision = response.header().map_or(0, |header| header.revision());
             log::info!("registry: node {} claimed block {} of network {}", self.node, record.cidr, network.name);
@@ -366,19 +368,33 @@ impl Shared {
             (target, pending)
         };
         for block in pending {
-            let key = self.registry.layout().block(&block.record.network, IpAddr::V4(block.record.cidr.base));
+            let key = self.registry.layout().block(&block.record.network, IpAddr::V4(block.record.cidr.network()));
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, block.mod_revision)])
                 .and_then([TxnOp::put(key.as_str(), block.record.to_json(), None)]);
-            let mut client = self.registry.etcd();
-            let response = self.registry.timed(client.txn(txn)).await?;
+            let response = self.registry.txn(txn).await?;
             if !response.succeeded() {
-                // Only this node writes its blocks: someone edited it by hand.
-                return Err(RegistryError::Contended { what: format!("writing IPAM block {key} (changed by someone else)"), attempts: 1 });
+                // Only this node writes its blocks, so the block changed
+                // under us only if a retried write landed twice or someone
+                // edited it by hand: while it is still ours, our state wins.
+                let current = self.registry.get(&key).await?;
+                let Some(kv) = current.kvs().first() else {
+                    return Err(RegistryError::Contended { what: format!("writing IPAM block {key} (deleted by someone else)"), attempts: 1 });
+                };
+                match BlockRecord::parse(&key, kv.value()) {
+                    Ok(found) if found.node == self.node => {
+                        let mut blocks = self.blocks.lock().unwrap();
+                        if let Some(held) = blocks.get_mut(&(block.record.network.clone(), block.record.cidr.network())) {
+                            held.mod_revision = kv.mod_revision();
+                        }
+                    }
+                    _ => log::warn!("registry: IPAM block {key} was taken over by someone else"),
+                }
+                return Err(RegistryError::Contended { what: format!("writing IPAM block {key} (changed meanwhile)"), attempts: 1 });
             }
             let revision = response.header().map_or(0, |header| header.revision());
             let mut blocks = self.blocks.lock().unwrap();
-            if let Some(held) = blocks.get_mut(&(block.record.network.clone(), block.record.cidr.base)) {
+            if let Some(held) = blocks.get_mut(&(block.record.network.clone(), block.record.cidr.network())) {
                 held.mod_revision = revision;
                 held.written = held.written.max(block.changed);
             }

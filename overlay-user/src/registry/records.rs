@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use overlay_common::VNI_MAX;
 
 use super::{
-    cidr::{Ipv4Net, Ipv6Net},
+    cidr::{Ipv4Net, Ipv4NetExt, Ipv6Net, parse_v4, parse_v6},
     keys::check_name,
     problem::{ConflictReport, RecordProblem},
 };
@@ -126,8 +126,8 @@ impl NetworkRecord {
         let record = NetworkRecord {
             name: fields.name("name")?,
             vni: fields.unsigned("vni", 1, VNI_MAX as u64)? as u32,
-            subnet: fields.parsed::<Ipv4Net>("subnet")?,
-            subnet6: fields.optional_parsed::<Ipv6Net>("subnet6")?,
+            subnet: fields.with("subnet", parse_v4)?,
+            subnet6: fields.optional_with("subnet6", parse_v6)?,
             mtu: fields.unsigned("mtu", 68, 65535)? as u32,
             block_prefix_len: match fields.get("block_prefix_len") {
                 None | Some(Value::Null) => DEFAULT_BLOCK_PREFIX_LEN,
@@ -144,18 +144,18 @@ impl NetworkRecord {
         if self.vni == 0 || self.vni > VNI_MAX {
             return Err(RecordProblem::new(key, "vni", self.vni, format!("must be 1 to {VNI_MAX} (24 bits, RFC 7348 section 5)")));
         }
-        if self.subnet.prefix_len > 30 {
+        if self.subnet.prefix_len() > 30 {
             return Err(RecordProblem::new(key, "subnet", self.subnet, "must hold at least two hosts (/30 or shorter)"));
         }
         if !(68..=65535).contains(&self.mtu) || self.subnet6.is_some() && self.mtu < 1280 {
             return Err(RecordProblem::new(key, "mtu", self.mtu, "must be 68 to 65535, and 1280 or more with IPv6 (RFC 8200 section 5)"));
         }
-        if self.block_prefix_len < self.subnet.prefix_len || self.block_prefix_len > 30 {
+        if self.block_prefix_len < self.subnet.prefix_len() || self.block_prefix_len > 30 {
             return Err(RecordProblem::new(
                 key,
                 "block_prefix_len",
                 self.block_prefix_len,
-                format!("must be {} (the subnet's length) to 30", self.subnet.prefix_len),
+                format!("must be {} (the subnet's length) to 30", self.subnet.prefix_len()),
             ));
         }
         Ok(())
@@ -165,7 +165,7 @@ impl NetworkRecord {
     pub fn admits(&self, address: IpAddr) -> bool {
         match address {
             IpAddr::V4(v4) => self.subnet.is_host(v4),
-            IpAddr::V6(v6) => self.subnet6.is_some_and(|net| net.contains(v6)),
+            IpAddr::V6(v6) => self.subnet6.is_some_and(|net| net.contains(&v6)),
         }
     }
 }
@@ -198,8 +198,8 @@ impl EndpointRecord {
     pub fn validate(&self, key: &str) -> Result<(), RecordProblem> {
         check_name(&self.network).map_err(|reason| RecordProblem::new(key, "network", &self.network, reason))?;
         check_name(&self.node).map_err(|reason| RecordProblem::new(key, "node", &self.node, reason))?;
-        if self.mac.is_multicast() || self.mac.0 == [0; 6] {
-            return Err(RecordProblem::new(key, "mac", self.mac, "must be a unicast, non-zero MAC"));
+        if let Some(reason) = self.mac.endpoint_problem() {
+            return Err(RecordProblem::new(key, "mac", self.mac, reason));
         }
         if self.owner.is_empty() {
             return Err(RecordProblem::new(key, "owner", "", "must not be empty"));
@@ -226,13 +226,13 @@ impl BlockRecord {
 
     pub fn parse(key: &str, value: &[u8]) -> Result<Self, RecordProblem> {
         let fields = Fields::of(key, value)?;
-        let cidr = fields.parsed::<Ipv4Net>("cidr")?;
+        let cidr = fields.with("cidr", parse_v4)?;
         let mut allocations = BTreeMap::new();
         for (address, owner) in fields.string_map("allocations")? {
             let parsed: Ipv4Addr = address
                 .parse()
                 .map_err(|_| RecordProblem::new(key, "allocations", &address, "not an IPv4 address"))?;
-            if !cidr.contains(parsed) {
+            if !cidr.contains(&parsed) {
                 return Err(RecordProblem::new(key, "allocations", &address, format!("outside the block {cidr}")));
             }
             allocations.insert(parsed, owner);
@@ -312,10 +312,16 @@ impl<'a> Fields<'a> {
         text.parse().map_err(|_| self.problem(field, &text, "does not parse"))
     }
 
-    fn optional_parsed<T: std::str::FromStr>(&self, field: &str) -> Result<Option<T>, RecordProblem> {
+    /// A string field read by `parse`, whose message becomes the reason.
+    fn with<T>(&self, field: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, RecordProblem> {
+        let text = self.string(field)?;
+        parse(&text).map_err(|reason| self.problem(field, &text, reason))
+    }
+
+    fn optional_with<T>(&self, field: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, RecordProblem> {
         match self.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(_) => self.parsed(field).map(Some),
+            Some(_) => self.with(field, parse).map(Some),
         }
     }
 
@@ -373,8 +379,8 @@ mod tests {
         let network = NetworkRecord {
             name: "blue".into(),
             vni: 42,
-            subnet: "10.1.0.0/16".parse().unwrap(),
-            subnet6: Some("fd00:1::/64".parse().unwrap()),
+            subnet: parse_v4("10.1.0.0/16").unwrap(),
+            subnet6: Some(parse_v6("fd00:1::/64").unwrap()),
             mtu: 1450,
             block_prefix_len: 26,
             options: BTreeMap::from([("learning".into(), "off".into())]),

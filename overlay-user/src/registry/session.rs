@@ -117,8 +117,7 @@ impl NodeSession {
         operations.extend(endpoint.addresses.iter().map(|address| TxnOp::delete(layout.address_claim(network, *address), None)));
         // Only if the record is still ours: never delete another node's.
         let txn = Txn::new().when([Compare::lease(key.as_str(), CompareOp::Equal, lease)]).and_then(operations);
-        let mut client = self.shared.registry.etcd();
-        Ok(self.shared.registry.timed(client.txn(txn)).await?.succeeded())
+        Ok(self.shared.registry.txn(txn).await?.succeeded())
     }
 
     /// This node's endpoints as the session holds them.
@@ -131,8 +130,7 @@ impl NodeSession {
     pub async fn close(self) -> Result<(), RegistryError> {
         self.keeper.abort();
         let lease = self.lease();
-        let mut client = self.shared.registry.etcd();
-        self.shared.registry.timed(client.lease_revoke(lease)).await?;
+        self.shared.registry.request(|mut client| async move { client.lease_revoke(lease).await }).await?;
         Ok(())
     }
 }
@@ -157,9 +155,9 @@ impl Shared {
             ])
             .and_then([TxnOp::put(key.as_str(), node.to_json(), put()), TxnOp::put(vtep_key.as_str(), claim_value(&node.name), put())])
             .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(vtep_key.as_str(), None)]);
-        let mut client = self.registry.etcd();
-        let response = self.registry.timed(client.txn(txn)).await?;
-        if response.succeeded() {
+        let response = self.registry.txn(txn).await?;
+        if response.succeeded() || held_on_lease(&response.op_responses(), lease) {
+            // (The second: a retried request whose first attempt landed.)
             return Ok(());
         }
         let [holder_node, vtep_holder] = get_values(&response.op_responses());
@@ -206,8 +204,7 @@ impl Shared {
         let mut reads = vec![TxnOp::get(key.as_str(), None)];
         reads.extend(claims.iter().map(|(_, claim)| TxnOp::get(claim.as_str(), None)));
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-        let mut client = self.registry.etcd();
-        let response = self.registry.timed(client.txn(txn)).await?;
+        let response = self.registry.txn(txn).await?;
         if response.succeeded() {
             return Ok(());
         }
@@ -247,8 +244,7 @@ impl Shared {
             return Holder::Unreadable(claim.to_owned());
         };
         let key = self.registry.layout().endpoint(network, mac);
-        let mut client = self.registry.etcd();
-        match self.registry.timed(client.get(key.as_str(), None)).await {
+        match self.registry.get(&key).await {
             Ok(response) => match response.kvs().first().map(|kv| EndpointRecord::parse(&key, kv.value())) {
                 Some(Ok(record)) => Holder::Endpoint { node: record.node, owner: record.owner, mac },
                 _ => Holder::Unreadable(key),
@@ -268,9 +264,11 @@ impl Shared {
         };
         log::warn!("registry: {report}");
         let key = self.registry.layout().conflict(&self.node.name, kind, subject);
-        let mut client = self.registry.etcd();
-        let put = client.put(key, report.to_json(), Some(PutOptions::new().with_lease(lease)));
-        if let Err(error) = self.registry.timed(put).await {
+        let (key, value) = (&key, &report.to_json());
+        let put = self.registry.request(|mut client| async move {
+            client.put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease))).await
+        });
+        if let Err(error) = put.await {
             log::warn!("registry: could not record the refusal: {error}");
         }
     }
@@ -287,8 +285,7 @@ impl Shared {
         }
         .await;
         if let Err(error) = result {
-            let mut client = self.registry.etcd();
-            let _ = self.registry.timed(client.lease_revoke(lease)).await;
+            let _ = self.registry.request(|mut client| async move { client.lease_revoke(lease).await }).await;
             return Err(error);
         }
         log::info!("registry: node {} re-registered on lease {lease:x}", self.node.name);
@@ -319,8 +316,7 @@ impl Shared {
 
 async fn grant(registry: &Registry) -> Result<i64, RegistryError> {
     let ttl = registry.settings().lease_ttl.as_secs() as i64;
-    let mut client = registry.etcd();
-    Ok(registry.timed(client.lease_grant(ttl, None)).await?.id())
+    Ok(registry.request(|mut client| async move { client.lease_grant(ttl, None).await }).await?.id())
 }
 
 /// Keeps the lease alive at a third of its TTL; on failure retries with
@@ -375,12 +371,19 @@ async fn keep_alive(shared: Arc<Shared>) {
 /// itself, turning a TTL of 0, etcd's "no such lease", into this error.)
 async fn refresh(shared: &Shared) -> Result<bool, RegistryError> {
     let lease = *shared.lease.lock().unwrap();
-    let mut client = shared.registry.etcd();
-    match shared.registry.timed(client.lease_keep_alive(lease)).await {
+    match shared.registry.request(|mut client| async move { client.lease_keep_alive(lease).await }).await {
         Ok(_) => Ok(true),
         Err(RegistryError::Etcd(etcd_client::Error::LeaseKeepAliveError(message))) if message == "lease not found" => Ok(false),
         Err(error) => Err(error),
     }
+}
+
+/// Do all the keys a transaction's `get`s read exist on `lease`?
+fn held_on_lease(responses: &[etcd_client::TxnOpResponse], lease: i64) -> bool {
+    responses.iter().all(|response| match response {
+        etcd_client::TxnOpResponse::Get(get) => get.kvs().first().is_some_and(|kv| kv.lease() == lease),
+        _ => false,
+    })
 }
 
 fn replace(state: &mut SessionState, new: SessionState) -> bool {

@@ -143,7 +143,7 @@ impl RegistryStore {
             }),
             KeyKind::Block { network, base } => BlockRecord::parse(kv.key, kv.value).and_then(|record| {
                 key_matches(kv.key, "network", &network, &record.network)?;
-                key_matches(kv.key, "cidr", &base, &record.cidr.base.to_string())?;
+                key_matches(kv.key, "cidr", &base, &record.cidr.network().to_string())?;
                 self.blocks.insert(kv.key.to_owned(), record);
                 Ok(())
             }),
@@ -243,7 +243,7 @@ impl RegistryStore {
             endpoints.insert((network, mac), record.clone());
         }
 
-        let blocks = self.blocks.values().map(|block| ((block.network.clone(), block.cidr.base), block.clone())).collect();
+        let blocks = self.blocks.values().map(|block| ((block.network.clone(), block.cidr.network()), block.clone())).collect();
         problems.sort_by_key(|problem| problem.to_string());
         ClusterSnapshot { revision: self.revision, nodes, networks, endpoints, blocks, problems }
     }

@@ -49,10 +49,12 @@ impl ClusterStatus {
     /// Reads the prefix and asks etcd about each node's lease.
     pub async fn read(registry: &Registry) -> Result<ClusterStatus, RegistryError> {
         let snapshot = registry.read_store().await?.snapshot();
-        let mut client = registry.etcd();
         let mut nodes = Vec::new();
         for entry in snapshot.nodes.values() {
-            let lease = registry.timed(client.lease_time_to_live(entry.lease, None::<LeaseTimeToLiveOptions>)).await?;
+            let id = entry.lease;
+            let lease = registry
+                .request(|mut client| async move { client.lease_time_to_live(id, None::<LeaseTimeToLiveOptions>).await })
+                .await?;
             let known = lease.ttl() > 0;
             nodes.push(NodeStatus {
                 name: entry.record.name.clone(),
