@@ -37,8 +37,27 @@
 //! - [`ClusterWatch`] ([`watcher`]) over [`RegistryStore`] ([`snapshot`]):
 //!   read, watch, apply, recover;
 //! - [`Ipam`] ([`ipam`]): addresses from per-node blocks;
-//! - [`status`]: the cluster report.
+//! - [`status`]: the cluster report;
+//! - [`fragment()`]: a snapshot as the model's [`crate::model::Fragment`].
+//!
+//! # Wiring (the agent)
+//! ```text
+//! let registry = Registry::connect(settings).await?;          // lazy: etcd may be down
+//! let session = NodeSession::start(registry.clone(), me).await?; // retry Etcd errors; refusals are final
+//! let watch = ClusterWatch::start(registry.clone());
+//! let mut snapshots = watch.snapshots();
+//! loop {
+//!     snapshots.changed().await?;                             // level-triggered wake-up
+//!     let fragment = registry::fragment(&snapshots.borrow_and_update(), &me.name);
+//!     // replace the registry's fragment in the model; wake the reconciler
+//! }
+//! ```
+//! Local endpoints go through `session.register_endpoint` (after
+//! `Ipam::allocate` + `Ipam::flush` when the registry hands out the address).
+//! While etcd is unreachable the receiver keeps the last snapshot; the
+//! session's state and the watcher's status say so.
 pub mod cidr;
+pub mod fragment;
 pub mod client;
 pub mod ipam;
 pub mod keys;
@@ -50,6 +69,7 @@ pub mod status;
 pub mod watcher;
 
 pub use cidr::{Ipv4Net, Ipv6Net};
+pub use fragment::fragment;
 pub use client::{Credentials, Registry, RegistrySettings, TlsFiles};
 pub use ipam::Ipam;
 pub use keys::{DEFAULT_PREFIX, KeyLayout};
