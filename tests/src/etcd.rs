@@ -66,6 +66,22 @@ impl EtcdCluster {
     /// As [`EtcdCluster::start`], with clients required to use TLS and a
     /// client certificate when `tls` is given.
     pub fn start_with(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
+        // A free port can be taken by someone else between our probe and
+        // etcd's bind: then a member exits at once, and we try new ports.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(scope, size, tls.clone()) {
+                Ok(cluster) => return Ok(cluster),
+                Err(error) if attempt < 3 && error.to_string().contains("exited") => {
+                    println!("etcd did not start ({error}); trying other ports");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn try_start(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
         let root = std::env::temp_dir().join(format!("{}-{scope}-{}-etcd", crate::netns::PREFIX, std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -82,6 +98,8 @@ impl EtcdCluster {
         }
         let initial_cluster =
             members.iter().map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port)).collect::<Vec<_>>().join(",");
+        // From here on the guard owns what was started: an error drops it,
+        // which kills the members and removes the directory.
         let mut cluster = EtcdCluster { members, tls, initial_cluster, token: format!("{scope}-{}", std::process::id()), root };
         for index in 0..size {
             cluster.spawn(index)?;
