@@ -184,7 +184,8 @@ impl Ipam {
     }
 
     /// Waits until every allocation and release made before the call is
-    /// written to etcd.
+    /// written to etcd. While etcd is unreachable this waits for it (the
+    /// writer retries with backoff): bound it with a timeout where needed.
     pub async fn flush(&self) -> Result<(), RegistryError> {
         let target = *self.shared.changes.lock().unwrap();
         let mut durable = self.shared.durable.subscribe();

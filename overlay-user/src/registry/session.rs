@@ -88,7 +88,8 @@ impl NodeSession {
     /// Registers an endpoint of this node on the node's lease. Refused when
     /// the network is unknown, an address is outside it, or the MAC or an
     /// address is held by another endpoint of the network (the holder is
-    /// named). Registering the same record again succeeds.
+    /// named). Registering the same record again succeeds; changing one
+    /// (other addresses) is a removal and a registration.
     pub async fn register_endpoint(&self, endpoint: EndpointRecord) -> Result<(), RegistryError> {
         if endpoint.node != self.shared.node.name {
             return Err(RegistryError::InvalidSetting {

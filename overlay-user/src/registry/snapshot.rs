@@ -32,7 +32,8 @@ pub struct NodeEntry {
 /// Everything a consumer needs of the cluster, at one etcd revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterSnapshot {
-    /// The etcd revision this view is complete up to.
+    /// The etcd revision this view is complete up to. It can go back: an
+    /// etcd restored or rebuilt from nothing starts counting again.
     pub revision: i64,
     pub nodes: BTreeMap<String, NodeEntry>,
     pub networks: BTreeMap<String, NetworkRecord>,
@@ -291,5 +292,51 @@ mod tests {
         let snapshot = store.snapshot();
         assert_eq!(snapshot.nodes.keys().collect::<Vec<_>>(), ["b"], "the later claim takes over once the holder is gone");
         assert_eq!(snapshot.problems.len(), 1, "{:#?}", snapshot.problems);
+    }
+
+    #[test]
+    fn endpoints_need_their_network_and_node_and_the_first_address_claim_wins() {
+        let mut store = RegistryStore::new(KeyLayout::default());
+        store.put(kv("/overlay/v1/networks/blue", r#"{"name":"blue","vni":100,"subnet":"10.1.0.0/16","mtu":1450}"#, 1));
+        store.put(kv("/overlay/v1/nodes/a", r#"{"name":"a","vtep":"192.0.2.1","vxlan_port":4789,"agent_version":"1"}"#, 2));
+        let endpoint = |mac: &str, address: &str, network: &str, node: &str| {
+            format!(r#"{{"network":"{network}","mac":"{mac}","addresses":["{address}"],"node":"{node}","owner":"o"}}"#)
+        };
+        let puts = [
+            ("/overlay/v1/endpoints/blue/02:00:00:00:00:01", endpoint("02:00:00:00:00:01", "10.1.0.5", "blue", "a"), 10),
+            // Same address, created later: left out.
+            ("/overlay/v1/endpoints/blue/02:00:00:00:00:02", endpoint("02:00:00:00:00:02", "10.1.0.5", "blue", "a"), 11),
+            ("/overlay/v1/endpoints/red/02:00:00:00:00:03", endpoint("02:00:00:00:00:03", "10.1.0.6", "red", "a"), 12),
+            ("/overlay/v1/endpoints/blue/02:00:00:00:00:04", endpoint("02:00:00:00:00:04", "10.1.0.7", "blue", "gone"), 13),
+            ("/overlay/v1/endpoints/blue/02:00:00:00:00:05", endpoint("02:00:00:00:00:05", "10.9.0.1", "blue", "a"), 14),
+            // The key's MAC and the record's differ.
+            ("/overlay/v1/endpoints/blue/02:00:00:00:00:06", endpoint("02:00:00:00:00:07", "10.1.0.8", "blue", "a"), 15),
+        ];
+        for (key, value, revision) in &puts {
+            store.put(kv(key, value, *revision));
+        }
+        let snapshot = store.snapshot();
+        let kept: Vec<String> = snapshot.endpoints.keys().map(|(_, mac)| mac.to_string()).collect();
+        assert_eq!(kept, ["02:00:00:00:00:01"], "{:#?}", snapshot.problems);
+        let kinds: Vec<&str> = snapshot
+            .problems
+            .iter()
+            .map(|problem| match problem {
+                ClusterProblem::AddressConflict { .. } => "address",
+                ClusterProblem::EndpointOfUnknownNetwork { .. } => "network",
+                ClusterProblem::EndpointOfUnknownNode { .. } => "node",
+                ClusterProblem::AddressOutsideNetwork { .. } => "outside",
+                ClusterProblem::BadRecord(problem) if problem.field == "mac" => "mac",
+                _ => "other",
+            })
+            .collect();
+        let mut kinds = kinds;
+        kinds.sort();
+        assert_eq!(kinds, ["address", "mac", "network", "node", "outside"], "{:#?}", snapshot.problems);
+
+        // The holder goes: the later claim is now the only one.
+        store.delete(puts[0].0);
+        let kept: Vec<String> = store.snapshot().endpoints.keys().map(|(_, mac)| mac.to_string()).collect();
+        assert_eq!(kept, ["02:00:00:00:00:02"]);
     }
 }
