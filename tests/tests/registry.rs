@@ -238,12 +238,21 @@ async fn reg_conflicts_are_refused_named_and_reported_to_both_sides() {
         Err(RegistryError::AddressNotInNetwork { .. })
     ));
 
-    // Nothing was overwritten, and the holder's side sees both refusals of
-    // c's endpoints (recorded on c's lease).
-    let snapshot = wait_snapshot(&mut snapshots, LONG, "c's two refused endpoint claims", |s| {
-        s.problems.iter().filter(|p| matches!(p, ClusterProblem::RefusedClaim(r) if r.claimant == "c")).count() == 2
-    })
-    .await;
+    // Nothing was overwritten, and the holder's side sees every refusal
+    // (each recorded on its claimant's lease; the refused node registrations'
+    // leases are not kept alive, so those two go after one TTL).
+    let refusals = |s: &ClusterSnapshot| -> BTreeSet<(String, String)> {
+        s.problems
+            .iter()
+            .filter_map(|p| match p {
+                ClusterProblem::RefusedClaim(r) => Some((r.claimant.clone(), r.kind.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let expected: BTreeSet<(String, String)> =
+        [("a", "node-name"), ("c", "vtep"), ("c", "mac"), ("c", "address")].iter().map(|(c, k)| (c.to_string(), k.to_string())).collect();
+    let snapshot = wait_snapshot(&mut snapshots, LONG, "the four refusals reported", |s| refusals(s) == expected).await;
     assert_eq!(snapshot.endpoints.values().cloned().collect::<Vec<_>>(), [held], "the held endpoint changed");
     assert_eq!(snapshot.nodes.keys().collect::<Vec<_>>(), ["a", "c"]);
 
