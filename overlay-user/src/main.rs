@@ -1,6 +1,7 @@
 //! `overlay`: the node agent and CLI. Parsing and rendering only: the
 //! agent, the API and everything they do live in the library.
 mod cli_api;
+mod cli_cluster;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -60,6 +61,8 @@ enum Command {
         /// Serve the local API on this unix socket (default: <run-dir>/<node>.sock).
         #[arg(long, value_name = "PATH")]
         api_socket: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: cli_cluster::EtcdArgs,
         #[command(flatten)]
         places: Places,
     },
@@ -181,9 +184,10 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, api_socket, places } => {
+        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, api_socket, etcd, places } => {
             let mode = AttachMode { decap, xdp: xdp_mode };
-            overlay::agent::run(overlay::agent::RunOptions {
+            etcd.settings().and_then(|registry| overlay::agent::run(overlay::agent::RunOptions {
+                registry,
                 config,
                 mode,
                 counters_interval,
@@ -192,7 +196,7 @@ fn main() -> std::process::ExitCode {
                 bpffs_dir: places.bpffs_dir,
                 run_dir: places.run_dir,
                 api_socket,
-            })
+            }))
         }
         Command::Network { command, api } => cli_api::network(command, &api),
         Command::Endpoint { command, api } => cli_api::endpoint(command, &api),
@@ -423,6 +427,12 @@ fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
             }
             if let Some(socket) = &status.api_socket {
                 println!("  local API: {}", socket.display());
+            }
+            if let Some(cluster) = &status.cluster {
+                println!("  cluster: {}", cluster.summary);
+                for item in &cluster.left_out {
+                    println!("  registry item left out (conflicts with this node's own): {item}");
+                }
             }
             match &status.last_reload {
                 Some(reload) => println!("  last reload at {} (unix time): {} {}", reload.at, if reload.ok { "applied:" } else { "REFUSED:" }, reload.message),

@@ -39,6 +39,18 @@ pub struct NodeStatus {
     /// Endpoints waiting for their interface: (source and key, why).
     #[serde(default)]
     pub pending: Vec<(String, String)>,
+    /// Cluster mode: the registry link's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// The registry link of an agent in cluster mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// etcd, the registration, the snapshot applied.
+    pub summary: String,
+    /// Registry items left out: they conflict with this node's own.
+    pub left_out: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,10 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     root: PathBuf,
+    /// The address every member listens on.
+    host: std::net::Ipv4Addr,
+    /// The network namespace the members run in (none: this one).
+    netns: Option<String>,
 }
 
 /// TLS for the client port (PEM files): the server's certificate and key,
@@ -63,6 +67,12 @@ impl EtcdCluster {
         Self::start_with(scope, size, None)
     }
 
+    /// One member listening on `host` inside the network namespace `netns`
+    /// (e.g. on a lab's underlay, where the hosts' agents reach it).
+    pub fn start_in_netns(scope: &str, netns: &str, host: std::net::Ipv4Addr) -> anyhow::Result<EtcdCluster> {
+        Self::try_start_at(scope, 1, None, host, Some(netns.to_owned()))
+    }
+
     /// As [`EtcdCluster::start`], with clients required to use TLS and a
     /// client certificate when `tls` is given.
     pub fn start_with(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
@@ -82,6 +92,16 @@ impl EtcdCluster {
     }
 
     fn try_start(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
+        Self::try_start_at(scope, size, tls, std::net::Ipv4Addr::LOCALHOST, None)
+    }
+
+    fn try_start_at(
+        scope: &str,
+        size: usize,
+        tls: Option<ServerTls>,
+        host: std::net::Ipv4Addr,
+        netns: Option<String>,
+    ) -> anyhow::Result<EtcdCluster> {
         let root = std::env::temp_dir().join(format!("{}-{scope}-{}-etcd", crate::netns::PREFIX, std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -97,10 +117,10 @@ impl EtcdCluster {
             });
         }
         let initial_cluster =
-            members.iter().map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port)).collect::<Vec<_>>().join(",");
+            members.iter().map(|member| format!("{}=http://{host}:{}", member.name, member.peer_port)).collect::<Vec<_>>().join(",");
         // From here on the guard owns what was started: an error drops it,
         // which kills the members and removes the directory.
-        let mut cluster = EtcdCluster { members, tls, initial_cluster, token: format!("{scope}-{}", std::process::id()), root };
+        let mut cluster = EtcdCluster { members, tls, initial_cluster, token: format!("{scope}-{}", std::process::id()), root, host, netns };
         for index in 0..size {
             cluster.spawn(index)?;
         }
@@ -117,7 +137,7 @@ impl EtcdCluster {
 
     pub fn client_url(&self, index: usize) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.members[index].client_port)
+        format!("{scheme}://{}:{}", self.host, self.members[index].client_port)
     }
 
     pub fn size(&self) -> usize {
@@ -128,10 +148,18 @@ impl EtcdCluster {
         let member = &self.members[index];
         let log = File::create(self.root.join(format!("member-{index}.log")))?;
         let client = self.client_url(index);
-        let peer = format!("http://127.0.0.1:{}", member.peer_port);
-        let metrics = format!("http://127.0.0.1:{}", member.metrics_port);
+        let peer = format!("http://{}:{}", self.host, member.peer_port);
+        let metrics = format!("http://{}:{}", self.host, member.metrics_port);
         let state = if member.dir.exists() { "existing" } else { "new" };
-        let mut command = Command::new(ETCD);
+        // `ip netns exec` execs etcd: the child's pid is etcd's.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, ETCD]);
+                command
+            }
+            None => Command::new(ETCD),
+        };
         if let Some(tls) = &self.tls {
             command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
             command.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.client_ca);
@@ -165,7 +193,19 @@ impl EtcdCluster {
                 let log = fs::read_to_string(self.root.join(format!("member-{index}.log"))).unwrap_or_default();
                 bail!("etcd member {index} exited ({status}): {}", log.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
             }
-            if health(port).unwrap_or(false) {
+            let healthy = match &self.netns {
+                Some(netns) => {
+                    let (path, host) = (format!("/var/run/netns/{netns}"), self.host);
+                    thread::spawn(move || -> anyhow::Result<bool> {
+                        crate::netns::enter(&File::open(&path).with_context(|| format!("opening {path}"))?)?;
+                        health(host, port)
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("health check thread panicked"))?
+                }
+                None => health(self.host, port),
+            };
+            if healthy.unwrap_or(false) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -207,8 +247,8 @@ impl Drop for EtcdCluster {
 }
 
 /// GET /health over plain HTTP/1.0.
-fn health(port: u16) -> anyhow::Result<bool> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
+fn health(host: std::net::Ipv4Addr, port: u16) -> anyhow::Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&(host, port).into(), Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut answer = String::new();

@@ -3,6 +3,7 @@
 //! SIGHUP, on a change of the file, on an API call, and while an endpoint
 //! waits for its interface. SIGINT/SIGTERM detach (or leave the datapath
 //! pinned with `keep_datapath`).
+pub mod cluster;
 mod state;
 
 use std::{
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub run_dir: PathBuf,
     /// The local API's unix socket (default `<run dir>/<node>.sock`).
     pub api_socket: Option<PathBuf>,
+    /// Cluster mode: the registry in etcd.
+    pub registry: Option<crate::registry::RegistrySettings>,
 }
 
 /// The shared agent state, as API handlers and the loop hold it.
@@ -132,13 +135,33 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             outcome.maps,
             socket_path.display(),
         );
-        let shared: Shared = Arc::new(Mutex::new(AgentState { config_path: options.config.clone(), config, api, api_path, reconciler }));
+        let cluster = match options.registry.clone() {
+            Some(settings) => Some(cluster::Cluster::connect(settings).await.context("connecting to etcd")?),
+            None => None,
+        };
+        let node_record = crate::registry::NodeRecord {
+            name: node.clone(),
+            vtep: config.node.vtep_address.into(),
+            vxlan_port: config.node.vxlan_port,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let in_cluster = cluster.is_some();
+        let shared: Shared = Arc::new(Mutex::new(AgentState {
+            config_path: options.config.clone(),
+            config,
+            api,
+            api_path,
+            reconciler,
+            registry: Default::default(),
+            cluster,
+        }));
         refresh_status(&mut status, &*shared.lock().await, &options.run_dir);
         if let Some(listener) = metrics {
             let source = crate::metrics::Source { node: node.clone(), pins: pins.clone(), run_dir: options.run_dir.clone() };
             crate::metrics::spawn(listener, source);
         }
         let (api_changed, mut api_changes) = tokio::sync::mpsc::channel::<()>(1);
+        let registry_task = in_cluster.then(|| tokio::spawn(cluster::follow(shared.clone(), node_record, api_changed.clone())));
         let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed));
 
         let (file_changed, mut file_changes) = tokio::sync::mpsc::channel::<()>(1);
@@ -201,6 +224,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             refresh_status(&mut status, &agent, &options.run_dir);
         };
         drop(api_server);
+        if let Some(task) = registry_task {
+            task.abort();
+        }
         // API connections may still hold the state: work through the lock.
         let mut agent = shared.lock().await;
         let counters = read_all_counters(agent.reconciler.datapath());
@@ -270,6 +296,10 @@ fn refresh_status(status: &mut NodeStatus, agent: &AgentState, run_dir: &Path) {
         status.decap = hook.hook().to_owned();
         status.xdp_mode = hook.xdp_mode();
     }
+    status.cluster = agent.cluster.as_ref().map(|cluster| status::Cluster {
+        summary: cluster.summary(),
+        left_out: cluster.dropped.iter().map(ToString::to_string).collect(),
+    });
     if let Err(error) = status.write(run_dir) {
         log::warn!("writing the status file in {}: {error}", run_dir.display());
     }

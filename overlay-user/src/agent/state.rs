@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     config::{Config, ConfigError},
-    model::{Model, Origin, Problem, SourceKind},
+    model::{Fragment, Model, Origin, Problem, SourceKind},
     reconciler::{EndpointState, Outcome, ReconcileError, Reconciler},
     sources::{
         self,
@@ -29,6 +29,10 @@ pub enum ChangeError {
     /// The kernel refused it (rolled back).
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// The cluster registry refused it (or could not be reached for a
+    /// change that must go through it).
+    #[error("cluster registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
     /// The API's state could not be saved (the change was rolled back).
     #[error("saving the API state to {path}: {error}")]
     Persist { path: PathBuf, error: std::io::Error },
@@ -40,12 +44,17 @@ pub struct AgentState {
     pub api: ApiState,
     pub api_path: PathBuf,
     pub reconciler: Reconciler,
+    /// The registry's part (cluster mode), less its items that conflict
+    /// with the local sources'.
+    pub registry: Fragment,
+    /// The link to the registry in cluster mode.
+    pub cluster: Option<super::cluster::Cluster>,
 }
 
 impl AgentState {
-    /// The desired model: the file's part, then the API's.
+    /// The desired model: the file's part, then the API's, then the registry's.
     pub fn model(&self) -> Model {
-        Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.api.fragment()])
+        Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.api.fragment(), &self.registry])
     }
 
     pub async fn reconcile(&mut self) -> Result<Outcome, ReconcileError> {
@@ -61,7 +70,7 @@ impl AgentState {
             return Err(ReloadError::Rename { from: self.config.node.name.clone(), to: config.node.name });
         }
         // The file's claims come last: a conflict with the API is the file's problem.
-        let (model, problems) = sources::candidate(config.node_settings(), [&self.api.fragment(), &config.fragment()]);
+        let (model, problems) = sources::candidate(config.node_settings(), [&self.api.fragment(), &self.registry, &config.fragment()]);
         let problems = sources::problems_of(problems, SourceKind::File);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: self.config_path.clone(), problems: render_for_file(&problems) }.into());
@@ -73,6 +82,9 @@ impl AgentState {
 
     /// Adds a network (the API's).
     pub async fn add_network(&mut self, network: ApiNetwork) -> Result<Outcome, ChangeError> {
+        if self.cluster.is_some() {
+            return self.create_registry_network(network).await;
+        }
         let mut api = self.api.clone();
         api.networks.push(network);
         self.change_api(api).await
@@ -107,9 +119,15 @@ impl AgentState {
                 existing.id, existing.interface, existing.mac
             )));
         }
+        let origin = endpoint.origin();
         let mut api = self.api.clone();
         api.endpoints.push(endpoint);
-        self.change_api(api).await
+        let registered = self.register_first(&api, &origin).await?;
+        let outcome = self.change_api(api).await;
+        if let (Err(_), Some((network, mac))) = (&outcome, registered) {
+            self.unregister(&network, mac).await;
+        }
+        outcome
     }
 
     /// Removes an API endpoint.
@@ -117,9 +135,15 @@ impl AgentState {
         if self.api.endpoint(id).is_none() {
             return Err(ChangeError::NotFound(format!("no endpoint with id {id}")));
         }
+        let removed = self.api.endpoint(id).map(|e| e.to_model());
+        let registry_network = removed.as_ref().and_then(|e| self.model().network(&e.network).filter(|n| n.origin.source == SourceKind::Registry).map(|n| n.name.clone()));
         let mut api = self.api.clone();
         api.endpoints.retain(|e| e.id != id);
-        self.change_api(api).await
+        let outcome = self.change_api(api).await?;
+        if let (Some(endpoint), Some(network)) = (removed, registry_network) {
+            self.unregister(&network, endpoint.mac).await;
+        }
+        Ok(outcome)
     }
 
     /// The state of the endpoint from `origin`, after the last reconciliation.
@@ -129,7 +153,7 @@ impl AgentState {
 
     /// Validates `api` as the API's new part, applies it, then keeps and saves it.
     async fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
-        let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &api.fragment()]);
+        let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
         let problems = sources::problems_of(problems, SourceKind::Api);
         if !problems.is_empty() {
             return Err(ChangeError::Refused(problems));

@@ -48,9 +48,26 @@ fn change_error(error: ChangeError) -> ApiError {
         ChangeError::Refused(problems) => ApiError::from_problems(&problems),
         ChangeError::NotFound(message) => ApiError::plain(404, "not-found", message),
         ChangeError::Conflict(message) => ApiError::plain(409, "conflict", message),
+        ChangeError::Registry(error) => registry_error(error),
         error @ (ChangeError::Reconcile(_) | ChangeError::Persist { .. }) => {
             ApiError::plain(500, "internal", format!("{error}; nothing changed"))
         }
+    }
+}
+
+/// A refusal of the cluster registry: a claim another holds is a conflict
+/// (naming the holder), a bad value the request's fault, no answer 503.
+fn registry_error(error: crate::registry::RegistryError) -> ApiError {
+    use crate::registry::RegistryError::*;
+    let message = format!("cluster registry: {error}; nothing changed");
+    match error {
+        NodeNameTaken { .. } | VtepTaken { .. } | NetworkExists { .. } | VniTaken { .. } | MacTaken { .. } | AddressTaken { .. } => {
+            ApiError::plain(409, "duplicate", message)
+        }
+        AddressInForeignBlock { .. } | PoolExhausted { .. } => ApiError::plain(409, "conflict", message),
+        InvalidRecord(_) | InvalidSetting { .. } | AddressNotInNetwork { .. } => ApiError::plain(400, "invalid", message),
+        UnknownNetwork(_) => ApiError::plain(400, "unknown-network", message),
+        Etcd(_) | NotRegistered(_) | Contended { .. } => ApiError::plain(503, "unavailable", message),
     }
 }
 
