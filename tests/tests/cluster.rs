@@ -122,3 +122,39 @@ fn mesh_is_learned_from_etcd_and_a_killed_node_goes_after_its_ttl() {
     wait_for(&lab, "h3 gone from h1's peers after its TTL", || !peers(&lab, "h1").contains(&"h3".to_owned()));
     assert!(reaches(&lab, 0, 1), "h1 must still reach h2 after h3 went\n{}", lab.agent_logs());
 }
+
+#[test]
+fn etcd_outage_loses_no_packet_and_changes_made_meanwhile_arrive() {
+    if let Some(why) = etcd::missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    let mut lab = lab("cluoutage", 3);
+    let mut etcd = EtcdCluster::start_in_netns("cluoutage", lab.wire.name(), ETCD_ADDRESS).expect("starting etcd on the underlay");
+    for index in 0..3 {
+        start(&mut lab, &etcd, index, "10");
+    }
+    call(&lab, "h1", Method::POST, "/v1/networks", Some(json!({"name": "blue", "vni": 100, "subnet": "10.10.0.0/24"})));
+    add_endpoint(&lab, 0);
+    add_endpoint(&lab, 1);
+    wait_for(&lab, "h1 reaching h2", || reaches(&lab, 0, 1));
+    // A flood of pings (every 10 ms, 15 s) from h1 to h2 while etcd is down for ~10 s.
+    let flood = lab.hosts[0].containers[0]
+        .netns
+        .command("ping")
+        .args(["-q", "-i", "0.01", "-c", "1500", "-W", "1", &container_ip(1).to_string()])
+        .output();
+    let flood = std::thread::spawn(move || flood);
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.kill(0);
+    // Meanwhile h3's container is added: applied on h3, published when etcd returns.
+    add_endpoint(&lab, 2);
+    std::thread::sleep(Duration::from_secs(8));
+    etcd.restart(0).expect("restarting etcd");
+    etcd.wait_healthy(0).expect("etcd healthy again");
+    let output = flood.join().unwrap().expect("running ping");
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("1500 packets transmitted, 1500 received"), "expected no loss while etcd was down, got:\n{summary}\n{}", lab.agent_logs());
+    wait_for(&lab, "h1 reaching h3's container added while etcd was down", || reaches(&lab, 0, 2));
+    wait_for(&lab, "h3 reaching h2", || reaches(&lab, 2, 1));
+}
