@@ -56,3 +56,54 @@ impl EtcdArgs {
         Ok(Some(settings))
     }
 }
+
+/// `overlay cluster ...`.
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// The registry's view: nodes and their lease age, networks with endpoint
+    /// and address counts, conflicts.
+    Status {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+pub fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { etcd } => status(&etcd),
+    }
+}
+
+fn status(etcd: &EtcdArgs) -> anyhow::Result<()> {
+    let settings = etcd.settings()?.context("--etcd URL is required")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let status = runtime.block_on(async {
+        let registry = overlay::registry::Registry::connect(settings).await?;
+        overlay::registry::ClusterStatus::read(&registry).await
+    });
+    let status = status.context("reading the registry")?;
+    println!("registry at revision {}: {} node(s), {} network(s)", status.revision, status.nodes.len(), status.networks.len());
+    for node in &status.nodes {
+        let age = node.lease_age.map_or("lease gone".to_owned(), |age| format!("lease renewed {age} s ago (TTL {} s)", node.lease_ttl));
+        println!(
+            "  node {}: VTEP {}:{}, agent {}, {} endpoint(s), {age}",
+            node.name, node.vtep, node.vxlan_port, node.agent_version, node.endpoints
+        );
+    }
+    for network in &status.networks {
+        println!(
+            "  network {} (VNI {}, {}): {} endpoint(s), {} address(es) allocated in {} block(s){}",
+            network.name,
+            network.vni,
+            network.subnet,
+            network.endpoints,
+            network.allocated,
+            network.blocks,
+            if network.blocks_of_absent_nodes > 0 { format!(", {} block(s) of absent nodes", network.blocks_of_absent_nodes) } else { String::new() }
+        );
+    }
+    for problem in &status.problems {
+        println!("  conflict: {problem}");
+    }
+    Ok(())
+}

@@ -80,6 +80,11 @@ enum Command {
         #[command(flatten)]
         api: cli_api::ApiPlace,
     },
+    /// The cluster registry in etcd (`overlay cluster status --etcd URL`).
+    Cluster {
+        #[command(subcommand)]
+        command: cli_cluster::ClusterCommand,
+    },
     /// Check a configuration file without touching the kernel.
     Validate {
         /// The configuration file (TOML).
@@ -200,6 +205,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Network { command, api } => cli_api::network(command, &api),
         Command::Endpoint { command, api } => cli_api::endpoint(command, &api),
+        Command::Cluster { command } => cli_cluster::cluster(command),
         Command::Validate { config } => validate(config),
         Command::Down { node, places } => down(&node, &places),
         Command::Stats { node, json, watch, places } => stats(&node, json, watch, &places),

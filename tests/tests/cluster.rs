@@ -121,6 +121,18 @@ fn mesh_is_learned_from_etcd_and_a_killed_node_goes_after_its_ttl() {
     h3.kill();
     wait_for(&lab, "h3 gone from h1's peers after its TTL", || !peers(&lab, "h1").contains(&"h3".to_owned()));
     assert!(reaches(&lab, 0, 1), "h1 must still reach h2 after h3 went\n{}", lab.agent_logs());
+    // The registry as `overlay cluster status` shows it: h1, h2, h4 and blue with their three endpoints.
+    let output = lab.hosts[0]
+        .netns
+        .command(overlay_binary().unwrap().to_str().unwrap())
+        .args(["cluster", "status", "--etcd", &etcd.client_url(0)])
+        .output()
+        .expect("running overlay cluster status");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "overlay cluster status failed: {}", String::from_utf8_lossy(&output.stderr));
+    for expected in ["3 node(s), 1 network(s)", "node h1: VTEP 192.0.2.1:4789", "node h4:", "network blue (VNI 100, 10.10.0.0/24): 3 endpoint(s)"] {
+        assert!(text.contains(expected), "expected {expected:?} in overlay cluster status, got:\n{text}");
+    }
 }
 
 #[test]
