@@ -1108,6 +1108,30 @@ fn vxlan_from_far(inner: &[u8]) -> Vec<u8> {
     vxlan_from(FAR_VTEP, VNI, inner)
 }
 
+/// `frame` with its outer IPv4 header checksum off by `delta` (wrapping).
+fn with_outer_checksum_off_by(mut frame: Vec<u8>, delta: u16) -> Vec<u8> {
+    let at = ETHERNET_LEN + 10;
+    let checksum = u16::from_be_bytes([frame[at], frame[at + 1]]).wrapping_add(delta);
+    frame[at..at + 2].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+/// `frame` with its outer IPv4 header checksum set to `checksum`.
+fn with_outer_checksum(mut frame: Vec<u8>, checksum: u16) -> Vec<u8> {
+    frame[ETHERNET_LEN + 10..ETHERNET_LEN + 12].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+/// `frame` sent on the underlay to the outer destination MAC `mac`.
+fn to_underlay_mac(mut frame: Vec<u8>, mac: Mac) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac.0);
+    frame
+}
+
+/// A unicast MAC of another host on the underlay segment (the frame is
+/// PACKET_OTHERHOST on the near node's underlay device).
+const OTHER_HOST_UNDERLAY_MAC: Mac = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x77]);
+
 /// A frame from container `from` that the near node must flood in its VNI
 /// (head-end replication to a static peer list, RFC 7348 section 4.2) and
 /// then drop. The copies: the frame unchanged on the container side of
@@ -1578,10 +1602,54 @@ fn decapsulation_verdicts_of(hook: Hook) -> anyhow::Result<()> {
     let mut with_udp_checksum = vxlan_from_far(&inner);
     with_udp_checksum[ETHERNET_LEN + IPV4_LEN + 6..ETHERNET_LEN + IPV4_LEN + 8].copy_from_slice(&0xbeef_u16.to_be_bytes());
 
+    // Outer destination MACs: another host's (the skb is PACKET_OTHERHOST
+    // in TC; XDP has no pkt_type and delivers, see the README), broadcast
+    // and an IPv4 multicast MAC (delivered by the kernel to every host, so
+    // by us too).
+    let for_other_host = to_underlay_mac(vxlan_from_far(&inner), OTHER_HOST_UNDERLAY_MAC);
+    let other_host_row = match hook {
+        Hook::DecapTc => dropped(
+            "outer destination MAC another host's (PACKET_OTHERHOST): not ours to deliver",
+            for_other_host,
+            Reason::OUTER_OTHER_HOST,
+        ),
+        _ => delivered(
+            "outer destination MAC another host's: XDP cannot tell (no pkt_type), delivered",
+            for_other_host,
+            &inner,
+        ),
+    };
+
     run_table(
         &near,
         &[
             delivered("VXLAN from the peer to a local endpoint: exactly the inner frame", vxlan_from_far(&inner), &inner),
+            dropped(
+                "outer IPv4 checksum off by one (RFC 1122 section 3.2.1.2: MUST verify, discard)",
+                with_outer_checksum_off_by(vxlan_from_far(&inner), 1),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            dropped(
+                "outer IPv4 checksum zero (not computed)",
+                with_outer_checksum(vxlan_from_far(&inner), 0),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            dropped(
+                "outer IPv4 checksum 0xffff (all ones)",
+                with_outer_checksum(vxlan_from_far(&inner), 0xffff),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            other_host_row,
+            delivered(
+                "outer destination MAC broadcast: delivered, as the kernel delivers it",
+                to_underlay_mac(vxlan_from_far(&inner), BROADCAST),
+                &inner,
+            ),
+            delivered(
+                "outer destination MAC IPv4 multicast (01:00:5e:...): delivered",
+                to_underlay_mac(vxlan_from_far(&inner), Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01])),
+                &inner,
+            ),
             delivered("a non-zero outer UDP checksum is accepted (not verified)", with_udp_checksum, &inner),
             delivered(
                 "VXLAN from a peer that lists no endpoint (192.0.2.3), to a local endpoint",
@@ -1718,6 +1786,12 @@ fn underlay_flood_replicates_to_local_ports() -> anyhow::Result<()> {
     // to judge by); their bytes are the datagram's, which whoever fills the
     // datagram can shape like VXLAN: here for tenant B's VNI, from a peer of VNI 100.
     let later_fragment = Ipv4 { flags_fragment: 1480 / 8, ..from_far_vtep() };
+    let mut too_long = vxlan_from_far(&broadcast);
+    let beyond_the_frame = (too_long.len() - ETHERNET_LEN + 10) as u16;
+    frames::set_ipv4_total_length(&mut too_long, beyond_the_frame);
+    let mut udp_short = vxlan_from_far(&broadcast);
+    let udp_length = (udp_short.len() - ETHERNET_LEN - IPV4_LEN - 1) as u16;
+    frames::set_udp_length(&mut udp_short, udp_length);
     let disguised_fragment = on_underlay(
         ETHERTYPE_IPV4,
         &later_fragment.packet(&to_vxlan_port().datagram(&Vxlan::new(TENANT_B_VNI).packet(&broadcast))),
@@ -1763,6 +1837,26 @@ fn underlay_flood_replicates_to_local_ports() -> anyhow::Result<()> {
                 Reason::INNER_VLAN,
             ),
             shot("VNI this node does not carry", vxlan_from(FAR_VTEP, UNKNOWN_VNI, &broadcast), Reason::UNKNOWN_VNI),
+            // The judgement's outer checks, made again here so that this
+            // program is safe on its own (found by fuzzing it alone).
+            shot(
+                "outer IPv4 checksum off by one",
+                with_outer_checksum_off_by(vxlan_from_far(&broadcast), 1),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            shot(
+                "outer destination MAC another host's (PACKET_OTHERHOST)",
+                to_underlay_mac(vxlan_from_far(&broadcast), OTHER_HOST_UNDERLAY_MAC),
+                Reason::OUTER_OTHER_HOST,
+            ),
+            replicated(
+                "outer destination MAC broadcast",
+                to_underlay_mac(vxlan_from_far(&broadcast), BROADCAST),
+                &broadcast,
+                &to_tenant_a,
+            ),
+            shot("outer IPv4 total length 10 bytes beyond the frame", too_long, Reason::OUTER_LENGTH_MISMATCH),
+            shot("outer UDP length 1 byte short of the IPv4 payload", udp_short, Reason::OUTER_LENGTH_MISMATCH),
             left_alone("inner unicast to a local endpoint (XDP delivered it)", vxlan_from_far(&unicast)),
             left_alone("inner unicast to an unknown MAC (XDP dropped it)", vxlan_from_far(&ping_to(FAR_1, UNKNOWN_MAC, NEAR_1.ip))),
             left_alone("ARP on the underlay", Arp::request(FAR_UNDERLAY_MAC, FAR_VTEP, NEAR_VTEP).frame(BROADCAST)),
