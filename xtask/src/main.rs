@@ -42,6 +42,16 @@ enum Task {
     /// Build, then measure routed, kernel-vxlan and overlay cells
     /// interleaved; writes target/bench/{report.md,report.json,chart.svg}.
     Bench(bench::Options),
+    /// Build, then fuzz every datapath program through BPF_PROG_TEST_RUN
+    /// (tests/tests/fuzz_datapath.rs) with more frames than `test` does.
+    Fuzz {
+        /// Frames per program.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// PRNG seed, decimal or 0x-hex (default: the fixed seed of `cargo xtask test`).
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::demo(),
         Task::Test { filter } => test(filter),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
+        Task::Fuzz { frames, seed } => fuzz(frames, seed),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -145,6 +156,26 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     // One closing line for the whole suite.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     units.and(integration).and(harness)
+}
+
+/// Runs the datapath fuzz test with `frames` frames per program; a failure
+/// prints the seed and frame to replay.
+fn fuzz(frames: u64, seed: Option<String>) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("fuzzing loads BPF programs and creates a network namespace: run as root");
+    }
+    let binary = build::build()?;
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(root())
+        .env("OVERLAY_EBPF_OBJECT", build::ebpf_object())
+        .env("OVERLAY_BIN", &binary)
+        .env("OVERLAY_FUZZ_FRAMES", frames.to_string())
+        .args(["test", "-p", "overlay-tests", "--test", "fuzz_datapath", "--", "--nocapture"]);
+    if let Some(seed) = seed {
+        command.env("OVERLAY_FUZZ_SEED", seed);
+    }
+    status(&mut command)
 }
 
 /// Passed and failed tests over several `cargo test` runs.
