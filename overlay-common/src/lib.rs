@@ -86,6 +86,12 @@ pub mod maps {
     pub const IP_IDS: &str = "IP_IDS";
     /// Array of one [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
+    /// Array of one [`crate::UnderlayMac`]: the underlay device's own MAC,
+    /// for XDP, which has no skb `pkt_type` to tell frames for another host.
+    /// A map of its own rather than a `NodeConfig` field: growing a pinned
+    /// map's values makes the pins of the previous version incompatible,
+    /// while a new map is simply created beside them on adoption.
+    pub const UNDERLAY_MAC: &str = "UNDERLAY_MAC";
     /// Ring buffer of [`crate::MonitorEvent`]s for `overlay monitor`.
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -287,6 +293,17 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
 
+/// The underlay device's MAC, as the kernel's `eth_type_trans` compares
+/// frames with it. All-zero (not written yet, or a device without one):
+/// XDP decapsulation checks nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnderlayMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<UnderlayMac>() == 8);
+
 /// How long the datapath trusts a cached route to a peer VTEP before it asks
 /// the kernel's FIB again: a route or next-hop change takes effect within
 /// this time. 100 ms is well within the kernel's own neighbour staleness
@@ -434,6 +451,7 @@ mod pod {
     unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::NeighbourEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::UnderlayMac {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RouteCacheEntry {}
     unsafe impl aya::Pod for super::MonitorConfig {}

@@ -20,7 +20,7 @@ use overlay_common::{
 use crate::{
     arp::{self, ArpBroadcast},
     counters::Slots,
-    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, admit, node_config},
+    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, UNDERLAY_MAC, admit, node_config},
     packet::{BROADCAST_MAC, Verdict, as_bytes, fold_checksum, is_inner_vlan, is_multicast, ptr_at, sum_words},
 };
 
@@ -39,9 +39,7 @@ const PASS: Verdict<u32> = Verdict {
 /// slots once the peer is known.
 pub fn try_decap(ctx: &XdpContext, slots: &mut Slots) -> Result<Verdict<u32>, Reason> {
     let (start, end) = (ctx.data(), ctx.data_end());
-    // XDP has no pkt_type: whether the outer destination MAC is ours is
-    // not known here (see README, "Frames for another host").
-    let ifindex = match judge(start, end, end - start, false, false, slots)? {
+    let ifindex = match judge(start, end, end - start, false, for_another_host(start, end), slots)? {
         Judgement::NotOurs => return Ok(PASS),
         Judgement::Deliver(Delivery::Port(ifindex)) => ifindex,
         // XDP cannot clone: the TC program on this device replicates it.
@@ -68,6 +66,28 @@ pub fn try_decap(ctx: &XdpContext, slots: &mut Slots) -> Result<Verdict<u32>, Re
     })
 }
 
+/// Whether the frame's outer destination is another host's unicast MAC,
+/// as the kernel's `eth_type_trans` would mark it (PACKET_OTHERHOST). XDP
+/// runs before there is an skb to ask, so it compares with the underlay
+/// device's MAC, which the agent writes at every attach; while it is
+/// all-zero nothing is refused. An array lookup (which the verifier
+/// inlines) and a 6-byte compare.
+#[inline(always)]
+fn for_another_host(start: usize, end: usize) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at; copied at once.
+    let destination = unsafe { (*eth).dst_addr };
+    if is_multicast(&destination) {
+        return false;
+    }
+    match UNDERLAY_MAC.get(0) {
+        Some(own) if own.mac != [0; 6] => destination != own.mac,
+        _ => false,
+    }
+}
+
 /// What a frame on the underlay is to us.
 pub enum Judgement {
     /// Not VXLAN to this VTEP: the kernel stack's.
@@ -81,7 +101,7 @@ pub enum Judgement {
 /// hold), `gso` whether it is a GSO aggregate, whose outer lengths are
 /// those of its first segment (a veth carries such skbs unsegmented),
 /// `other_host` whether the frame's outer destination MAC is another
-/// host's (the skb's PACKET_OTHERHOST). Shared by the XDP and TC
+/// host's (the skb's PACKET_OTHERHOST in TC; [`for_another_host`] in XDP). Shared by the XDP and TC
 /// decapsulation programs. `slots` gets the peer's and VNI's counter slots
 /// once the peer is known.
 #[inline(always)]

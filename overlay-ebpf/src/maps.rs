@@ -9,7 +9,7 @@ use aya_ebpf::{
 use overlay_common::{
     Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
     NodeConfig, PeerInfo, PeerVni, PeerVniInfo,
-    PortInfo, Reason, RouteCacheEntry, SlotCounters, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    PortInfo, Reason, RouteCacheEntry, SlotCounters, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 use crate::counters::Slots;
@@ -53,6 +53,9 @@ pub static IP_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static UNDERLAY_MAC: Array<UnderlayMac> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);

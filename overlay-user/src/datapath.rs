@@ -20,7 +20,7 @@ use aya::{
 };
 use overlay_common::{
     Counter, Direction, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig,
-    NeighbourEntry, NodeConfig, PeerInfo, PeerVni, PeerVniInfo, PortInfo, Reason, SlotCounters,
+    NeighbourEntry, NodeConfig, PeerInfo, PeerVni, PeerVniInfo, PortInfo, Reason, SlotCounters, UnderlayMac,
     VniInfo, VniIpv4, VniIpv6, VniMac, counter_index, maps, programs, reason,
 };
 
@@ -34,7 +34,7 @@ use crate::{
 /// Maps that are pinned (kept across agent restarts), with the key and
 /// value sizes this agent expects of them: a pin left by an incompatible
 /// version is refused rather than misread.
-const PINNED_MAPS: [(&str, usize, usize); 17] = [
+const PINNED_MAPS: [(&str, usize, usize); 18] = [
     (maps::FDB, size_of::<VniMac>(), size_of::<FdbEntry>()),
     (maps::VNIS, size_of::<u32>(), size_of::<VniInfo>()),
     (maps::LOCAL_ENDPOINTS, size_of::<VniMac>(), size_of::<LocalEndpoint>()),
@@ -45,6 +45,7 @@ const PINNED_MAPS: [(&str, usize, usize); 17] = [
     (maps::NEIGHBOURS6, size_of::<VniIpv6>(), size_of::<NeighbourEntry>()),
     (maps::FLOOD, size_of::<u32>(), size_of::<FloodTargets>()),
     (maps::NODE, size_of::<u32>(), size_of::<NodeConfig>()),
+    (maps::UNDERLAY_MAC, size_of::<u32>(), size_of::<UnderlayMac>()),
     (maps::COUNTERS, size_of::<u32>(), size_of::<Counter>()),
     (maps::VNI_COUNTERS, size_of::<u32>(), size_of::<SlotCounters>()),
     (maps::PEER_COUNTERS, size_of::<u32>(), size_of::<SlotCounters>()),
@@ -453,6 +454,7 @@ impl Datapath {
             maps::IP_IDS,
             maps::ROUTE_CACHE,
             maps::NODE,
+            maps::UNDERLAY_MAC,
             maps::COUNTERS,
             maps::VNI_COUNTERS,
             maps::PEER_COUNTERS,
@@ -613,6 +615,11 @@ impl Datapath {
 
     fn attach_all(&mut self, resolved: &ResolvedConfig, mode: AttachMode) -> Result<DecapHook, DatapathError> {
         let underlay = resolved.config.node.underlay_interface.clone();
+        // Read anew at every attach (start and reload), before XDP can run.
+        let mac = crate::netdev::mac(&underlay)
+            .inspect_err(|error| log::warn!("XDP cannot tell frames for other hosts on {underlay}: its MAC is unknown ({error})"))
+            .ok();
+        self.set_underlay_mac(mac)?;
         let mut wanted = Vec::new();
         let hook = match self.decap_hook_for(&underlay, resolved.underlay_ifindex, mode)? {
             Some(hook) => hook,
@@ -680,6 +687,16 @@ impl Datapath {
                 }
             }
         }
+    }
+
+    /// Tells XDP decapsulation the underlay device's MAC, so that it drops
+    /// VXLAN sent to another host's MAC (`outer-other-host`) as TC does
+    /// from the skb's pkt_type; `None` turns the check off.
+    pub fn set_underlay_mac(&mut self, mac: Option<[u8; 6]>) -> Result<(), DatapathError> {
+        let name = maps::UNDERLAY_MAC;
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+        let mut array: Array<&mut MapData, UnderlayMac> = Array::try_from(map).map_err(|source| map_error(name, "open", source))?;
+        array.set(0, UnderlayMac { mac: mac.unwrap_or_default(), _pad: [0; 2] }, 0).map_err(|source| map_error(name, "write", source))
     }
 
     /// An attachment pinned under `name` by an earlier agent, if any.

@@ -12,7 +12,7 @@
 //!   then untouched: XDP counted it);
 //! - a frame the RFC-written oracle refuses (not from a peer admitted for
 //!   its VNI, unknown VNI, malformed, truncated, fragments, options, bad
-//!   checksum, another host's MAC where the hook can tell) is never
+//!   checksum, another host's MAC) is never
 //!   redirected, delivered or cloned anywhere; one that is not ours passes
 //!   untouched;
 //! - every decapsulated output and clone is exactly the inner frame of an
@@ -190,6 +190,8 @@ impl Node {
         let resolved = ResolvedConfig::resolve(config, path)?;
         let mut datapath = Datapath::load(log::LevelFilter::Info)?;
         datapath.apply(&MapState::from_config(&resolved, &MapState::default())?)?;
+        // What the agent's attach writes for XDP (nothing is attached here).
+        datapath.set_underlay_mac(Some(world.underlay_mac.0))?;
         let mut ifindex = HashMap::new();
         for device in devices {
             ifindex.insert(device, netdev::ifindex(device).with_context(|| format!("no {device} in {}", netns.name()))?);
@@ -322,7 +324,7 @@ fn check_clones(arrived: &[(&'static str, Vec<u8>)], inner: &[u8], ports: &[&'st
 fn check_underlay(world: &World, seen: &Observed) -> Vec<String> {
     let mut wrong = Vec::new();
     let program = seen.program;
-    let judged = oracle::judge_underlay(seen.input, world, program != Program::DecapXdp);
+    let judged = oracle::judge_underlay(seen.input, world);
     let Some(reason) = seen.reason else {
         // Only the flood program leaves frames to others, untouched.
         if program != Program::UnderlayFlood || seen.action != TC_ACT_OK || seen.output != seen.input || !seen.arrived.is_empty() {
@@ -513,7 +515,7 @@ fn check_endpoint(world: &World, seen: &Observed) -> Vec<String> {
 /// How many clones a verdict sends: the run waits for them.
 fn expected_clones(world: &World, program: Program, port: &str, input: &[u8], reason: Option<Reason>) -> usize {
     match (program, reason) {
-        (Program::DecapTc | Program::UnderlayFlood, Some(Reason::FLOODED)) => match oracle::judge_underlay(input, world, true) {
+        (Program::DecapTc | Program::UnderlayFlood, Some(Reason::FLOODED)) => match oracle::judge_underlay(input, world) {
             Underlay::Admitted { vni, .. } => world.ports_of_vni(vni).len(),
             _ => 0,
         },

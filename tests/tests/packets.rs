@@ -333,6 +333,8 @@ impl Node {
             let resolved = ResolvedConfig::resolve(config, path)?;
             let mut datapath = Datapath::load(log::LevelFilter::Info)?;
             datapath.apply(&MapState::from_config(&resolved, &MapState::default())?)?;
+            // What the agent's attach writes for XDP (nothing is attached here).
+            datapath.set_underlay_mac(Some(underlay_mac.0))?;
             let mut ifindex = HashMap::new();
             for device in devices() {
                 let index = netdev::ifindex(device).with_context(|| format!("no {device} in {}", netns.name()))?;
@@ -1603,22 +1605,10 @@ fn decapsulation_verdicts_of(hook: Hook) -> anyhow::Result<()> {
     with_udp_checksum[ETHERNET_LEN + IPV4_LEN + 6..ETHERNET_LEN + IPV4_LEN + 8].copy_from_slice(&0xbeef_u16.to_be_bytes());
 
     // Outer destination MACs: another host's (the skb is PACKET_OTHERHOST
-    // in TC; XDP has no pkt_type and delivers, see the README), broadcast
-    // and an IPv4 multicast MAC (delivered by the kernel to every host, so
-    // by us too).
+    // in TC; XDP compares with the underlay's MAC the agent wrote), and
+    // broadcast and an IPv4 multicast MAC (delivered by the kernel to every
+    // host, so by us too).
     let for_other_host = to_underlay_mac(vxlan_from_far(&inner), OTHER_HOST_UNDERLAY_MAC);
-    let other_host_row = match hook {
-        Hook::DecapTc => dropped(
-            "outer destination MAC another host's (PACKET_OTHERHOST): not ours to deliver",
-            for_other_host,
-            Reason::OUTER_OTHER_HOST,
-        ),
-        _ => delivered(
-            "outer destination MAC another host's: XDP cannot tell (no pkt_type), delivered",
-            for_other_host,
-            &inner,
-        ),
-    };
 
     run_table(
         &near,
@@ -1639,7 +1629,11 @@ fn decapsulation_verdicts_of(hook: Hook) -> anyhow::Result<()> {
                 with_outer_checksum(vxlan_from_far(&inner), 0xffff),
                 Reason::OUTER_CHECKSUM_INVALID,
             ),
-            other_host_row,
+            dropped(
+                "outer destination MAC another host's (PACKET_OTHERHOST): not ours to deliver",
+                for_other_host,
+                Reason::OUTER_OTHER_HOST,
+            ),
             delivered(
                 "outer destination MAC broadcast: delivered, as the kernel delivers it",
                 to_underlay_mac(vxlan_from_far(&inner), BROADCAST),
@@ -1747,6 +1741,33 @@ fn decapsulation_verdicts_of(hook: Hook) -> anyhow::Result<()> {
             handed_off("inner IPv4 multicast (mDNS)", &mdns4(FAR_1)),
             handed_off("inner IPv6 multicast (mDNS)", &mdns6(FAR_1)),
             handed_off("inner neighbour solicitation for a local endpoint's address", &solicitation(FAR_1, NEAR_1.ipv6)),
+        ],
+    );
+    Ok(())
+}
+
+/// XDP has no pkt_type: it tells a frame for another host by comparing
+/// the outer destination with the underlay MAC the agent writes. Until it
+/// is written (all-zero), nothing is refused for it; once it is, only
+/// unicast to another MAC is.
+#[test]
+fn xdp_refuses_frames_for_another_host_once_it_knows_the_underlay_mac() -> anyhow::Result<()> {
+    let mut near = Node::start(&NEAR)?;
+    let inner = ping(FAR_1, NEAR_1);
+    let for_other_host = || to_underlay_mac(vxlan_from_far(&inner), OTHER_HOST_UNDERLAY_MAC);
+    let delivered = |name: &str, frame: Vec<u8>| {
+        Case::given(name, Hook::Decap, frame).expect(XDP_REDIRECT, Reason::FORWARDED, Output::Frame(inner.clone()))
+    };
+    near.datapath.set_underlay_mac(None)?;
+    run_table(&near, &[delivered("underlay MAC not known: another host's MAC is not refused", for_other_host())]);
+    near.datapath.set_underlay_mac(Some(near.underlay_mac.0))?;
+    run_table(
+        &near,
+        &[
+            Case::given("underlay MAC known: another host's MAC is refused", Hook::Decap, for_other_host())
+                .expect(XDP_DROP, Reason::OUTER_OTHER_HOST, Output::Ignored),
+            delivered("underlay MAC known: our MAC is delivered", vxlan_from_far(&inner)),
+            delivered("underlay MAC known: broadcast is delivered", to_underlay_mac(vxlan_from_far(&inner), BROADCAST)),
         ],
     );
     Ok(())

@@ -24,10 +24,10 @@ fn u16_at(frame: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([frame[at], frame[at + 1]])
 }
 
-/// Judges a frame from the underlay. `sees_pkt_type`: the hook knows
-/// whether the outer destination MAC is this host's (TC does; XDP does
-/// not, and delivers such frames: see the README).
-pub fn judge_underlay<'a>(frame: &'a [u8], world: &World, sees_pkt_type: bool) -> Underlay<'a> {
+/// Judges a frame from the underlay as the kernel's IP layer and RFC 7348
+/// would (every hook knows the underlay's MAC: TC from the skb's pkt_type,
+/// XDP from the MAC the agent writes).
+pub fn judge_underlay<'a>(frame: &'a [u8], world: &World) -> Underlay<'a> {
     let ip = ETHERNET_LEN;
     if frame.len() < ip + IPV4_LEN || u16_at(frame, 12) != ETHERTYPE_IPV4 {
         return Underlay::NotOurs;
@@ -44,7 +44,7 @@ pub fn judge_underlay<'a>(frame: &'a [u8], world: &World, sees_pkt_type: bool) -
     }
     // Ours from here on.
     let outer_dst = Mac(frame[..6].try_into().unwrap());
-    if sees_pkt_type && outer_dst.0[0] & 1 == 0 && outer_dst != world.underlay_mac {
+    if outer_dst.0[0] & 1 == 0 && outer_dst != world.underlay_mac {
         return Underlay::Refused("addressed to another host's MAC");
     }
     if fragment & 0x2000 != 0 {
