@@ -114,6 +114,8 @@ struct Settings {
     only: Option<(String, u64)>,
     /// A reason code whose first frames are printed (investigation).
     dump: Option<u32>,
+    /// Only these programs (`OVERLAY_FUZZ_PROGRAMS=a,b`), e.g. to run them in parallel processes.
+    programs: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -139,7 +141,14 @@ impl Settings {
             Err(_) => None,
         };
         let dump = std::env::var("OVERLAY_FUZZ_DUMP").ok().map(|code| code.parse()).transpose().context("OVERLAY_FUZZ_DUMP")?;
-        Ok(Settings { seed: number("OVERLAY_FUZZ_SEED", DEFAULT_SEED)?, frames: number("OVERLAY_FUZZ_FRAMES", DEFAULT_FRAMES)?, only, dump })
+        let programs = std::env::var("OVERLAY_FUZZ_PROGRAMS").ok().map(|list| list.split(',').map(|name| name.trim().to_owned()).collect());
+        Ok(Settings {
+            seed: number("OVERLAY_FUZZ_SEED", DEFAULT_SEED)?,
+            frames: number("OVERLAY_FUZZ_FRAMES", DEFAULT_FRAMES)?,
+            only,
+            dump,
+            programs,
+        })
     }
 }
 
@@ -569,6 +578,9 @@ fn fuzz_program(node: &Node, world: &World, settings: &Settings, program: Progra
             _ => generate::underlay_frame(&mut rng, world),
         };
         tally.frames += 1;
+        if tally.frames % 100_000 == 0 {
+            println!("{}: {} frames, {} failure(s), {:.0} s", program.name(), tally.frames, tally.failures, started.elapsed().as_secs_f64());
+        }
         let outcome = match node.run(program, port, &input) {
             Ok(outcome) => outcome,
             Err(error) if input.len() < 14 + 40 => {
@@ -629,6 +641,9 @@ fn every_program_keeps_its_invariants_under_fuzzing() -> anyhow::Result<()> {
     let mut report = Vec::new();
     let mut failed = Vec::new();
     for program in Program::ALL {
+        if settings.programs.as_ref().is_some_and(|names| !names.iter().any(|name| name == program.name())) {
+            continue;
+        }
         let tally = fuzz_program(&node, &world, &settings, program)?;
         let rate = tally.frames as f64 / tally.elapsed.as_secs_f64().max(1e-9);
         println!(
