@@ -11,7 +11,7 @@ use aya::{
     maps::{HashMap, MapData},
 };
 use overlay_common::{
-    Counter, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounters, UnderlayMac, maps,
+    Counter, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounterKey, UnderlayMac, maps,
 };
 
 use super::{DatapathError, apply::Undo, map_error, open_hash};
@@ -123,8 +123,8 @@ const OTHER_MAPS: [MapLayout; 11] = [
     // Absent from the previous version's pins: created beside them on adoption.
     MapLayout::of::<u32, UnderlayMac>(maps::UNDERLAY_MAC, true),
     MapLayout::of::<u32, Counter>(maps::COUNTERS, true),
-    MapLayout::of::<u32, SlotCounters>(maps::VNI_COUNTERS, true),
-    MapLayout::of::<u32, SlotCounters>(maps::PEER_COUNTERS, true),
+    MapLayout::of::<SlotCounterKey, Counter>(maps::VNI_COUNTERS, true),
+    MapLayout::of::<SlotCounterKey, Counter>(maps::PEER_COUNTERS, true),
     // A ring buffer has no keys or values; its size is its identity.
     MapLayout::of::<(), ()>(maps::EVENTS, true),
     MapLayout::of::<u32, MonitorConfig>(maps::MONITOR, true),
