@@ -29,6 +29,7 @@ use crate::{
     pinning::{self, PinDir},
     slots::{self, Owners},
     state::{MapDiff, MapState, diff},
+    tc_legacy::TcAttachKind,
 };
 
 /// Maps that are pinned (kept across agent restarts), with the key and
@@ -362,11 +363,17 @@ impl fmt::Display for ApplyReport {
     }
 }
 
+/// A BPF link, or a TC filter where the kernel has no TCX links.
+enum Attachment {
+    Link(FdLink),
+    Filter(crate::tc_legacy::Filter),
+}
+
 type Undo = Box<dyn FnOnce(&mut Ebpf) -> Result<(), DatapathError>>;
 
 /// An attachment the datapath holds, pinned or not.
 struct HeldLink {
-    link: FdLink,
+    link: Attachment,
     /// Where it is pinned, when the datapath is pinned.
     pin: Option<std::path::PathBuf>,
 }
@@ -388,6 +395,11 @@ pub struct Datapath {
     /// Who each counter slot last counted for (see [`Datapath::apply`]).
     vni_slot_owners: Owners<u32>,
     peer_slot_owners: Owners<u32>,
+    /// How TC programs attach on this kernel, probed at the first attachment.
+    tc_attach: Option<TcAttachKind>,
+    /// Pins this start created and nothing forwards through yet: a start
+    /// refused before its first attach succeeds removes them on drop.
+    fresh_pins: bool,
 }
 
 impl Datapath {
@@ -404,7 +416,17 @@ impl Datapath {
     pub fn load_pinned(log_level: log::LevelFilter, pins: &PinDir, node: &str) -> Result<Datapath, DatapathError> {
         let adopted = pins.exists();
         pins.create().map_err(|error| DatapathError::Pins { path: pins.root().to_owned(), error })?;
-        let mut datapath = Datapath::load_with(log_level, Some(pins))?;
+        let mut datapath = match Datapath::load_with(log_level, Some(pins)) {
+            Ok(datapath) => datapath,
+            Err(error) => {
+                // A refused start leaves the host as it was: no maps pinned for the next start to adopt.
+                if !adopted {
+                    let _ = pins.remove();
+                }
+                return Err(error);
+            }
+        };
+        datapath.fresh_pins = !adopted;
         datapath.check_pinned_layouts(node)?;
         if adopted {
             // The counter slots come back with the tables: every VNI and
@@ -473,6 +495,8 @@ impl Datapath {
             adopted: false,
             vni_slot_owners: Owners::new(),
             peer_slot_owners: Owners::new(),
+            tc_attach: None,
+            fresh_pins: false,
         })
     }
 
@@ -602,7 +626,9 @@ impl Datapath {
     pub fn attach(&mut self, resolved: &ResolvedConfig, mode: AttachMode) -> Result<DecapHook, DatapathError> {
         let before: std::collections::BTreeSet<String> = self.links.keys().cloned().collect();
         let result = self.attach_all(resolved, mode);
-        if result.is_err() {
+        if result.is_ok() {
+            self.fresh_pins = false;
+        } else {
             let added: Vec<String> = self.links.keys().filter(|name| !before.contains(*name)).cloned().collect();
             for name in added {
                 self.drop_link(&name);
@@ -644,7 +670,9 @@ impl Datapath {
         if let Some(pins) = &self.pins {
             for name in pins.pinned_links().into_iter().filter(|name| !wanted.contains(name)) {
                 log::info!("detaching {name}, which the configuration no longer has");
-                let _ = std::fs::remove_file(pins.link(&name));
+                if !crate::tc_legacy::detach_recorded(pins, &name) {
+                    let _ = std::fs::remove_file(pins.link(&name));
+                }
             }
         }
         Ok(hook)
@@ -753,6 +781,12 @@ impl Datapath {
             return Ok(());
         }
         let attach_error = |error| DatapathError::Attach { program, interface: interface.to_owned(), error, hint: "" };
+        if self.tc_attach_kind(interface) == TcAttachKind::Netlink {
+            let pins = self.pins.clone();
+            let filter = crate::tc_legacy::attach(self.tc_mut(program)?, name, interface, pins.as_ref()).map_err(attach_error)?;
+            self.links.insert(name.to_owned(), HeldLink { link: Attachment::Filter(filter), pin: None });
+            return Ok(());
+        }
         let adopted = self.pinned_link(name)?;
         let was_pinned = adopted.is_some();
         if !was_pinned {
@@ -768,6 +802,17 @@ impl Datapath {
         };
         let link = tc.take_link(id).map_err(|e| DatapathError::Link { name: name.to_owned(), message: e.to_string() })?;
         self.hold(name.to_owned(), FdLink::try_from(link).ok(), was_pinned)
+    }
+
+    /// How TC programs attach here: probed on the first TC attachment (see
+    /// [`crate::tc_legacy::probe`]), the same for the agent's life.
+    fn tc_attach_kind(&mut self, interface: &str) -> TcAttachKind {
+        *self.tc_attach.get_or_insert_with(|| crate::tc_legacy::probe(interface))
+    }
+
+    /// How TC programs were attached, once something was.
+    pub fn tc_attachment(&self) -> Option<TcAttachKind> {
+        self.tc_attach
     }
 
     /// Refuses a fresh TC attachment where another overlay datapath's
@@ -812,7 +857,7 @@ impl Datapath {
             Some(pins) => (link, Some(pins.link(&name))),
             None => (link, None),
         };
-        self.links.insert(name, HeldLink { link, pin });
+        self.links.insert(name, HeldLink { link: Attachment::Link(link), pin });
         Ok(())
     }
 
@@ -824,7 +869,10 @@ impl Datapath {
                     log::warn!("unpinning {}: {error}", pin.display());
                 }
             }
-            drop(held.link);
+            match held.link {
+                Attachment::Link(link) => drop(link),
+                Attachment::Filter(filter) => filter.detach(),
+            }
         }
     }
 
@@ -979,6 +1027,17 @@ impl Datapath {
     fn tc_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         let program = self.ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
         program.try_into().map_err(|_| DatapathError::Missing { kind: "TC program", name })
+    }
+}
+
+impl Drop for Datapath {
+    /// A start refused before anything forwarded (the first attach failed,
+    /// or never came) removes the pins it created: the next start must not
+    /// adopt maps nobody finished filling.
+    fn drop(&mut self) {
+        if self.fresh_pins {
+            self.detach();
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod pinning;
 pub mod slots;
 pub mod state;
 pub mod status;
+pub mod tc_legacy;
 
 pub use config::{Config, ConfigError};
 pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, VniPeerCounters, XdpAttachMode};

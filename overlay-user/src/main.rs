@@ -557,6 +557,7 @@ fn run(options: RunOptions) -> anyhow::Result<()> {
             underlay: underlay.clone(),
             decap: hook.hook().to_owned(),
             xdp_mode: hook.xdp_mode(),
+            tc_attach: datapath.tc_attachment().map_or("", |kind| kind.label()).to_owned(),
             ..NodeStatus::default()
         };
         refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
