@@ -54,6 +54,9 @@ pub struct Options {
     /// Stop the guest (and count what did not finish as failed) after this many minutes.
     #[arg(long, default_value_t = 180)]
     timeout_minutes: u64,
+    /// Run only the core subset that `cargo xtask test` runs in the guest.
+    #[arg(long)]
+    core: bool,
     /// Only run lab tests whose name contains this (default: the whole lab suite).
     filter: Option<String>,
 }
@@ -84,6 +87,12 @@ pub struct Outcome {
 /// matching the filter) in the guest.
 pub fn vm_test(options: &Options) -> anyhow::Result<()> {
     crate::build::build()?;
+    if options.core {
+        let started = Instant::now();
+        let outcome = core_subset(options.filter.as_deref())?;
+        println!("vm-test --core (Linux {}): {} passed, {} failed in {:.0?}", options.kernel, outcome.passed, outcome.failed, started.elapsed());
+        return if outcome.failed > 0 { Err(anyhow::anyhow!("{} test(s) failed in the guest", outcome.failed)) } else { Ok(()) };
+    }
     let binaries = test_binaries()?;
     let runs = binaries
         .iter()
