@@ -9,57 +9,19 @@ use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use overlay_common::{
     DEFAULT_FLOOD_LIMIT, DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN,
-    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, PEER_COUNTER_SLOTS,
-    VNI_COUNTER_SLOTS, VNI_MAX,
+    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, VNI_MAX,
 };
 use serde::Deserialize;
 
-/// A MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
+use crate::model::{
+    self, Fragment, Model, Network, NetworkRef, NodeSettings, Origin, Owner, OwnerKind, SourceKind, validate,
+};
 
-impl MacAddr {
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 1 != 0
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = ();
-    fn from_str(text: &str) -> Result<Self, ()> {
-        let mut mac = [0u8; 6];
-        let mut parts = text.split(':');
-        for byte in &mut mac {
-            let part = parts.next().ok_or(())?;
-            if part.len() != 2 {
-                return Err(());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| ())?;
-        }
-        if parts.next().is_some() {
-            return Err(());
-        }
-        Ok(MacAddr(mac))
-    }
-}
+pub use crate::model::MacAddr;
 
 /// A validated node configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +38,8 @@ pub struct Config {
 pub struct VniSettings {
     /// Most copies one flooded frame makes (local ports and peers together).
     pub flood_limit: u32,
+    /// Its position in the file's `[[vnis]]` list.
+    pub index: usize,
 }
 
 /// This node's VTEP.
@@ -271,6 +235,85 @@ impl Config {
     pub fn flood_limit(&self, vni: u32) -> u32 {
         self.vnis.get(&vni).map_or(self.node.flood_limit, |settings| settings.flood_limit)
     }
+
+    /// The node settings the file gives.
+    pub fn node_settings(&self) -> NodeSettings {
+        let node = &self.node;
+        NodeSettings {
+            name: node.name.clone(),
+            underlay_interface: node.underlay_interface.clone(),
+            vtep_address: node.vtep_address.into(),
+            vxlan_port: node.vxlan_port,
+            ttl: node.ttl,
+            source_port_min: node.source_port_min,
+            source_port_max: node.source_port_max,
+            flood_limit: node.flood_limit,
+        }
+    }
+
+    /// What the file says, as the model's items; each item's origin key is
+    /// its TOML path, so problems render as the file's fields. A `[[vnis]]`
+    /// entry is the network of its VNI, named as files' networks are.
+    pub fn fragment(&self) -> Fragment {
+        let file = |key: String| Origin::new(SourceKind::File, key);
+        let networks = self
+            .vnis
+            .iter()
+            .map(|(&vni, settings)| Network {
+                name: model::implicit_network_name(vni),
+                vni,
+                subnet: None,
+                subnet6: None,
+                mtu: None,
+                flood_limit: Some(settings.flood_limit),
+                options: Default::default(),
+                origin: file(format!("vnis[{}]", settings.index)),
+            })
+            .collect();
+        let endpoints = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| model::Endpoint {
+                network: NetworkRef::Vni(e.vni),
+                interface: e.interface.clone(),
+                mac: e.mac,
+                ipv4: Some(e.ip),
+                ipv6: e.ipv6,
+                owner: Owner { kind: OwnerKind::File, container_id: None },
+                origin: file(format!("endpoints[{i}]")),
+            })
+            .collect();
+        let peers = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(p, peer)| model::Peer {
+                name: peer.name.clone(),
+                vtep_address: peer.vtep_address.into(),
+                endpoints: peer
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| model::RemoteEndpoint {
+                        network: NetworkRef::Vni(e.vni),
+                        mac: e.mac,
+                        ipv4: Some(e.ip),
+                        ipv6: e.ipv6,
+                        origin: file(format!("peers[{p}].endpoints[{i}]")),
+                    })
+                    .collect(),
+                networks: peer.extra_vnis.iter().map(|&vni| NetworkRef::Vni(vni)).collect(),
+                origin: file(format!("peers[{p}]")),
+            })
+            .collect();
+        Fragment { networks, endpoints, peers }
+    }
+
+    /// The model of this file alone.
+    pub fn model(&self) -> Model {
+        Model::merge(self.node_settings(), [&self.fragment()])
+    }
 }
 
 #[derive(Default)]
@@ -393,7 +436,7 @@ impl Checker {
             };
             match (vni, flood_limit) {
                 (Some(vni), Some(flood_limit)) => {
-                    if vnis.insert(vni, VniSettings { flood_limit }).is_some() {
+                    if vnis.insert(vni, VniSettings { flood_limit, index: i }).is_some() {
                         self.problem(format!("vnis[{i}].vni"), vni.to_string(), "VNI listed twice");
                     }
                 }
@@ -407,7 +450,10 @@ impl Checker {
             return None;
         }
         let config = Config { node, endpoints: endpoints?, peers: peers?, vnis };
-        self.relations(&config);
+        // Checks between items run on the model, as for every source.
+        for problem in validate::validate(&config.model()) {
+            self.problem(problem.path(), problem.value, problem.message);
+        }
         let local = config.local_vnis();
         for (i, raw_vni) in raw.vnis.iter().enumerate() {
             if !local.contains(&(raw_vni.vni as u32)) {
@@ -497,124 +543,12 @@ impl Checker {
         Some(Peer { name: name?, vtep_address: vtep_address?, endpoints: endpoints?, extra_vnis: extra_vnis? })
     }
 
-    /// Checks between fields: uniqueness and consistency.
-    fn relations(&mut self, config: &Config) {
-        // Every endpoint, local or remote, by VNI: a MAC or an IP may appear
-        // once per VNI (the same ones may appear in different VNIs).
-        let mut macs: BTreeMap<(u32, MacAddr), String> = BTreeMap::new();
-        let mut ips: BTreeMap<(u32, Ipv4Addr), String> = BTreeMap::new();
-        let mut ipv6s: BTreeMap<(u32, Ipv6Addr), String> = BTreeMap::new();
-        let all = config
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (format!("endpoints[{i}]"), e.mac, e.ip, e.ipv6, e.vni))
-            .chain(config.peers.iter().enumerate().flat_map(|(p, peer)| {
-                peer.endpoints
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, e)| (format!("peers[{p}].endpoints[{i}]"), e.mac, e.ip, e.ipv6, e.vni))
-            }));
-        for (at, mac, ip, ipv6, vni) in all {
-            if let Some(ipv6) = ipv6 {
-                if let Some(first) = ipv6s.insert((vni, ipv6), at.clone()) {
-                    self.problem(format!("{at}.ipv6"), ipv6.to_string(), format!("IPv6 address already used in VNI {vni} by {first}"));
-                }
-            }
-            if let Some(first) = macs.insert((vni, mac), at.clone()) {
-                self.problem(format!("{at}.mac"), mac.to_string(), format!("MAC already used in VNI {vni} by {first}"));
-            }
-            if let Some(first) = ips.insert((vni, ip), at.clone()) {
-                self.problem(format!("{at}.ip"), ip.to_string(), format!("IP already used in VNI {vni} by {first}"));
-            }
-        }
-
-        // A port carries one VNI.
-        let mut port_vni: BTreeMap<&str, (u32, usize)> = BTreeMap::new();
-        for (i, endpoint) in config.endpoints.iter().enumerate() {
-            match port_vni.get(endpoint.interface.as_str()) {
-                Some(&(vni, first)) if vni != endpoint.vni => self.problem(
-                    format!("endpoints[{i}].vni"),
-                    endpoint.vni.to_string(),
-                    format!("interface {} already carries VNI {vni} (endpoints[{first}]); a port carries one VNI", endpoint.interface),
-                ),
-                Some(_) => {}
-                None => {
-                    port_vni.insert(&endpoint.interface, (endpoint.vni, i));
-                }
-            }
-            if endpoint.interface == config.node.underlay_interface {
-                self.problem(format!("endpoints[{i}].interface"), &endpoint.interface, "is the underlay interface");
-            }
-        }
-
-        // Flood lists have a fixed size in the datapath.
-        let mut ports_in_vni: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
-        for (i, endpoint) in config.endpoints.iter().enumerate() {
-            let ports = ports_in_vni.entry(endpoint.vni).or_default();
-            if ports.insert(&endpoint.interface) && ports.len() > FLOOD_MAX_LOCAL_PORTS {
-                self.problem(
-                    format!("endpoints[{i}].interface"),
-                    &endpoint.interface,
-                    format!("VNI {} already has {FLOOD_MAX_LOCAL_PORTS} local ports, the most one VNI can have on a node", endpoint.vni),
-                );
-            }
-        }
-        let mut peers_in_vni: BTreeMap<u32, usize> = BTreeMap::new();
-        for (i, peer) in config.peers.iter().enumerate() {
-            for vni in peer.vnis() {
-                let count = peers_in_vni.entry(vni).or_default();
-                *count += 1;
-                if *count == FLOOD_MAX_REMOTE_VTEPS + 1 {
-                    self.problem(
-                        format!("peers[{i}]"),
-                        &peer.name,
-                        format!("VNI {vni} already has {FLOOD_MAX_REMOTE_VTEPS} peers, the most one VNI can flood to"),
-                    );
-                }
-            }
-        }
-
-        // Every VNI and every peer has its own counters, in a fixed number of slots.
-        let mut vnis: BTreeSet<u32> = BTreeSet::new();
-        for (i, endpoint) in config.endpoints.iter().enumerate() {
-            if vnis.insert(endpoint.vni) && vnis.len() == VNI_COUNTER_SLOTS as usize + 1 {
-                self.problem(
-                    format!("endpoints[{i}].vni"),
-                    endpoint.vni.to_string(),
-                    format!("this node already carries {VNI_COUNTER_SLOTS} VNIs, the most it can count per VNI"),
-                );
-            }
-        }
-        if let Some((i, peer)) = config.peers.iter().enumerate().nth(PEER_COUNTER_SLOTS as usize) {
-            self.problem(
-                format!("peers[{i}]"),
-                &peer.name,
-                format!("this node already has {PEER_COUNTER_SLOTS} peers, the most it can count per peer"),
-            );
-        }
-
-        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut vteps: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
-        for (i, peer) in config.peers.iter().enumerate() {
-            if peer.vtep_address == config.node.vtep_address {
-                self.problem(format!("peers[{i}].vtep_address"), peer.vtep_address.to_string(), "is this node's own vtep_address");
-            }
-            if let Some(first) = vteps.insert(peer.vtep_address, i) {
-                self.problem(format!("peers[{i}].vtep_address"), peer.vtep_address.to_string(), format!("already used by peers[{first}]"));
-            }
-            if let Some(first) = names.insert(&peer.name, i) {
-                self.problem(format!("peers[{i}].name"), &peer.name, format!("already used by peers[{first}]"));
-            }
-            if peer.name == config.node.name {
-                self.problem(format!("peers[{i}].name"), &peer.name, "is this node's own name");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use overlay_common::{PEER_COUNTER_SLOTS, VNI_COUNTER_SLOTS};
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -1,15 +1,20 @@
 //! The overlay agent's library: configuration, interface lookup, the map
 //! state and its diffs, and the datapath facade. The `overlay` CLI, the
 //! agent and the integration tests all go through this layer.
+pub mod agent;
+pub mod api;
 pub mod config;
 pub mod datapath;
 pub mod doctor;
 pub mod metrics;
+pub mod model;
 pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
 pub mod pinning;
+pub mod reconciler;
 pub mod slots;
+pub mod sources;
 pub mod state;
 pub mod status;
 pub mod tc_legacy;

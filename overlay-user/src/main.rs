@@ -1,22 +1,17 @@
-//! `overlay`: the node agent and CLI.
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+//! `overlay`: the node agent and CLI. Parsing and rendering only: the
+//! agent, the API and everything they do live in the library.
+mod cli_api;
+
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use overlay::{
-    AttachMode, Config, Counters, Datapath, DecapMode, MapState, ResolvedConfig, VniPeerCounters, XdpAttachMode,
-    datapath::ApplyReport,
+    AttachMode, Config, Counters, Datapath, DecapMode, VniPeerCounters, XdpAttachMode,
     pinning::{DEFAULT_BPFFS_DIR, PinDir},
-    status::{self, DEFAULT_RUN_DIR, NodeStatus, Reload},
+    status::{self, DEFAULT_RUN_DIR, NodeStatus},
 };
 use overlay_common::reason::REASONS;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
 
 #[derive(Parser)]
 #[command(name = "overlay", version, about = "A VXLAN container overlay whose datapath runs in eBPF")]
@@ -46,11 +41,11 @@ enum Command {
         config: PathBuf,
         /// Which hook decapsulates VXLAN on the underlay device: auto picks
         /// TC on a veth and where native XDP is missing, XDP elsewhere.
-        #[arg(long, value_enum, default_value_t = DecapMode::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_parser(DecapMode::NAMES))]
         decap: DecapMode,
         /// How to attach the XDP decapsulation program (auto: native, else
         /// generic). Given explicitly, it implies --decap xdp under --decap auto.
-        #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_parser(XdpAttachMode::NAMES))]
         xdp_mode: XdpAttachMode,
         /// Also print the datapath counters every this many seconds (0: only at exit).
         #[arg(long, default_value_t = 0)]
@@ -62,8 +57,25 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (an IP:port, e.g. 127.0.0.1:9465; off by default).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Serve the local API on this unix socket (default: <run-dir>/<node>.sock).
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
         #[command(flatten)]
         places: Places,
+    },
+    /// Networks: create, list and remove them through the running agent's API.
+    Network {
+        #[command(subcommand)]
+        command: cli_api::NetworkCommand,
+        #[command(flatten)]
+        api: cli_api::ApiPlace,
+    },
+    /// Local endpoints: add, list and remove them through the running agent's API.
+    Endpoint {
+        #[command(subcommand)]
+        command: cli_api::EndpointCommand,
+        #[command(flatten)]
+        api: cli_api::ApiPlace,
     },
     /// Check a configuration file without touching the kernel.
     Validate {
@@ -156,14 +168,34 @@ enum Command {
     },
 }
 
+/// Parses one of a mode enum's names (the library has no clap types).
+fn mode_parser<M>(names: &'static [(M, &'static str)]) -> impl clap::builder::TypedValueParser<Value = M>
+where
+    M: std::str::FromStr<Err = overlay::datapath::attach::UnknownMode> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names.iter().map(|(_, name)| *name)).try_map(|name| name.parse::<M>())
+}
+
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, places } => {
+        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, api_socket, places } => {
             let mode = AttachMode { decap, xdp: xdp_mode };
-            run(RunOptions { path: config, mode, counters_interval, keep_datapath, metrics_addr, places })
+            overlay::agent::run(overlay::agent::RunOptions {
+                config,
+                mode,
+                counters_interval,
+                keep_datapath,
+                metrics_addr,
+                bpffs_dir: places.bpffs_dir,
+                run_dir: places.run_dir,
+                api_socket,
+            })
         }
+        Command::Network { command, api } => cli_api::network(command, &api),
+        Command::Endpoint { command, api } => cli_api::endpoint(command, &api),
         Command::Validate { config } => validate(config),
         Command::Down { node, places } => down(&node, &places),
         Command::Stats { node, json, watch, places } => stats(&node, json, watch, &places),
@@ -386,6 +418,12 @@ fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
             for (vni, peers) in &status.peers_per_vni {
                 println!("  VNI {vni}: {peers} peer(s)");
             }
+            for (endpoint, why) in &status.pending {
+                println!("  pending: {endpoint}: {why}");
+            }
+            if let Some(socket) = &status.api_socket {
+                println!("  local API: {}", socket.display());
+            }
             match &status.last_reload {
                 Some(reload) => println!("  last reload at {} (unix time): {} {}", reload.at, if reload.ok { "applied:" } else { "REFUSED:" }, reload.message),
                 None => println!("  no reload since start"),
@@ -481,204 +519,4 @@ static MONITOR_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 extern "C" fn stop_monitor(_: libc::c_int) {
     // Only an atomic store: async-signal-safe.
     MONITOR_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-struct RunOptions {
-    path: PathBuf,
-    mode: AttachMode,
-    counters_interval: u64,
-    keep_datapath: bool,
-    metrics_addr: Option<std::net::SocketAddr>,
-    places: Places,
-}
-
-/// What identifies a version of the configuration file on disk.
-fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()))
-}
-
-fn run(options: RunOptions) -> anyhow::Result<()> {
-    let path = options.path.clone();
-    // Everything that can be checked is checked before the kernel is touched.
-    options.mode.check()?;
-    let config = Config::load(&path)?;
-    let mut resolved = ResolvedConfig::resolve(config, &path)?;
-    let node = resolved.config.node.name.clone();
-    let pins = PinDir::new(&options.places.bpffs_dir, &node);
-    if let Ok(other) = NodeStatus::read(&options.places.run_dir, &node) {
-        if other.agent_running() {
-            bail!("an agent already runs node {node} (pid {}, config {}): one agent per node", other.pid, other.config.display());
-        }
-    }
-    // Bound before the kernel is touched: an address it cannot serve refuses the start.
-    let metrics = options.metrics_addr.map(overlay::metrics::bind).transpose()?;
-
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let mut datapath = Datapath::load_pinned(log::max_level(), &pins, &node).context("loading the eBPF datapath")?;
-        if datapath.adopted() {
-            log::info!("adopting the datapath pinned in {} by an earlier agent; its maps are changed as a diff", pins.root().display());
-        }
-        if let Some(logger) = datapath.take_logger() {
-            // SAFETY: the logger owns its ring buffer fd, which stays open
-            // and unchanged for as long as the AsyncFd owns the logger.
-            let mut logger = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-                .map_err(|error| anyhow::anyhow!("watching the eBPF log ring buffer: {error}"))?;
-            tokio::spawn(async move {
-                loop {
-                    let Ok(mut guard) = logger.readable_mut().await else { break };
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-            });
-        }
-        let forwarding = overlay::netdev::enable_ipv4_forwarding(&resolved.config.node.underlay_interface)
-            .context("enabling IPv4 forwarding on the underlay device")?;
-        // After loading: an adopted datapath's VNIs and peers keep their counter slots.
-        let desired = MapState::from_config(&resolved, datapath.applied()).context("assigning counter slots")?;
-        let report = datapath.apply(&desired).context("filling the datapath maps")?;
-        let hook = datapath.attach(&resolved, options.mode).context("attaching the datapath")?;
-        keep_peers_resolved(&resolved);
-        let underlay = resolved.config.node.underlay_interface.clone();
-        match overlay::netdev::mtu(&underlay) {
-            Ok(mtu) => log::info!(
-                "overlay MTU {} (underlay {underlay} MTU {mtu} less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
-                mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32),
-            ),
-            Err(error) => log::warn!("reading the MTU of {underlay}: {error}"),
-        }
-        let mut status = NodeStatus {
-            node: node.clone(),
-            pid: std::process::id(),
-            config: std::fs::canonicalize(&path).unwrap_or(path.clone()),
-            pin_dir: pins.root().to_owned(),
-            started: status::now(),
-            adopted: datapath.adopted(),
-            underlay: underlay.clone(),
-            decap: hook.hook().to_owned(),
-            xdp_mode: hook.xdp_mode(),
-            tc_attach: datapath.tc_attachment().map_or("", |kind| kind.label()).to_owned(),
-            ..NodeStatus::default()
-        };
-        refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
-        if let Some(listener) = metrics {
-            let run_dir = options.places.run_dir.clone();
-            overlay::metrics::spawn(listener, overlay::metrics::Source { node: node.clone(), pins: pins.clone(), run_dir });
-        }
-        log::info!(
-            "node {node} forwarding: VTEP {} port {}, underlay {underlay} (decapsulation: {hook}), {} port(s), {} peer(s), VNIs {:?}; maps: {report}",
-            resolved.config.node.vtep_address,
-            resolved.config.node.vxlan_port,
-            resolved.config.endpoints.len(),
-            resolved.config.peers.len(),
-            resolved.config.local_vnis(),
-        );
-
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let period = Duration::from_secs(options.counters_interval.max(1));
-        let mut counters_ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let mut file_ticker = tokio::time::interval(Duration::from_secs(1));
-        let mut stamp = file_stamp(&path);
-        let signal_name = loop {
-            let trigger = tokio::select! {
-                _ = interrupt.recv() => break "SIGINT",
-                _ = terminate.recv() => break "SIGTERM",
-                _ = hangup.recv() => "SIGHUP",
-                _ = file_ticker.tick() => {
-                    let now = file_stamp(&path);
-                    if now == stamp { continue }
-                    stamp = now;
-                    "a change of the file"
-                }
-                _ = counters_ticker.tick(), if options.counters_interval > 0 => {
-                    match read_all_counters(&datapath) {
-                        Ok((counters, vnis_peers)) => println!("{counters}\n{vnis_peers}"),
-                        Err(error) => log::warn!("reading counters: {error}"),
-                    }
-                    continue;
-                }
-            };
-            let outcome = reload(&path, &mut datapath, &mut resolved, options.mode);
-            let message = match &outcome {
-                Ok(report) => format!("{report}"),
-                Err(error) => format!("{error:#}"),
-            };
-            match &outcome {
-                Ok(_) => log::info!("reloaded {} after {trigger}: {message}", path.display()),
-                Err(_) => log::error!("reload of {} after {trigger} refused, nothing changed: {message}", path.display()),
-            }
-            status.last_reload = Some(Reload { at: status::now(), ok: outcome.is_ok(), message });
-            refresh_status(&mut status, &datapath, &resolved, &options.places.run_dir);
-        };
-        let counters = read_all_counters(&datapath);
-        if options.keep_datapath {
-            log::info!("{signal_name}: leaving the datapath pinned and forwarding in {} (`overlay down --node {node}` removes it)", pins.root().display());
-            forwarding.keep();
-            drop(datapath);
-        } else {
-            log::info!("{signal_name}: detaching");
-            datapath.detach();
-            drop(datapath);
-            drop(forwarding);
-        }
-        let _ = std::fs::remove_file(status::path(&options.places.run_dir, &node));
-        match counters {
-            Ok((counters, vnis_peers)) => println!("datapath counters of node {node} at exit:\n{counters}\n{vnis_peers}"),
-            Err(error) => log::warn!("reading counters: {error}"),
-        }
-        if !options.keep_datapath {
-            log::info!("node {node}: datapath detached");
-        }
-        Ok(())
-    })
-}
-
-/// The node's counters and each VNI's and peer's.
-fn read_all_counters(datapath: &Datapath) -> Result<(Counters, VniPeerCounters), overlay::DatapathError> {
-    Ok((datapath.counters()?, datapath.vni_peer_counters()?))
-}
-
-/// Validates the file anew and applies it as a diff. A bad file, or one
-/// whose ports cannot be attached, changes nothing.
-fn reload(path: &Path, datapath: &mut Datapath, current: &mut ResolvedConfig, mode: AttachMode) -> anyhow::Result<ApplyReport> {
-    let config = Config::load(path)?;
-    if config.node.name != current.config.node.name {
-        bail!("node.name changed from {:?} to {:?}: a running agent cannot rename its node", current.config.node.name, config.node.name);
-    }
-    let resolved = ResolvedConfig::resolve(config, path)?;
-    let previous = datapath.applied().clone();
-    let desired = MapState::from_config(&resolved, &previous).context("assigning counter slots")?;
-    let report = datapath.apply(&desired).context("changing the maps")?;
-    if let Err(error) = datapath.attach(&resolved, mode) {
-        // Back to the previous maps, and to the previous attachments.
-        if let Err(undo) = datapath.apply(&previous) {
-            log::error!("restoring the previous maps after a failed attach: {undo}");
-        }
-        let _ = datapath.attach(current, mode);
-        return Err(error).context("attaching to the new configuration's ports");
-    }
-    keep_peers_resolved(&resolved);
-    *current = resolved;
-    Ok(report)
-}
-
-fn keep_peers_resolved(resolved: &ResolvedConfig) {
-    for (peer, error) in overlay::neighbour::keep_peers_resolved(&resolved.config) {
-        log::warn!("peer {peer}: cannot keep its underlay next hop resolved ({error}); flooded and non-IP frames to it may be lost until it is");
-    }
-}
-
-fn refresh_status(status: &mut NodeStatus, datapath: &Datapath, resolved: &ResolvedConfig, run_dir: &Path) {
-    status.attachments = datapath.attachments();
-    status.peers_per_vni = resolved
-        .config
-        .local_vnis()
-        .into_iter()
-        .map(|vni| (vni, resolved.config.peers.iter().filter(|p| p.vnis().contains(&vni)).count()))
-        .collect();
-    if let Err(error) = status.write(run_dir) {
-        log::warn!("writing the status file in {}: {error}", run_dir.display());
-    }
 }

@@ -11,7 +11,9 @@ use overlay_common::{
 };
 
 use crate::{
+    model::MacAddr,
     netdev::ResolvedConfig,
+    reconciler::Resolved,
     slots::{self, SlotsFull},
 };
 
@@ -36,67 +38,60 @@ pub fn ipv4_be(addr: std::net::Ipv4Addr) -> u32 {
 }
 
 impl MapState {
-    /// The state for a configuration. Counter slots (see [`crate::slots`])
-    /// are kept from `previous`, the state the maps hold now, for every VNI
-    /// and peer that stays; new ones get free slots. Fails only when there
-    /// are more VNIs or peers than slots, which validation refuses first.
+    /// The state for a configuration file whose interfaces all exist.
     pub fn from_config(resolved: &ResolvedConfig, previous: &MapState) -> Result<MapState, SlotsFull> {
-        let config = &resolved.config;
-        let node = &config.node;
-        let vni_slots = slots::assign(
-            "VNI",
-            &previous.vni_slots(),
-            &config.endpoints.iter().map(|e| e.vni).collect(),
-            VNI_COUNTER_SLOTS,
-        )?;
+        MapState::from_resolved(&Resolved::from_config(resolved), previous)
+    }
+
+    /// The state for a resolved model (pending endpoints are left out).
+    /// Counter slots (see [`crate::slots`]) are kept from `previous`, the
+    /// state the maps hold now, for every VNI and peer that stays; new ones
+    /// get free slots. Fails only when there are more VNIs or peers than
+    /// slots, which validation refuses first. Flood lists hold at most the
+    /// datapath's capacity, which validation also refuses to exceed.
+    pub fn from_resolved(resolved: &Resolved, previous: &MapState) -> Result<MapState, SlotsFull> {
+        let vni_slots = slots::assign("VNI", &previous.vni_slots(), &resolved.local_vnis(), VNI_COUNTER_SLOTS)?;
         let peer_slots = slots::assign(
             "peer",
             &previous.peer_slots(),
-            &config.peers.iter().map(|p| ipv4_be(p.vtep_address)).collect(),
+            &resolved.peers.iter().map(|p| ipv4_be(p.vtep_address)).collect(),
             PEER_COUNTER_SLOTS,
         )?;
         let vni_slot = |vni: u32| vni_slots.get(&vni).copied().unwrap_or(NO_COUNTER_SLOT);
         let mut state = MapState {
             node: Some(NodeConfig {
-                vtep_addr_be: ipv4_be(node.vtep_address),
+                vtep_addr_be: ipv4_be(resolved.vtep_address),
                 underlay_ifindex: resolved.underlay_ifindex,
-                vxlan_port_be: node.vxlan_port.to_be(),
-                source_port_min: node.source_port_min,
-                source_port_max: node.source_port_max,
-                ttl: node.ttl,
+                vxlan_port_be: resolved.vxlan_port.to_be(),
+                source_port_min: resolved.source_port_min,
+                source_port_max: resolved.source_port_max,
+                ttl: resolved.ttl,
                 _pad0: 0,
                 configured: 1,
             }),
             ..MapState::default()
         };
-        let mut flood_ports: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
-        let mut flood_vteps: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
-        for (endpoint, &ifindex) in config.endpoints.iter().zip(&resolved.endpoint_ifindex) {
-            state.vnis.insert(
-                endpoint.vni,
-                VniInfo { counter_slot: vni_slot(endpoint.vni), flood_limit: config.flood_limit(endpoint.vni) },
-            );
-            flood_ports.entry(endpoint.vni).or_default().insert(ifindex);
+        let neighbour = |mac: MacAddr| NeighbourEntry { mac: mac.0, _pad: [0; 2] };
+        let mut flood_ports: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        let mut flood_vteps: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for endpoint in &resolved.endpoints {
+            let (vni, ifindex) = (endpoint.vni, endpoint.ifindex);
+            state.vnis.insert(vni, VniInfo { counter_slot: vni_slot(vni), flood_limit: resolved.flood_limit(vni) });
+            flood_ports.entry(vni).or_default().insert(ifindex);
             if let Some(ipv6) = endpoint.ipv6 {
-                state.neighbours6.insert(
-                    VniIpv6 { vni: endpoint.vni, addr: ipv6.octets() },
-                    NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
-                );
+                state.neighbours6.insert(VniIpv6 { vni, addr: ipv6.octets() }, neighbour(endpoint.mac));
             }
-            state.ports.insert(ifindex, PortInfo { vni: endpoint.vni, vni_slot: vni_slot(endpoint.vni) });
-            state
-                .local_endpoints
-                .insert(VniMac::new(endpoint.vni, endpoint.mac.0), LocalEndpoint { ifindex, _reserved: 0 });
-            state.neighbours.insert(
-                VniIpv4 { vni: endpoint.vni, addr_be: ipv4_be(endpoint.ip) },
-                NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
-            );
+            state.ports.insert(ifindex, PortInfo { vni, vni_slot: vni_slot(vni) });
+            state.local_endpoints.insert(VniMac::new(vni, endpoint.mac.0), LocalEndpoint { ifindex, _reserved: 0 });
+            if let Some(ip) = endpoint.ipv4 {
+                state.neighbours.insert(VniIpv4 { vni, addr_be: ipv4_be(ip) }, neighbour(endpoint.mac));
+            }
         }
-        for peer in &config.peers {
+        for peer in &resolved.peers {
             let vtep_addr_be = ipv4_be(peer.vtep_address);
             let peer_slot = peer_slots.get(&vtep_addr_be).copied().unwrap_or(NO_COUNTER_SLOT);
             state.peers.insert(vtep_addr_be, PeerInfo { flags: 0, counter_slot: peer_slot });
-            for vni in peer.vnis() {
+            for &vni in &peer.vnis {
                 flood_vteps.entry(vni).or_default().insert(vtep_addr_be);
                 // Only VNIs this node carries: VXLAN for others is dropped anyway.
                 if state.vnis.contains_key(&vni) {
@@ -104,22 +99,17 @@ impl MapState {
                 }
             }
             for endpoint in &peer.endpoints {
+                let vni = endpoint.vni;
                 if let Some(ipv6) = endpoint.ipv6 {
-                    state.neighbours6.insert(
-                        VniIpv6 { vni: endpoint.vni, addr: ipv6.octets() },
-                        NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
-                    );
+                    state.neighbours6.insert(VniIpv6 { vni, addr: ipv6.octets() }, neighbour(endpoint.mac));
                 }
-                state
-                    .fdb
-                    .insert(VniMac::new(endpoint.vni, endpoint.mac.0), FdbEntry { vtep_addr_be, peer_slot });
-                state.neighbours.insert(
-                    VniIpv4 { vni: endpoint.vni, addr_be: ipv4_be(endpoint.ip) },
-                    NeighbourEntry { mac: endpoint.mac.0, _pad: [0; 2] },
-                );
+                state.fdb.insert(VniMac::new(vni, endpoint.mac.0), FdbEntry { vtep_addr_be, peer_slot });
+                if let Some(ip) = endpoint.ipv4 {
+                    state.neighbours.insert(VniIpv4 { vni, addr_be: ipv4_be(ip) }, neighbour(endpoint.mac));
+                }
             }
         }
-        // A flood list for every VNI with a local port (validation bounds the counts).
+        // A flood list for every VNI with a local port.
         for (vni, ports) in flood_ports {
             let mut targets = FloodTargets {
                 local_count: 0,

@@ -37,6 +37,12 @@ pub struct NodeStatus {
     /// Peers carrying each VNI this node has.
     pub peers_per_vni: Vec<(u32, usize)>,
     pub last_reload: Option<Reload>,
+    /// The local API's socket.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+    /// Endpoints waiting for their interface: (source and key, why).
+    #[serde(default)]
+    pub pending: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -80,6 +80,15 @@ fn netlink_filters_are_replaced_in_place_and_removed_by_down() {
     let status = overlay(&lab, "h1", &["status", "--node", "h1"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("netlink clsact filters"), "overlay status should say how TC programs are attached:\n{text}");
+    let config = lab.host("h1").config_path.clone().unwrap();
+    let doctor = overlay(&lab, "h1", &["doctor", "--json", "--probe-timeout", "1.5", "--config", config.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    let tcx: Vec<serde_json::Value> =
+        report.lines().filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()).filter(|f| f["check"] == "kernel-tcx").collect();
+    assert!(
+        tcx.len() == 1 && tcx[0]["status"] == "warn" && tcx[0]["what"].as_str().is_some_and(|w| w.contains("netlink filters")),
+        "overlay doctor's kernel-tcx should be a warning naming the netlink filter fallback, got {tcx:?}\n{report}"
+    );
 
     let ping_flood = flood(a, b);
     std::thread::sleep(Duration::from_secs(1));

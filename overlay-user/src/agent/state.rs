@@ -1,0 +1,176 @@
+//! The agent's state: each source's part, the reconciler, and the changes
+//! a source may ask for. Every change is validated against the whole
+//! model, applied through the reconciler and only then kept; a refused
+//! one changes nothing.
+use std::path::{Path, PathBuf};
+
+use crate::{
+    config::{Config, ConfigError},
+    model::{Model, Origin, Problem, SourceKind},
+    reconciler::{EndpointState, Outcome, ReconcileError, Reconciler},
+    sources::{
+        self,
+        api_store::{self, ApiEndpoint, ApiNetwork, ApiState},
+    },
+};
+
+/// Why a change was not made. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The change would make the model invalid.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<Problem>),
+    /// The item does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The item exists but this source may not change it, or others depend on it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The kernel refused it (rolled back).
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// The API's state could not be saved (the change was rolled back).
+    #[error("saving the API state to {path}: {error}")]
+    Persist { path: PathBuf, error: std::io::Error },
+}
+
+pub struct AgentState {
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub api: ApiState,
+    pub api_path: PathBuf,
+    pub reconciler: Reconciler,
+}
+
+impl AgentState {
+    /// The desired model: the file's part, then the API's.
+    pub fn model(&self) -> Model {
+        Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.api.fragment()])
+    }
+
+    pub fn reconcile(&mut self) -> Result<Outcome, ReconcileError> {
+        let model = self.model();
+        self.reconciler.reconcile(&model)
+    }
+
+    /// Reads the file anew and applies it. A bad file, one that conflicts
+    /// with the API's items, or one the kernel refuses changes nothing.
+    pub fn reload_file(&mut self) -> Result<Outcome, ReloadError> {
+        let config = Config::load(&self.config_path)?;
+        if config.node.name != self.config.node.name {
+            return Err(ReloadError::Rename { from: self.config.node.name.clone(), to: config.node.name });
+        }
+        // The file's claims come last: a conflict with the API is the file's problem.
+        let (model, problems) = sources::candidate(config.node_settings(), [&self.api.fragment(), &config.fragment()]);
+        let problems = sources::problems_of(problems, SourceKind::File);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: self.config_path.clone(), problems: render_for_file(&problems) }.into());
+        }
+        let outcome = self.reconciler.reconcile(&model)?;
+        self.config = config;
+        Ok(outcome)
+    }
+
+    /// Adds a network (the API's).
+    pub fn add_network(&mut self, network: ApiNetwork) -> Result<Outcome, ChangeError> {
+        let mut api = self.api.clone();
+        api.networks.push(network);
+        self.change_api(api)
+    }
+
+    /// Removes an API network that no endpoint uses.
+    pub fn remove_network(&mut self, name: &str) -> Result<Outcome, ChangeError> {
+        if self.api.network(name).is_none() {
+            let model = self.model();
+            return Err(match model.networks.iter().find(|n| n.name == name) {
+                Some(network) => ChangeError::Conflict(format!(
+                    "network {name} comes from the {} ({}); only networks created through the API can be removed here",
+                    network.origin.source, network.origin.key
+                )),
+                None => ChangeError::NotFound(format!("no network named {name}")),
+            });
+        }
+        let users: Vec<String> = self.api.endpoints.iter().filter(|e| e.network == name).map(|e| e.id.clone()).collect();
+        if !users.is_empty() {
+            return Err(ChangeError::Conflict(format!("network {name} still has endpoint(s) {}: remove them first", users.join(", "))));
+        }
+        let mut api = self.api.clone();
+        api.networks.retain(|n| n.name != name);
+        self.change_api(api)
+    }
+
+    /// Adds a local endpoint (the API's).
+    pub fn add_endpoint(&mut self, endpoint: ApiEndpoint) -> Result<Outcome, ChangeError> {
+        if let Some(existing) = self.api.endpoint(&endpoint.id) {
+            return Err(ChangeError::Conflict(format!(
+                "endpoint id {} exists already (interface {}, MAC {}); remove it first or choose another id",
+                existing.id, existing.interface, existing.mac
+            )));
+        }
+        let mut api = self.api.clone();
+        api.endpoints.push(endpoint);
+        self.change_api(api)
+    }
+
+    /// Removes an API endpoint.
+    pub fn remove_endpoint(&mut self, id: &str) -> Result<Outcome, ChangeError> {
+        if self.api.endpoint(id).is_none() {
+            return Err(ChangeError::NotFound(format!("no endpoint with id {id}")));
+        }
+        let mut api = self.api.clone();
+        api.endpoints.retain(|e| e.id != id);
+        self.change_api(api)
+    }
+
+    /// The state of the endpoint from `origin`, after the last reconciliation.
+    pub fn endpoint_state(&self, origin: &Origin) -> Option<&EndpointState> {
+        self.reconciler.endpoint_states().get(origin)
+    }
+
+    /// Validates `api` as the API's new part, applies it, then keeps and saves it.
+    fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
+        let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &api.fragment()]);
+        let problems = sources::problems_of(problems, SourceKind::Api);
+        if !problems.is_empty() {
+            return Err(ChangeError::Refused(problems));
+        }
+        let outcome = self.reconciler.reconcile(&model)?;
+        if let Err(error) = api_store::save(&self.api_path, &api) {
+            // Back to what was applied and saved before.
+            if let Err(undo) = self.reconcile() {
+                log::error!("restoring the state before an unsaved API change: {undo}");
+            }
+            return Err(ChangeError::Persist { path: self.api_path.clone(), error });
+        }
+        self.api = api;
+        Ok(outcome)
+    }
+}
+
+/// Why a reload of the file changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("node.name changed from {from:?} to {to:?}: a running agent cannot rename its node")]
+    Rename { from: String, to: String },
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+}
+
+/// Problems in the file's terms: its own items by TOML path, others by source and key.
+pub fn render_for_file(problems: &[Problem]) -> Vec<crate::config::Problem> {
+    problems
+        .iter()
+        .map(|p| crate::config::Problem {
+            field: if p.subject.source == SourceKind::File { p.path() } else { format!("{} {}", p.subject.source, p.path()) },
+            value: p.value.clone(),
+            message: p.message.clone(),
+        })
+        .collect()
+}
+
+/// Where the agent of `node` keeps its API state in `run_dir`.
+pub fn api_state_path(run_dir: &Path, node: &str) -> PathBuf {
+    api_store::state_path(run_dir, node)
+}

@@ -1,0 +1,175 @@
+//! Request bodies of the local API, read field by field so that every
+//! refusal names the field and the value as sent.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use crate::{
+    model::{
+        Ipv4Net, Ipv6Net, MacAddr, Owner, OwnerKind,
+        validate::{flood_limit_problem, ipv4_problem, ipv6_problem, safe_name, vni_problem},
+    },
+    sources::api_store::{ApiEndpoint, ApiNetwork},
+};
+
+/// The longest interface name the kernel takes (IFNAMSIZ less the NUL).
+const INTERFACE_NAME_MAX: usize = 15;
+
+/// A JSON object's fields, taken one by one; what is left at the end is unknown.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn parse(body: &[u8]) -> Result<Fields, ApiError> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(Fields(map)),
+            Ok(other) => Err(ApiError::bad_request("", &other.to_string(), "the body must be a JSON object")),
+            Err(error) => Err(ApiError::bad_request("", &String::from_utf8_lossy(body), &format!("not JSON: {error}"))),
+        }
+    }
+
+    fn string(&mut self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.0.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err(ApiError::bad_request(field, &other.to_string(), "must be a string")),
+        }
+    }
+
+    fn required_string(&mut self, field: &str) -> Result<String, ApiError> {
+        self.string(field)?.ok_or_else(|| ApiError::bad_request(field, "", "is required"))
+    }
+
+    fn number(&mut self, field: &str) -> Result<Option<u32>, ApiError> {
+        match self.0.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Ok(Some(n)),
+                None => Err(ApiError::bad_request(field, &n.to_string(), "must be a whole number in 0..=4294967295")),
+            },
+            Some(other) => Err(ApiError::bad_request(field, &other.to_string(), "must be a number")),
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, field: &str, expected: &str) -> Result<Option<T>, ApiError> {
+        match self.string(field)? {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| ApiError::bad_request(field, &text, expected)),
+        }
+    }
+
+    fn object(&mut self, field: &str) -> Result<Option<Fields>, ApiError> {
+        match self.0.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Fields(map))),
+            Some(other) => Err(ApiError::bad_request(field, &other.to_string(), "must be an object")),
+        }
+    }
+
+    /// Refuses any field not taken.
+    fn finish(self, within: &str) -> Result<(), ApiError> {
+        match self.0.into_iter().next() {
+            None => Ok(()),
+            Some((name, value)) => {
+                let field = if within.is_empty() { name } else { format!("{within}.{name}") };
+                Err(ApiError::bad_request(&field, &value.to_string(), "unknown field"))
+            }
+        }
+    }
+}
+
+/// `POST /v1/networks`.
+pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
+    let mut fields = Fields::parse(body)?;
+    let name = fields.required_string("name")?;
+    if !safe_name(&name) {
+        return Err(ApiError::bad_request("name", &name, "may hold only letters, digits, '-', '_' and '.' (at most 64), and not start with '.'"));
+    }
+    let vni = fields.number("vni")?.ok_or_else(|| ApiError::bad_request("vni", "", "is required"))?;
+    if let Some(message) = vni_problem(vni) {
+        return Err(ApiError::bad_request("vni", &vni.to_string(), &message));
+    }
+    let subnet: Option<Ipv4Net> = fields.parsed("subnet", "not an IPv4 prefix (expected a form like 10.0.9.0/24)")?;
+    let subnet6: Option<Ipv6Net> = fields.parsed("subnet6", "not an IPv6 prefix (expected a form like fd00:9::/64)")?;
+    let mtu = fields.number("mtu")?;
+    let flood_limit = fields.number("flood_limit")?;
+    if let Some(message) = flood_limit.and_then(flood_limit_problem) {
+        return Err(ApiError::bad_request("flood_limit", &flood_limit.unwrap_or(0).to_string(), &message));
+    }
+    let mut options = BTreeMap::new();
+    if let Some(given) = fields.object("options")? {
+        for (key, value) in given.0 {
+            match value {
+                Value::String(text) => options.insert(key, text),
+                other => return Err(ApiError::bad_request(&format!("options.{key}"), &other.to_string(), "must be a string")),
+            };
+        }
+    }
+    fields.finish("")?;
+    Ok(ApiNetwork { name, vni, subnet, subnet6, mtu, flood_limit, options })
+}
+
+/// `POST /v1/endpoints`. A missing MAC is made up (locally administered,
+/// random); a missing id is the interface's name.
+pub fn endpoint(body: &[u8]) -> Result<ApiEndpoint, ApiError> {
+    let mut fields = Fields::parse(body)?;
+    let network = fields.required_string("network")?;
+    let interface = fields.required_string("interface")?;
+    if interface.is_empty() || interface.len() > INTERFACE_NAME_MAX || interface.contains(['/', ' ']) || interface == "." || interface == ".." {
+        return Err(ApiError::bad_request("interface", &interface, "not an interface name (1 to 15 characters, no '/' or space)"));
+    }
+    let id = fields.string("id")?.unwrap_or_else(|| interface.clone());
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
+        return Err(ApiError::bad_request("id", &id, "may hold only letters, digits, '-', '_', '.' and ':' (1 to 128)"));
+    }
+    let mac = match fields.parsed::<MacAddr>("mac", "not a MAC address (expected six hex pairs like 02:00:00:00:00:01)")? {
+        Some(mac) => {
+            if let Some(message) = mac.endpoint_problem() {
+                return Err(ApiError::bad_request("mac", &mac.to_string(), message));
+            }
+            mac
+        }
+        None => random_mac(),
+    };
+    let ipv4: Option<Ipv4Addr> = fields.parsed("ipv4", "not an IPv4 address (expected dotted quad like 10.0.9.2)")?;
+    if let Some(message) = ipv4.and_then(ipv4_problem) {
+        return Err(ApiError::bad_request("ipv4", &ipv4.unwrap().to_string(), message));
+    }
+    let ipv6: Option<Ipv6Addr> = fields.parsed("ipv6", "not an IPv6 address (expected a form like fd00::1)")?;
+    if let Some(message) = ipv6.and_then(ipv6_problem) {
+        return Err(ApiError::bad_request("ipv6", &ipv6.unwrap().to_string(), message));
+    }
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err(ApiError::bad_request("ipv4", "", "an endpoint needs an ipv4 or an ipv6 address"));
+    }
+    let owner = match fields.object("owner")? {
+        None => Owner { kind: OwnerKind::Api, container_id: None },
+        Some(mut owner) => {
+            let kind = match owner.string("kind")?.as_deref() {
+                None | Some("api") => OwnerKind::Api,
+                Some("docker") => OwnerKind::Docker,
+                Some("cni") => OwnerKind::Cni,
+                Some(other) => return Err(ApiError::bad_request("owner.kind", other, "must be one of api, docker, cni")),
+            };
+            let container_id = owner.string("container_id")?;
+            owner.finish("owner")?;
+            Owner { kind, container_id }
+        }
+    };
+    fields.finish("")?;
+    Ok(ApiEndpoint { id, network, interface, mac, ipv4, ipv6, owner })
+}
+
+/// A random locally administered unicast MAC (first byte 0x02).
+fn random_mac() -> MacAddr {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = random.read_exact(&mut bytes);
+    }
+    bytes[0] = 0x02;
+    MacAddr(bytes)
+}

@@ -1,0 +1,158 @@
+//! Serving the local API (axum on a unix socket).
+use std::{
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get},
+};
+use tokio::sync::mpsc;
+
+use super::{ApiError, request, views};
+use crate::{
+    agent::{ChangeError, Shared},
+    reconciler::EndpointState,
+};
+
+/// Binds the API socket, root only (mode 0600, set before anyone can
+/// connect). A socket left by an agent that died is replaced; one that
+/// still answers is another agent's and refuses the start.
+pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is served by a running agent", path.display())));
+        }
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask only changes this process's file creation mask; the
+    // agent binds before it starts any thread that creates files.
+    let previous = unsafe { libc::umask(0o177) };
+    let listener = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+#[derive(Clone)]
+struct ApiContext {
+    shared: Shared,
+    /// Wakes the agent's loop after a change (status file, logs).
+    changed: mpsc::Sender<()>,
+}
+
+/// Serves the API until the process ends.
+pub async fn serve(listener: std::os::unix::net::UnixListener, shared: Shared, changed: mpsc::Sender<()>) {
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            log::error!("serving the local API: {error}");
+            return;
+        }
+    };
+    let router = Router::new()
+        .route("/v1/node", get(node))
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route("/v1/networks/{name}", delete(delete_network))
+        .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
+        .route("/v1/endpoints/{id}", delete(delete_endpoint))
+        .route("/v1/peers", get(list_peers))
+        .fallback(|| async { ApiError::plain(404, "not-found", "no such API path (see `GET /v1/node`, `/v1/networks`, `/v1/endpoints`, `/v1/peers`)") })
+        .with_state(ApiContext { shared, changed });
+    if let Err(error) = axum::serve(listener, router).await {
+        log::error!("serving the local API: {error}");
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self)).into_response()
+    }
+}
+
+fn change_error(error: ChangeError) -> ApiError {
+    match error {
+        ChangeError::Refused(problems) => ApiError::from_problems(&problems),
+        ChangeError::NotFound(message) => ApiError::plain(404, "not-found", message),
+        ChangeError::Conflict(message) => ApiError::plain(409, "conflict", message),
+        error @ (ChangeError::Reconcile(_) | ChangeError::Persist { .. }) => {
+            ApiError::plain(500, "internal", format!("{error}; nothing changed"))
+        }
+    }
+}
+
+async fn node(State(context): State<ApiContext>) -> Response {
+    Json(views::node(&*context.shared.lock().await)).into_response()
+}
+
+async fn list_networks(State(context): State<ApiContext>) -> Response {
+    Json(views::networks(&*context.shared.lock().await)).into_response()
+}
+
+async fn list_endpoints(State(context): State<ApiContext>) -> Response {
+    Json(views::endpoints(&*context.shared.lock().await)).into_response()
+}
+
+async fn list_peers(State(context): State<ApiContext>) -> Response {
+    Json(views::peers(&*context.shared.lock().await)).into_response()
+}
+
+async fn create_network(State(context): State<ApiContext>, body: Bytes) -> Result<Response, ApiError> {
+    let network = request::network(&body)?;
+    let name = network.name.clone();
+    let mut agent = context.shared.lock().await;
+    let outcome = agent.add_network(network).map_err(change_error)?;
+    log::info!("API: created network {name}: {}", outcome.maps);
+    let view = views::networks(&agent).into_iter().find(|n| n.name == name);
+    drop(agent);
+    let _ = context.changed.try_send(());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn delete_network(State(context): State<ApiContext>, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
+    let outcome = context.shared.lock().await.remove_network(&name).map_err(change_error)?;
+    log::info!("API: removed network {name}: {}", outcome.maps);
+    let _ = context.changed.try_send(());
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn create_endpoint(State(context): State<ApiContext>, body: Bytes) -> Result<Response, ApiError> {
+    let endpoint = request::endpoint(&body)?;
+    let origin = endpoint.origin();
+    let id = endpoint.id.clone();
+    let mut agent = context.shared.lock().await;
+    let outcome = agent.add_endpoint(endpoint).map_err(change_error)?;
+    match agent.endpoint_state(&origin) {
+        Some(EndpointState::Pending(why)) => log::info!("API: endpoint {id} is pending: {why}"),
+        _ => log::info!("API: added endpoint {id}: {}", outcome.maps),
+    }
+    let view = views::endpoints(&agent).into_iter().find(|e| e.source == origin.source && e.id == id);
+    drop(agent);
+    let _ = context.changed.try_send(());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn delete_endpoint(State(context): State<ApiContext>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    let outcome = context.shared.lock().await.remove_endpoint(&id).map_err(change_error)?;
+    log::info!("API: removed endpoint {id}: {}", outcome.maps);
+    let _ = context.changed.try_send(());
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The socket a CLI should talk to for `node`.
+pub fn socket_for(run_dir: &Path, node: &str) -> PathBuf {
+    crate::agent::default_api_socket(run_dir, node)
+}
