@@ -74,7 +74,7 @@ use overlay_common::{ETH_P_ARP, ETH_P_IPV4, MonitorConfig, VXLAN_ENCAP_LEN, maps
 use crate::{
     config::{Config, ConfigError, MacAddr, Peer, Problem},
     monitor::Monitor,
-    neighbour::RouteSocket,
+    neighbour::next_hops_blocking,
     netdev,
     pinning::PinDir,
     status::NodeStatus,
@@ -904,9 +904,11 @@ fn peer_findings(config: &Config, datapath: &DatapathState, options: &Options) -
     let local_vnis = config.local_vnis();
     let probe_mac = random_probe_mac();
     let mut probes = Vec::new();
-    let mut route = RouteSocket::open().ok();
+    let destinations: Vec<std::net::IpAddr> = config.peers.iter().map(|peer| peer.vtep_address.into()).collect();
+    // Without a netlink socket the routes are not checked; the probes still run.
+    let mut routes = next_hops_blocking(&destinations).map(Vec::into_iter).ok();
     for peer in &config.peers {
-        if let Some(Err(error)) = route.as_mut().map(|socket| socket.next_hop(peer.vtep_address)) {
+        if let Some(Err(error)) = routes.as_mut().and_then(Iterator::next) {
             findings.push(Finding::fail(
                 "peer",
                 format!("{} ({}): no underlay route to its VTEP: {error}", peer.name, peer.vtep_address),

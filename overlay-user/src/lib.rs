@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod datapath;
 pub mod doctor;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -4,8 +4,8 @@
 //! through file descriptors of its own, so the server never touches the
 //! agent's [`Datapath`]) and the agent's status file (underlay, XDP mode,
 //! last reload), and encodes them with `prometheus-client` in the
-//! OpenMetrics text format, the format Prometheus asks for first. A few
-//! lines of HTTP/1.1 serve it: one request per connection, then close.
+//! OpenMetrics text format, the format Prometheus asks for first. It is
+//! served by axum (see [`crate::http`]): GET and HEAD of `/metrics`.
 //!
 //! Names follow the Prometheus conventions: an `overlay_` prefix, counters
 //! ending in `_total`, the unit in the name (`_bytes`, `_seconds`). The
@@ -23,7 +23,6 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
-    time::Duration,
 };
 
 use overlay_common::reason::{Direction, REASONS, Reason};
@@ -33,7 +32,12 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
     registry::{Registry, Unit},
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::IntoResponse as _,
+    routing::get,
+};
 
 use crate::{
     Counters, Datapath, DatapathError, VniPeerCounters,
@@ -48,10 +52,6 @@ pub const PATH: &str = "/metrics";
 /// first choice in its Accept header; the older 0.0.4 text format has no
 /// `info` type and no `# EOF`).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Longest request head read; a scrape's is a few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A client that has not sent its request by then is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the metrics server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -370,99 +370,40 @@ where
     F: Fn() -> Result<String, String> + Send + Sync + 'static,
 {
     let address = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            log::error!("serving metrics on {address}: {error}; running without metrics");
-            return;
+    match crate::http::serve_tcp(listener, router(render)) {
+        Ok(serving) => {
+            log::info!("serving Prometheus metrics on http://{address}{PATH}");
+            serving.detach();
         }
-    };
-    log::info!("serving Prometheus metrics on http://{address}{PATH}");
+        Err(error) => log::error!("serving metrics on {address}: {error}; running without metrics"),
+    }
+}
+
+/// `GET` (and `HEAD`) of [`PATH`]; 404 elsewhere, 405 with `Allow` for other methods.
+pub fn router<F>(render: F) -> Router
+where
+    F: Fn() -> Result<String, String> + Send + Sync + 'static,
+{
     let render = Arc::new(render);
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let render = render.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = answer(stream, &*render).await {
-                            log::debug!("metrics connection: {error}");
+    Router::new()
+        .route(
+            PATH,
+            get(move || {
+                let render = render.clone();
+                async move {
+                    // Reading the pinned maps is a few system calls per table: off the agent's thread.
+                    let rendered = tokio::task::spawn_blocking(move || render()).await.unwrap_or_else(|error| Err(error.to_string()));
+                    match rendered {
+                        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+                        Err(error) => {
+                            log::warn!("metrics scrape failed: {error}");
+                            (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
                         }
-                    });
+                    }
                 }
-                Err(error) => {
-                    log::warn!("accepting a metrics connection on {address}: {error}");
-                    // Out of file descriptors, say: do not spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-}
-
-/// Reads one request and answers it; the connection is closed after.
-async fn answer(mut stream: tokio::net::TcpStream, render: &(dyn Fn() -> Result<String, String> + Send + Sync)) -> std::io::Result<()> {
-    let Ok(head) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await else {
-        return Ok(());
-    };
-    let response = respond(&head?, render);
-    stream.write_all(&response).await?;
-    stream.shutdown().await
-}
-
-/// The request line and headers, up to the blank line. All of it is read:
-/// closing with unread data would reset the connection under the response.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() <= MAX_REQUEST_HEAD {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buffer[..n]);
-    }
-    Ok(head)
-}
-
-/// The whole HTTP/1.1 response to a request head.
-fn respond(head: &[u8], render: &dyn Fn() -> Result<String, String>) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let mut request_line = text.lines().next().unwrap_or_default().split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (request_line.next(), request_line.next(), request_line.next()) else {
-        return response("400 Bad Request", "text/plain; charset=utf-8", "malformed request\n", &[], true);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return response("400 Bad Request", "text/plain; charset=utf-8", "HTTP/1.x only\n", &[], true);
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    if path != PATH {
-        return response("404 Not Found", "text/plain; charset=utf-8", &format!("not found: only {PATH} is served\n"), &[], true);
-    }
-    let with_body = match method {
-        "GET" => true,
-        "HEAD" => false,
-        _ => return response("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET and HEAD\n", &[("Allow", "GET, HEAD")], true),
-    };
-    match render() {
-        Ok(body) => response("200 OK", CONTENT_TYPE, &body, &[], with_body),
-        Err(error) => {
-            log::warn!("metrics scrape failed: {error}");
-            response("500 Internal Server Error", "text/plain; charset=utf-8", &format!("{error}\n"), &[], with_body)
-        }
-    }
-}
-
-fn response(status: &str, content_type: &str, body: &str, headers: &[(&str, &str)], with_body: bool) -> Vec<u8> {
-    let mut text = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    if with_body {
-        text.push_str(body);
-    }
-    text.into_bytes()
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, format!("not found: only {PATH} is served\n")) })
 }
 
 #[cfg(test)]
@@ -689,32 +630,64 @@ mod tests {
         );
     }
 
-    fn status_line(response: &[u8]) -> String {
-        String::from_utf8_lossy(response).lines().next().unwrap_or_default().to_owned()
+    /// Serves `render` on a loopback port and sends each raw request on a
+    /// connection of its own; returns the replies.
+    fn exchanges(render: impl Fn() -> Result<String, String> + Send + Sync + 'static, requests: &[&str]) -> Vec<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        runtime.block_on(async move {
+            spawn_serving(listener, render);
+            let mut replies = Vec::new();
+            for request in requests {
+                let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let mut reply = String::new();
+                stream.read_to_string(&mut reply).await.unwrap();
+                replies.push(reply);
+            }
+            replies
+        })
+    }
+
+    fn status_line(response: &str) -> &str {
+        response.lines().next().unwrap_or_default()
     }
 
     #[test]
     fn only_get_and_head_of_metrics_are_served() {
         let render = || Ok::<_, String>("overlay_peers 1\n# EOF\n".to_owned());
-        let get = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &render);
-        let text = String::from_utf8(get).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains(&format!("\r\nContent-Type: {CONTENT_TYPE}\r\n")), "{text}");
-        assert!(text.contains("\r\nContent-Length: 22\r\n") && text.ends_with("\r\n\r\noverlay_peers 1\n# EOF\n"), "{text}");
-        let head = String::from_utf8(respond(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n", &render)).unwrap();
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "HEAD: headers only:\n{head}");
-        assert_eq!(status_line(&respond(b"GET / HTTP/1.1\r\n\r\n", &render)), "HTTP/1.1 404 Not Found");
-        assert_eq!(status_line(&respond(b"GET /metricsx HTTP/1.1\r\n\r\n", &render)), "HTTP/1.1 404 Not Found");
-        let post = String::from_utf8(respond(b"POST /metrics HTTP/1.1\r\n\r\n", &render)).unwrap();
-        assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
-        assert_eq!(status_line(&respond(b"hello\r\n\r\n", &render)), "HTTP/1.1 400 Bad Request");
-        assert_eq!(status_line(&respond(b"", &render)), "HTTP/1.1 400 Bad Request");
+        let replies = exchanges(
+            render,
+            &[
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "HEAD /metrics?x=1 HTTP/1.0\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "GET /metricsx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                "hello\r\n\r\n",
+            ],
+        );
+        let lower: Vec<String> = replies.iter().map(|r| r.to_ascii_lowercase()).collect();
+        let get = &replies[0];
+        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert!(lower[0].contains(&format!("\r\ncontent-type: {}\r\n", CONTENT_TYPE.to_ascii_lowercase())), "{get}");
+        assert!(lower[0].contains("\r\ncontent-length: 22\r\n") && get.ends_with("\r\n\r\noverlay_peers 1\n# EOF\n"), "{get}");
+        let head = &replies[1];
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n") && head.ends_with("\r\n\r\n"), "HEAD: headers only:\n{head}");
+        assert_eq!(status_line(&replies[2]), "HTTP/1.1 404 Not Found");
+        assert_eq!(status_line(&replies[3]), "HTTP/1.1 404 Not Found");
+        let post = &replies[4];
+        assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && lower[4].contains("\r\nallow: get,head\r\n"), "{post}");
+        assert_eq!(status_line(&replies[5]), "HTTP/1.1 400 Bad Request");
     }
 
     #[test]
     fn a_datapath_that_cannot_be_read_is_a_server_error() {
         let render = || Err::<String, _>("reading the datapath of node h1: gone".to_owned());
-        let text = String::from_utf8(respond(b"GET /metrics HTTP/1.1\r\n\r\n", &render)).unwrap();
+        let replies = exchanges(render, &["GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]);
+        let text = &replies[0];
         assert!(text.starts_with("HTTP/1.1 500 Internal Server Error\r\n") && text.ends_with("gone\n"), "{text}");
     }
 
@@ -729,20 +702,14 @@ mod tests {
     /// The whole exchange over a loopback socket, as a scraper makes it.
     #[test]
     fn a_scrape_over_loopback_gets_the_rendered_text() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let address = listener.local_addr().unwrap();
-        let reply = runtime.block_on(async move {
-            spawn_serving(listener, || encode(snapshot()).map_err(|e| e.to_string()));
-            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").await.unwrap();
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await.unwrap();
-            reply
-        });
+        let reply = exchanges(
+            || encode(snapshot()).map_err(|e| e.to_string()),
+            &["GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\r\n"],
+        )
+        .remove(0);
         let (head, body) = reply.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in:\n{reply}"));
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(head.to_ascii_lowercase().contains(&format!("content-length: {}", body.len())), "{head}");
         assert_eq!(body, encode(snapshot()).unwrap());
     }
 }

@@ -6,187 +6,226 @@
 //! a peer is usually a flooded ARP request. So the agent creates a
 //! *managed* neighbour entry (NTF_EXT_MANAGED, Linux 5.16+) for each peer's
 //! next hop: the kernel resolves it at once and keeps it resolved.
+//!
+//! Every entry the agent creates carries [`NEIGHBOUR_PROTOCOL`] in its
+//! NDA_PROTOCOL attribute (Linux 5.9+), so the entries are found again by a
+//! dump, by this agent or a restarted one, and the ones no peer needs any
+//! more are removed ([`Neighbours::sync_managed`]).
 use std::{
-    io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    collections::BTreeSet,
+    fmt,
+    net::IpAddr,
 };
 
-// include/uapi/linux/netlink.h, rtnetlink.h, neighbour.h
-const NETLINK_ROUTE: i32 = 0;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_ACK: u16 = 0x04;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const NDA_DST: u16 = 1;
-const NDA_FLAGS_EXT: u16 = 15;
-const NTF_EXT_MANAGED: u32 = 1 << 0;
-const NUD_NONE: u16 = 0;
-const AF_INET: u8 = libc::AF_INET as u8;
-const NLMSG_HDR_LEN: usize = 16;
+use futures_util::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteProtocol, RouteVia},
+};
+use rtnetlink::RouteMessageBuilder;
+
+/// The NDA_PROTOCOL value that marks the neighbour entries this project's
+/// agent created (a free value of the rtnetlink protocol space, see
+/// include/uapi/linux/rtnetlink.h RTPROT_*; `ip neigh` shows it as `proto 111`).
+pub const NEIGHBOUR_PROTOCOL: u8 = 111;
 
 /// Where packets to a peer VTEP leave: the device and the next hop (the
 /// peer itself when it is on-link, else the gateway).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NextHop {
     pub ifindex: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
-/// A NETLINK_ROUTE socket.
-pub struct RouteSocket {
-    fd: OwnedFd,
-    sequence: u32,
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on ifindex {}", self.address, self.ifindex)
+    }
 }
 
-impl RouteSocket {
-    pub fn open() -> io::Result<RouteSocket> {
-        // SAFETY: plain syscall; the fd is owned from here on.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_ROUTE) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor.
-        Ok(RouteSocket { fd: unsafe { OwnedFd::from_raw_fd(fd) }, sequence: 0 })
+/// Why a netlink request about routes or neighbours failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NeighbourError {
+    /// The netlink socket could not be opened.
+    #[error("opening a netlink socket: {0}")]
+    Socket(std::io::Error),
+    /// The kernel refused or failed a request.
+    #[error("{operation} {subject}: {error}")]
+    Request { operation: &'static str, subject: String, error: rtnetlink::Error },
+    /// The kernel's route has no output device (a blackhole or unreachable route).
+    #[error("the route to {0} has no output device")]
+    NoDevice(IpAddr),
+    /// No route answered.
+    #[error("no route to {0}")]
+    NoRoute(IpAddr),
+}
+
+/// What [`Neighbours::sync_managed`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub added: Vec<NextHop>,
+    pub removed: Vec<NextHop>,
+    /// Changes that failed (the rest went ahead).
+    pub failed: Vec<(NextHop, NeighbourError)>,
+}
+
+/// A route netlink connection, served by a task on the current tokio runtime.
+#[derive(Clone)]
+pub struct Neighbours {
+    handle: rtnetlink::Handle,
+}
+
+impl Neighbours {
+    /// Opens the connection; must be called inside a tokio runtime, which
+    /// runs the connection until every clone of the handle is dropped.
+    pub fn connect() -> Result<Neighbours, NeighbourError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NeighbourError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Neighbours { handle })
     }
 
-    /// The kernel's route to `destination` (RTM_GETROUTE).
-    pub fn next_hop(&mut self, destination: Ipv4Addr) -> io::Result<NextHop> {
-        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-        let mut body = vec![AF_INET, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        push_attribute(&mut body, RTA_DST, &destination.octets());
-        let reply = self.request(RTM_GETROUTE, NLM_F_REQUEST, &body)?;
-        if message_type(&reply) != RTM_NEWROUTE {
-            return Err(io::Error::other(format!("unexpected reply type {} to RTM_GETROUTE", message_type(&reply))));
-        }
+    /// The kernel's route to `destination` (RTM_GETROUTE), IPv4 or IPv6.
+    pub async fn next_hop(&self, destination: IpAddr) -> Result<NextHop, NeighbourError> {
+        let length = if destination.is_ipv4() { 32 } else { 128 };
+        let request = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(destination, length)
+            .expect("a host prefix of the address's own family")
+            .build();
+        let failed = |error| NeighbourError::Request { operation: "looking up the route to", subject: destination.to_string(), error };
+        let route = self.handle.route().get(request).execute().try_next().await.map_err(failed)?;
+        let route = route.ok_or(NeighbourError::NoRoute(destination))?;
         let mut ifindex = None;
         let mut gateway = None;
-        for (kind, value) in attributes(&reply[NLMSG_HDR_LEN + 12..]) {
-            match (kind, value.len()) {
-                (RTA_OIF, 4) => ifindex = Some(u32::from_ne_bytes(value.try_into().unwrap())),
-                (RTA_GATEWAY, 4) => gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3])),
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Oif(index) => ifindex = Some(*index),
+                RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+                // An IPv4 route through an IPv6 gateway (RFC 5549).
+                RouteAttribute::Via(RouteVia::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+                RouteAttribute::Via(RouteVia::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
                 _ => {}
             }
         }
-        let ifindex = ifindex.ok_or_else(|| io::Error::other(format!("route to {destination} has no output device")))?;
+        let ifindex = ifindex.ok_or(NeighbourError::NoDevice(destination))?;
         Ok(NextHop { ifindex, address: gateway.unwrap_or(destination) })
     }
 
-    /// Creates (or turns into) a managed neighbour entry for `hop`.
-    pub fn keep_resolved(&mut self, hop: NextHop) -> io::Result<()> {
-        // struct ndmsg: family, pad1, pad2, ifindex, state, flags, type.
-        let mut body = vec![AF_INET, 0, 0, 0];
-        body.extend_from_slice(&(hop.ifindex as i32).to_ne_bytes());
-        body.extend_from_slice(&NUD_NONE.to_ne_bytes());
-        body.extend_from_slice(&[0, 0]);
-        push_attribute(&mut body, NDA_DST, &hop.address.octets());
-        push_attribute(&mut body, NDA_FLAGS_EXT, &NTF_EXT_MANAGED.to_ne_bytes());
-        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        let reply = self.request(RTM_NEWNEIGH, flags, &body)?;
-        if message_type(&reply) != NLMSG_ERROR {
-            return Err(io::Error::other("no acknowledgement for RTM_NEWNEIGH"));
-        }
-        Ok(())
+    /// Creates (or turns an existing entry into) a managed neighbour entry
+    /// for `hop`, marked as this agent's.
+    pub async fn add_managed(&self, hop: &NextHop) -> Result<(), NeighbourError> {
+        let mut request = self.handle.neighbours().add(hop.ifindex, hop.address).state(NeighbourState::None).replace();
+        let attributes = &mut request.message_mut().attributes;
+        attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        attributes.push(NeighbourAttribute::Protocol(RouteProtocol::Other(NEIGHBOUR_PROTOCOL)));
+        request
+            .execute()
+            .await
+            .map_err(|error| NeighbourError::Request { operation: "adding a managed neighbour entry for", subject: hop.to_string(), error })
     }
 
-    /// Sends one request and returns the reply, turning a netlink error
-    /// into an `io::Error`.
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<u8>> {
-        self.sequence += 1;
-        let mut message = Vec::with_capacity(NLMSG_HDR_LEN + body.len());
-        message.extend_from_slice(&((NLMSG_HDR_LEN + body.len()) as u32).to_ne_bytes());
-        message.extend_from_slice(&kind.to_ne_bytes());
-        message.extend_from_slice(&flags.to_ne_bytes());
-        message.extend_from_slice(&self.sequence.to_ne_bytes());
-        message.extend_from_slice(&0u32.to_ne_bytes());
-        message.extend_from_slice(body);
-        // SAFETY: sending our buffer on our socket (the kernel is the default destination).
-        if unsafe { libc::send(self.fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
+    /// Removes the neighbour entry of `hop` (gone already counts as removed).
+    pub async fn remove_managed(&self, hop: &NextHop) -> Result<(), NeighbourError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family(hop.address);
+        message.header.ifindex = hop.ifindex;
+        message.attributes.push(NeighbourAttribute::Destination(neighbour_address(hop.address)));
+        match self.handle.neighbours().del(message).execute().await {
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENOENT => Ok(()),
+            result => result.map_err(|error| NeighbourError::Request {
+                operation: "removing the managed neighbour entry for",
+                subject: hop.to_string(),
+                error,
+            }),
         }
-        let mut reply = vec![0u8; 8192];
-        // SAFETY: receiving into our buffer.
-        let received = unsafe { libc::recv(self.fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-        if received < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        reply.truncate(received as usize);
-        if reply.len() < NLMSG_HDR_LEN {
-            return Err(io::Error::other("short netlink reply"));
-        }
-        if message_type(&reply) == NLMSG_ERROR && reply.len() >= NLMSG_HDR_LEN + 4 {
-            let errno = i32::from_ne_bytes(reply[NLMSG_HDR_LEN..NLMSG_HDR_LEN + 4].try_into().unwrap());
-            if errno != 0 {
-                return Err(io::Error::from_raw_os_error(-errno));
+    }
+
+    /// The neighbour entries this project's agent created (marked with
+    /// [`NEIGHBOUR_PROTOCOL`]), IPv4 and IPv6, on every device.
+    pub async fn list_managed(&self) -> Result<BTreeSet<NextHop>, NeighbourError> {
+        let failed = |error| NeighbourError::Request { operation: "listing", subject: "the neighbour table".into(), error };
+        let mut dump = self.handle.neighbours().get().execute();
+        let mut ours = BTreeSet::new();
+        while let Some(entry) = dump.try_next().await.map_err(failed)? {
+            let marked = entry.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Protocol(p) if u8::from(*p) == NEIGHBOUR_PROTOCOL));
+            let address = entry.attributes.iter().find_map(|attribute| match attribute {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                _ => None,
+            });
+            if let (true, Some(address)) = (marked, address) {
+                ours.insert(NextHop { ifindex: entry.header.ifindex, address });
             }
         }
-        Ok(reply)
+        Ok(ours)
     }
-}
 
-/// Makes the kernel keep the next hop to every peer VTEP resolved; returns
-/// the peers for which that failed, with why (a warning, not fatal: unicast
-/// IP still resolves on demand).
-pub fn keep_peers_resolved(config: &crate::Config) -> Vec<(String, io::Error)> {
-    let mut failures = Vec::new();
-    let mut socket = match RouteSocket::open() {
-        Ok(socket) => socket,
-        Err(error) => return vec![("(all peers)".to_owned(), error)],
-    };
-    for peer in &config.peers {
-        let result = socket.next_hop(peer.vtep_address).and_then(|hop| socket.keep_resolved(hop));
-        if let Err(error) = result {
-            failures.push((peer.name.clone(), error));
+    /// Makes the managed entries on `devices` exactly `wanted`: adds the
+    /// missing ones (and re-asserts the present ones, which costs nothing)
+    /// and removes the entries of ours no longer wanted. Entries on other
+    /// devices are left alone: they may be another node's, whose agent
+    /// shares this network namespace with its own underlay.
+    pub async fn sync_managed(&self, wanted: &BTreeSet<NextHop>, devices: &BTreeSet<u32>) -> SyncReport {
+        let mut report = SyncReport::default();
+        let present = match self.list_managed().await {
+            Ok(present) => present,
+            Err(error) => {
+                // Without the list nothing can be removed; adding still helps.
+                log::warn!("{error}: stale managed neighbour entries are not removed this time");
+                BTreeSet::new()
+            }
+        };
+        for hop in wanted {
+            match self.add_managed(hop).await {
+                Ok(()) if !present.contains(hop) => report.added.push(*hop),
+                Ok(()) => {}
+                Err(error) => report.failed.push((*hop, error)),
+            }
         }
-    }
-    failures
-}
-
-fn message_type(message: &[u8]) -> u16 {
-    u16::from_ne_bytes([message[4], message[5]])
-}
-
-/// Appends a route attribute (struct rtattr), padded to 4 bytes.
-fn push_attribute(buffer: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    buffer.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    buffer.extend_from_slice(&kind.to_ne_bytes());
-    buffer.extend_from_slice(value);
-    buffer.resize(buffer.len().next_multiple_of(4), 0);
-}
-
-/// The (type, value) pairs of a run of route attributes.
-fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut found = Vec::new();
-    while bytes.len() >= 4 {
-        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & 0x3fff;
-        if len < 4 || len > bytes.len() {
-            break;
+        for hop in present.iter().filter(|hop| devices.contains(&hop.ifindex) && !wanted.contains(hop)) {
+            match self.remove_managed(hop).await {
+                Ok(()) => report.removed.push(*hop),
+                Err(error) => report.failed.push((*hop, error)),
+            }
         }
-        found.push((kind, &bytes[4..len]));
-        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
+        report
     }
-    found
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attributes_round_trip() {
-        let mut buffer = Vec::new();
-        push_attribute(&mut buffer, RTA_DST, &[192, 0, 2, 1]);
-        push_attribute(&mut buffer, RTA_OIF, &7u32.to_ne_bytes());
-        push_attribute(&mut buffer, 9, &[1, 2, 3]);
-        let found = attributes(&buffer);
-        assert_eq!(found, vec![(RTA_DST, &[192, 0, 2, 1][..]), (RTA_OIF, &7u32.to_ne_bytes()[..]), (9, &[1, 2, 3][..])]);
+fn family(address: IpAddr) -> AddressFamily {
+    match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
+}
+
+fn neighbour_address(address: IpAddr) -> NeighbourAddress {
+    match address {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+/// The next hop to each of `destinations`, for callers without a tokio
+/// runtime (`overlay doctor`). Runs on a thread of its own, so it may also
+/// be called from inside a runtime.
+pub fn next_hops_blocking(destinations: &[IpAddr]) -> Result<Vec<Result<NextHop, NeighbourError>>, NeighbourError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NeighbourError::Socket)?;
+                runtime.block_on(async {
+                    let neighbours = Neighbours::connect()?;
+                    let mut hops = Vec::new();
+                    for destination in destinations {
+                        hops.push(neighbours.next_hop(*destination).await);
+                    }
+                    Ok(hops)
+                })
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }

@@ -1,47 +1,45 @@
-//! Network interfaces, looked up through the kernel (SIOCGIFINDEX ioctl via
-//! if_nametoindex), never by running `ip`.
+//! Network interfaces, looked up through the kernel (if_nametoindex and
+//! interface ioctls, through nix), never by running `ip`.
 use std::{
-    ffi::CString,
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use crate::config::{Config, ConfigError, Problem};
 
 /// The kernel's index of interface `name` in this network namespace.
 pub fn ifindex(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        index => Some(index),
-    }
+    nix::net::if_::if_nametoindex(name).ok()
 }
 
-/// The MTU of interface `name` (SIOCGIFMTU ioctl).
-pub fn mtu(name: &str) -> std::io::Result<u32> {
+// include/uapi/linux/sockios.h: both take a struct ifreq.
+nix::ioctl_readwrite_bad!(siocgifmtu, libc::SIOCGIFMTU, libc::ifreq);
+nix::ioctl_readwrite_bad!(siocethtool, libc::SIOCETHTOOL, libc::ifreq);
+
+/// A struct ifreq naming `interface`, and a socket to ask about it.
+fn interface_request(interface: &str) -> std::io::Result<(libc::ifreq, OwnedFd)> {
     // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
+    let bytes = interface.as_bytes();
     if bytes.len() >= request.ifr_name.len() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
     }
     for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: plain syscalls on a socket we own; the ifreq outlives them.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if socket < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let rc = libc::ioctl(socket, libc::SIOCGIFMTU, &mut request);
-        let error = std::io::Error::last_os_error();
-        libc::close(socket);
-        if rc < 0 {
-            return Err(error);
-        }
-        Ok(request.ifr_ifru.ifru_mtu as u32)
-    }
+    let socket = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    Ok((request, socket))
+}
+
+/// The MTU of interface `name` (SIOCGIFMTU ioctl).
+pub fn mtu(name: &str) -> std::io::Result<u32> {
+    let (mut request, socket) = interface_request(name)?;
+    // SAFETY: the ifreq names the interface and outlives the call.
+    unsafe { siocgifmtu(socket.as_raw_fd(), &mut request) }?;
+    // SAFETY: SIOCGIFMTU filled in the MTU member of the union.
+    Ok(unsafe { request.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// A configuration whose interfaces all exist, with their indexes.
@@ -123,37 +121,16 @@ impl Drop for ForwardingGuard {
 }
 
 // struct ethtool_value / ethtool_drvinfo commands (include/uapi/linux/ethtool.h).
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 
 /// Runs one SIOCETHTOOL command on `interface` with `buffer` (whose first
 /// u32 is the command).
 fn ethtool(interface: &str, buffer: &mut [u32]) -> std::io::Result<()> {
-    // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = interface.as_bytes();
-    if bytes.len() >= request.ifr_name.len() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
-    }
-    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
+    let (mut request, socket) = interface_request(interface)?;
     request.ifr_ifru.ifru_data = buffer.as_mut_ptr().cast();
-    // SAFETY: plain syscalls on a socket we own; the buffer outlives them
-    // and is as large as the command's structure.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if socket < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let rc = libc::ioctl(socket, SIOCETHTOOL, &mut request);
-        let error = std::io::Error::last_os_error();
-        libc::close(socket);
-        if rc < 0 {
-            return Err(error);
-        }
-    }
+    // SAFETY: the buffer outlives the call and is as large as the command's structure.
+    unsafe { siocethtool(socket.as_raw_fd(), &mut request) }?;
     Ok(())
 }
 

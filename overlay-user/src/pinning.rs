@@ -9,7 +9,6 @@
 //! without an agent; a new agent adopts them (replacing the programs inside
 //! the links atomically) and changes the maps as diffs.
 use std::{
-    ffi::CString,
     io,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -17,8 +16,6 @@ use std::{
 
 /// Default parent directory of every node's pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/overlay";
-/// bpffs's magic number (include/uapi/linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// One node's pin directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,22 +150,12 @@ fn ensure_bpffs(path: &Path) -> io::Result<()> {
     if is_bpffs(standard) {
         return Ok(());
     }
-    let target = CString::new(standard.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    let source = CString::new("bpf").unwrap();
-    let options = CString::new("mode=0700").unwrap();
-    // SAFETY: all pointers are valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, options.as_ptr().cast()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::mount::mount(Some("bpf"), standard, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700"))?;
     log::info!("mounted bpffs on {}", standard.display());
     Ok(())
 }
 
 /// Whether `path` is on a bpffs mount.
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: a zeroed statfs is valid output space; path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC }
+    nix::sys::statfs::statfs(path).is_ok_and(|stat| stat.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }

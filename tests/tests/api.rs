@@ -80,6 +80,20 @@ fn expect_refused(socket: &Path, body: Value, status: u16, field: &str, value: &
     refusal
 }
 
+/// Both nodes' counters, for failure messages.
+fn stats(lab: &Lab) -> String {
+    ["h1", "h2"]
+        .iter()
+        .map(|host| {
+            let run = |args: &[&str]| {
+                let output = lab.overlay_command(host, &overlay_binary().unwrap(), args).unwrap().output().unwrap();
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+            };
+            format!("--- {host}:\n{}{}", run(&["stats", "--node", host]), run(&["status", "--node", host]))
+        })
+        .collect()
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -99,6 +113,9 @@ fn endpoints_added_through_the_api_forward_and_bad_requests_change_nothing() {
     assert!(endpoints(&h1).is_empty(), "h1 starts with no endpoint");
     let (_, received) = ping(c1, C2_IP, 2).unwrap();
     assert_eq!(received, 0, "without its endpoint, c1 should not reach c2");
+    // The failed resolution stays FAILED in c1 for a while; a container
+    // would retry later, the test forgets it now.
+    c1.ip(&["neigh", "flush", "all"]).unwrap();
 
     let network: NetworkView = serde_json::from_slice(
         &call(&h1, Method::POST, "/v1/networks", Some(json!({"name": "blue", "vni": 100, "subnet": "10.10.0.0/24"}))).unwrap(),
@@ -136,7 +153,12 @@ fn endpoints_added_through_the_api_forward_and_bad_requests_change_nothing() {
     let added: EndpointView = serde_json::from_slice(&call(&h1, Method::POST, "/v1/endpoints", Some(good.clone())).unwrap()).unwrap();
     assert_eq!((added.id.as_str(), added.state.as_str(), added.vni), (port.as_str(), "applied", Some(100)), "{added:?}");
     let (sent, received) = ping(c1, C2_IP, 3).unwrap();
-    assert_eq!(received, sent, "after the API added c1's endpoint, c1 should reach c2 across hosts\n{}", lab.agent_logs());
+    if received != sent {
+        let neigh = c1.ip(&["neigh"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let links = c1.ip(&["-s", "link"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let host_links = lab.host("h1").netns.ip(&["-s", "link"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        panic!("after the API added c1's endpoint, c1 should reach c2 across hosts: {received} of {sent}\n{}\n{}\nc1 neighbours:\n{neigh}\nc1 links:\n{links}\nh1 links:\n{host_links}", lab.agent_logs(), stats(&lab));
+    }
     let again = call(&h1, Method::POST, "/v1/endpoints", Some(with("id", json!(port)))).unwrap_err();
     assert_eq!(again.status, 409, "the same id twice: {again:?}");
     let mac_taken = call(&h1, Method::POST, "/v1/endpoints", Some(with("id", json!("other")))).unwrap_err();
@@ -200,6 +222,8 @@ fn api_endpoints_survive_kill_9_without_loss_and_only_root_reaches_the_socket() 
 
     // kill -9 under a ping flood, restart: the API's endpoint keeps forwarding.
     let c1 = &lab.container("h1", "c").netns;
+    let (sent, received) = ping(c1, C2_IP, 3).unwrap();
+    assert_eq!(received, sent, "the API's endpoint should forward before the kill\n{}", lab.agent_logs());
     let flood = c1
         .command("ping")
         .args(["-q", "-i", "0.002", "-c", "3000", "-W", "2", &C2_IP.to_string()])

@@ -198,23 +198,33 @@ fn offload_mode_is_refused_clearly_where_the_nic_cannot() {
     assert!(pinned.is_empty(), "a refused start must pin nothing, found {pinned:?}");
 }
 
-/// A configuration naming a missing interface is refused before anything
-/// is loaded or attached, with the field and value in the message.
+/// An endpoint whose interface does not exist is pending: the agent starts
+/// and forwards for the rest, reports it with the interface's name, and
+/// applies it once the interface appears.
 #[test]
-fn unknown_interface_is_refused_and_nothing_attached() {
-    let lab = two_hosts("badiface", HostKind::Overlay, 4789);
-    let config = lab.overlay_config(0);
-    let port = &lab.container("h1", "c").port;
-    let output = run_agent(&lab, "h1", &config.replace(port.as_str(), "nosuchport0"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected overlay to fail, it succeeded:\n{stderr}");
+fn endpoint_with_a_missing_interface_is_pending_until_it_appears() {
+    let mut lab = two_hosts("pendiface", HostKind::Overlay, 4789);
+    let port = lab.container("h1", "c").port.clone();
+    let path = lab.hosts[0].config_path.clone().unwrap();
+    std::fs::write(&path, lab.overlay_config(0).replace(port.as_str(), "nosuchport0")).unwrap();
+    lab.start_agents(&bin()).expect("the agent should start with the endpoint pending");
+    let status = lab.overlay_command("h1", &bin(), &["status", "--node", "h1"]).unwrap().output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(
-        stderr.contains("endpoints[0].interface") && stderr.contains("nosuchport0"),
-        "expected the error to name endpoints[0].interface and \"nosuchport0\", got:\n{stderr}"
+        status.contains("pending: file endpoints[0]") && status.contains("nosuchport0"),
+        "expected `overlay status` to show endpoints[0] pending on nosuchport0, got:\n{status}"
     );
-    let underlay = &lab.host("h1").underlay;
-    let link = String::from_utf8_lossy(&lab.host("h1").netns.ip(&["link", "show", underlay]).unwrap().stdout).into_owned();
-    assert!(!link.contains("xdp"), "a refused config must attach nothing, but {underlay} has XDP:\n{link}");
+    assert!(!status.contains("tc-port-nosuchport0"), "nothing may be attached for a missing port:\n{status}");
+    let host = &lab.host("h1").netns;
+    host.ip(&["link", "set", &port, "down"]).unwrap();
+    host.ip(&["link", "set", &port, "name", "nosuchport0"]).unwrap();
+    host.ip(&["link", "set", "nosuchport0", "up"]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lab.agents[0].log().contains("an endpoint's interface appeared") {
+        assert!(std::time::Instant::now() < deadline, "the endpoint was not applied after its interface appeared:\n{}", lab.agent_logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_ping(&lab, "h1", "h2", 2);
 }
 
 /// `overlay validate` reports every problem of a bad file with field and

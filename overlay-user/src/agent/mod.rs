@@ -98,7 +98,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         let underlay = config.node.underlay_interface.clone();
         let forwarding = crate::netdev::enable_ipv4_forwarding(&underlay).context("enabling IPv4 forwarding on the underlay device")?;
         let mut reconciler = Reconciler::new(datapath, options.mode);
-        let outcome = reconciler.reconcile(&model).context("applying the desired state")?;
+        let outcome = reconciler.reconcile(&model).await.context("applying the desired state")?;
         match crate::netdev::mtu(&underlay) {
             Ok(mtu) => log::info!(
                 "overlay MTU {} (underlay {underlay} MTU {mtu} less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
@@ -170,7 +170,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
                     if !agent.reconciler.has_pending() || !pending_interface_appeared(&agent) {
                         continue;
                     }
-                    match agent.reconcile() {
+                    match agent.reconcile().await {
                         Ok(outcome) => log::info!("an endpoint's interface appeared: {}", outcome.maps),
                         Err(error) => log::error!("applying endpoints whose interfaces appeared, refused, nothing changed: {error}"),
                     }
@@ -187,7 +187,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             };
             let mut agent = shared.lock().await;
             let path = agent.config_path.display().to_string();
-            let outcome = agent.reload_file();
+            let outcome = agent.reload_file().await;
             let message = match &outcome {
                 Ok(outcome) => format!("{}", outcome.maps),
                 Err(error) => format!("{error:#}"),
@@ -200,19 +200,15 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             refresh_status(&mut status, &agent, &options.run_dir);
         };
         let _ = std::fs::remove_file(&socket_path);
-        let agent = Arc::into_inner(shared).map(Mutex::into_inner);
-        let Some(agent) = agent else { bail!("the API still holds the agent's state at exit") };
+        // API connections may still hold the state: work through the lock.
+        let mut agent = shared.lock().await;
         let counters = read_all_counters(agent.reconciler.datapath());
-        let mut reconciler = agent.reconciler;
         if options.keep_datapath {
             log::info!("{signal_name}: leaving the datapath pinned and forwarding in {} (`overlay down --node {node}` removes it)", pins.root().display());
             forwarding.keep();
         } else {
             log::info!("{signal_name}: detaching");
-            reconciler.forget_neighbours();
-            let mut datapath = reconciler.into_datapath();
-            datapath.detach();
-            drop(datapath);
+            agent.reconciler.detach().await;
             drop(forwarding);
         }
         let _ = std::fs::remove_file(status::path(&options.run_dir, &node));

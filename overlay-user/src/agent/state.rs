@@ -48,14 +48,14 @@ impl AgentState {
         Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.api.fragment()])
     }
 
-    pub fn reconcile(&mut self) -> Result<Outcome, ReconcileError> {
+    pub async fn reconcile(&mut self) -> Result<Outcome, ReconcileError> {
         let model = self.model();
-        self.reconciler.reconcile(&model)
+        self.reconciler.reconcile(&model).await
     }
 
     /// Reads the file anew and applies it. A bad file, one that conflicts
     /// with the API's items, or one the kernel refuses changes nothing.
-    pub fn reload_file(&mut self) -> Result<Outcome, ReloadError> {
+    pub async fn reload_file(&mut self) -> Result<Outcome, ReloadError> {
         let config = Config::load(&self.config_path)?;
         if config.node.name != self.config.node.name {
             return Err(ReloadError::Rename { from: self.config.node.name.clone(), to: config.node.name });
@@ -66,20 +66,20 @@ impl AgentState {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: self.config_path.clone(), problems: render_for_file(&problems) }.into());
         }
-        let outcome = self.reconciler.reconcile(&model)?;
+        let outcome = self.reconciler.reconcile(&model).await?;
         self.config = config;
         Ok(outcome)
     }
 
     /// Adds a network (the API's).
-    pub fn add_network(&mut self, network: ApiNetwork) -> Result<Outcome, ChangeError> {
+    pub async fn add_network(&mut self, network: ApiNetwork) -> Result<Outcome, ChangeError> {
         let mut api = self.api.clone();
         api.networks.push(network);
-        self.change_api(api)
+        self.change_api(api).await
     }
 
     /// Removes an API network that no endpoint uses.
-    pub fn remove_network(&mut self, name: &str) -> Result<Outcome, ChangeError> {
+    pub async fn remove_network(&mut self, name: &str) -> Result<Outcome, ChangeError> {
         if self.api.network(name).is_none() {
             let model = self.model();
             return Err(match model.networks.iter().find(|n| n.name == name) {
@@ -96,11 +96,11 @@ impl AgentState {
         }
         let mut api = self.api.clone();
         api.networks.retain(|n| n.name != name);
-        self.change_api(api)
+        self.change_api(api).await
     }
 
     /// Adds a local endpoint (the API's).
-    pub fn add_endpoint(&mut self, endpoint: ApiEndpoint) -> Result<Outcome, ChangeError> {
+    pub async fn add_endpoint(&mut self, endpoint: ApiEndpoint) -> Result<Outcome, ChangeError> {
         if let Some(existing) = self.api.endpoint(&endpoint.id) {
             return Err(ChangeError::Conflict(format!(
                 "endpoint id {} exists already (interface {}, MAC {}); remove it first or choose another id",
@@ -109,17 +109,17 @@ impl AgentState {
         }
         let mut api = self.api.clone();
         api.endpoints.push(endpoint);
-        self.change_api(api)
+        self.change_api(api).await
     }
 
     /// Removes an API endpoint.
-    pub fn remove_endpoint(&mut self, id: &str) -> Result<Outcome, ChangeError> {
+    pub async fn remove_endpoint(&mut self, id: &str) -> Result<Outcome, ChangeError> {
         if self.api.endpoint(id).is_none() {
             return Err(ChangeError::NotFound(format!("no endpoint with id {id}")));
         }
         let mut api = self.api.clone();
         api.endpoints.retain(|e| e.id != id);
-        self.change_api(api)
+        self.change_api(api).await
     }
 
     /// The state of the endpoint from `origin`, after the last reconciliation.
@@ -128,16 +128,16 @@ impl AgentState {
     }
 
     /// Validates `api` as the API's new part, applies it, then keeps and saves it.
-    fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
+    async fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
         let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &api.fragment()]);
         let problems = sources::problems_of(problems, SourceKind::Api);
         if !problems.is_empty() {
             return Err(ChangeError::Refused(problems));
         }
-        let outcome = self.reconciler.reconcile(&model)?;
+        let outcome = self.reconciler.reconcile(&model).await?;
         if let Err(error) = api_store::save(&self.api_path, &api) {
             // Back to what was applied and saved before.
-            if let Err(undo) = self.reconcile() {
+            if let Err(undo) = self.reconcile().await {
                 log::error!("restoring the state before an unsaved API change: {undo}");
             }
             return Err(ChangeError::Persist { path: self.api_path.clone(), error });

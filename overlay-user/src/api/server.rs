@@ -114,7 +114,7 @@ async fn create_network(State(context): State<ApiContext>, body: Bytes) -> Resul
     let network = request::network(&body)?;
     let name = network.name.clone();
     let mut agent = context.shared.lock().await;
-    let outcome = agent.add_network(network).map_err(change_error)?;
+    let outcome = agent.add_network(network).await.map_err(change_error)?;
     log::info!("API: created network {name}: {}", outcome.maps);
     let view = views::networks(&agent).into_iter().find(|n| n.name == name);
     drop(agent);
@@ -123,7 +123,7 @@ async fn create_network(State(context): State<ApiContext>, body: Bytes) -> Resul
 }
 
 async fn delete_network(State(context): State<ApiContext>, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
-    let outcome = context.shared.lock().await.remove_network(&name).map_err(change_error)?;
+    let outcome = context.shared.lock().await.remove_network(&name).await.map_err(change_error)?;
     log::info!("API: removed network {name}: {}", outcome.maps);
     let _ = context.changed.try_send(());
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -134,7 +134,7 @@ async fn create_endpoint(State(context): State<ApiContext>, body: Bytes) -> Resu
     let origin = endpoint.origin();
     let id = endpoint.id.clone();
     let mut agent = context.shared.lock().await;
-    let outcome = agent.add_endpoint(endpoint).map_err(change_error)?;
+    let outcome = agent.add_endpoint(endpoint).await.map_err(change_error)?;
     match agent.endpoint_state(&origin) {
         Some(EndpointState::Pending(why)) => log::info!("API: endpoint {id} is pending: {why}"),
         _ => log::info!("API: added endpoint {id}: {}", outcome.maps),
@@ -146,7 +146,7 @@ async fn create_endpoint(State(context): State<ApiContext>, body: Bytes) -> Resu
 }
 
 async fn delete_endpoint(State(context): State<ApiContext>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
-    let outcome = context.shared.lock().await.remove_endpoint(&id).map_err(change_error)?;
+    let outcome = context.shared.lock().await.remove_endpoint(&id).await.map_err(change_error)?;
     log::info!("API: removed endpoint {id}: {}", outcome.maps);
     let _ = context.changed.try_send(());
     Ok(StatusCode::NO_CONTENT.into_response())

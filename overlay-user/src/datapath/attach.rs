@@ -257,7 +257,7 @@ impl Datapath {
                 // On a veth, TC: XDP there loses the skb's checksum and GSO
                 // state and measured slower (docs/performance.md).
                 if crate::netdev::driver(underlay).is_ok_and(|driver| driver == "veth") {
-                    log::info!("decapsulating in TC on {underlay}: it is a veth, where TC keeps checksum offload and GSO state and measured faster than XDP");
+                    log::debug!("decapsulating in TC on {underlay}: it is a veth, where TC keeps checksum offload and GSO state and measured faster than XDP");
                     return Ok(None);
                 }
                 match self.attach_xdp(underlay, ifindex, XdpAttachMode::Native) {

@@ -205,14 +205,28 @@ pub struct Model {
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
     pub peers: Vec<Peer>,
+    /// The sources in the order their fragments were merged: validation
+    /// reports a conflict on the item of the later source.
+    pub source_order: Vec<SourceKind>,
 }
 
 impl Model {
     /// Joins the fragments in order. Nothing is dropped or overwritten
     /// here: conflicts between them are for [`validate::validate`] to report.
     pub fn merge<'a>(node: NodeSettings, fragments: impl IntoIterator<Item = &'a Fragment>) -> Model {
-        let mut model = Model { node, networks: Vec::new(), endpoints: Vec::new(), peers: Vec::new() };
+        let mut model = Model { node, networks: Vec::new(), endpoints: Vec::new(), peers: Vec::new(), source_order: Vec::new() };
         for fragment in fragments {
+            let sources = fragment
+                .networks
+                .iter()
+                .map(|n| n.origin.source)
+                .chain(fragment.endpoints.iter().map(|e| e.origin.source))
+                .chain(fragment.peers.iter().map(|p| p.origin.source));
+            for source in sources {
+                if !model.source_order.contains(&source) {
+                    model.source_order.push(source);
+                }
+            }
             model.networks.extend(fragment.networks.iter().cloned());
             model.endpoints.extend(fragment.endpoints.iter().cloned());
             model.peers.extend(fragment.peers.iter().cloned());
@@ -244,6 +258,11 @@ impl Model {
             origin,
         }));
         model
+    }
+
+    /// Where `source` stands in the merge order (unknown sources last).
+    pub fn source_rank(&self, source: SourceKind) -> usize {
+        self.source_order.iter().position(|s| *s == source).unwrap_or(usize::MAX)
     }
 
     /// The network `reference` names, if any.

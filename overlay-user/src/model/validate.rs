@@ -171,11 +171,15 @@ fn relations(model: &Model, problems: &mut Vec<Problem>) {
     let mut macs: BTreeMap<(u32, MacAddr), &Origin> = BTreeMap::new();
     let mut ips: BTreeMap<(u32, Ipv4Addr), &Origin> = BTreeMap::new();
     let mut ipv6s: BTreeMap<(u32, Ipv6Addr), &Origin> = BTreeMap::new();
-    let all = model
+    let mut all: Vec<_> = model
         .endpoints
         .iter()
         .map(|e| (&e.origin, &e.network, e.mac, e.ipv4, e.ipv6))
-        .chain(model.peers.iter().flat_map(|p| p.endpoints.iter().map(|e| (&e.origin, &e.network, e.mac, e.ipv4, e.ipv6))));
+        .chain(model.peers.iter().flat_map(|p| p.endpoints.iter().map(|e| (&e.origin, &e.network, e.mac, e.ipv4, e.ipv6))))
+        .collect();
+    // Source by source in merge order (stable: local before remote within
+    // one), so the later source's item is the one refused.
+    all.sort_by_key(|(at, ..)| model.source_rank(at.source));
     for (at, network, mac, ip, ipv6) in all {
         let Some(vni) = model.vni(network) else { continue };
         if let Some(ipv6) = ipv6 {

@@ -109,7 +109,7 @@ impl Reconciler {
 
     /// Makes the kernel hold `model`. On error nothing changed: the maps
     /// and attachments are as before.
-    pub fn reconcile(&mut self, model: &Model) -> Result<Outcome, ReconcileError> {
+    pub async fn reconcile(&mut self, model: &Model) -> Result<Outcome, ReconcileError> {
         let problems = validate::validate(model);
         if !problems.is_empty() {
             return Err(ReconcileError::Invalid(problems));
@@ -135,7 +135,7 @@ impl Reconciler {
             }
         };
         let wanted: BTreeSet<Ipv4Addr> = resolved.peers.iter().map(|p| p.vtep_address).collect();
-        let neighbours = self.neighbours.sync(&wanted);
+        let neighbours = self.neighbours.sync(&wanted, resolved.underlay_ifindex).await;
         self.states = resolved
             .endpoints
             .iter()
@@ -147,10 +147,13 @@ impl Reconciler {
         Ok(Outcome { maps, hook, neighbours })
     }
 
-    /// Takes the managed neighbour entries this agent made away again (at a
-    /// detaching exit).
-    pub fn forget_neighbours(&mut self) {
-        self.neighbours.sync(&BTreeSet::new());
+    /// Detaches everything and takes the managed neighbour entries this
+    /// agent made away again (a detaching exit).
+    pub async fn detach(&mut self) {
+        if let Some(resolved) = &self.applied {
+            self.neighbours.sync(&BTreeSet::new(), resolved.underlay_ifindex).await;
+        }
+        self.datapath.detach();
     }
 }
 

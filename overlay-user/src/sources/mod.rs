@@ -17,7 +17,12 @@ pub fn candidate<'a>(node: NodeSettings, fragments: impl IntoIterator<Item = &'a
 }
 
 /// The problems that belong to `source`'s items (the others' parts were
-/// valid before this change).
+/// valid before this change); all of them if none does, so that a model
+/// with problems is never taken for a good one.
 pub fn problems_of(problems: Vec<Problem>, source: SourceKind) -> Vec<Problem> {
-    problems.into_iter().filter(|p| p.subject.source == source).collect()
+    if problems.iter().any(|p| p.subject.source == source) {
+        problems.into_iter().filter(|p| p.subject.source == source).collect()
+    } else {
+        problems
+    }
 }
