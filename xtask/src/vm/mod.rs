@@ -57,6 +57,9 @@ pub struct Options {
     /// Run only the core subset that `cargo xtask test` runs in the guest.
     #[arg(long)]
     core: bool,
+    /// Only these test files (`--test packets --test load`; default: all).
+    #[arg(long = "test")]
+    tests: Vec<String>,
     /// Only run lab tests whose name contains this (default: the whole lab suite).
     filter: Option<String>,
 }
@@ -96,6 +99,7 @@ pub fn vm_test(options: &Options) -> anyhow::Result<()> {
     let binaries = test_binaries()?;
     let runs = binaries
         .iter()
+        .filter(|(name, _)| options.tests.is_empty() || options.tests.contains(name))
         .map(|(name, _)| Run { binary: name.clone(), tests: options.filter.iter().cloned().collect(), exact: false })
         .collect();
     let started = Instant::now();
@@ -219,7 +223,7 @@ fn guest_script(root: &Path, runs: &[Run], binaries: &[(String, PathBuf)]) -> an
          for module in veth bridge vxlan sch_ingress cls_bpf; do modprobe $module || echo \"vm: no module $module\"; done\n\
          echo \"vm: Linux $(uname -r), $(nproc) CPUs\"\n\
          cd {}\n",
-        quote(&root.join("target/release/overlay")),
+        quote(&target_dir().join("release/overlay")),
         quote(&crate::build::ebpf_object()),
         quote(&root.join("tests")),
     );
@@ -244,6 +248,11 @@ fn guest_script(root: &Path, runs: &[Run], binaries: &[(String, PathBuf)]) -> an
     }
     script.push_str("echo \"vm: finished $(date +%T)\"\n");
     Ok(script)
+}
+
+/// Cargo's target directory (`$CARGO_TARGET_DIR`, else the workspace's).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::root().join("target"), PathBuf::from)
 }
 
 fn quote(text: &Path) -> String {
