@@ -358,10 +358,12 @@ fn interfaces_finding(config: &Config) -> Finding {
     if missing.is_empty() {
         Finding::ok("ports", format!("all {} port(s) exist", config.endpoints.len()))
     } else {
-        Finding::fail(
+        // Not a failure: the agent keeps such endpoints pending and applies
+        // them when the interface appears; until then they get no traffic.
+        Finding::warn(
             "ports",
-            format!("no such network interface: {}", missing.join(", ")),
-            "create the containers' veth pairs first (the runtime does), or remove their endpoints from the file",
+            format!("no such network interface, so these endpoints are pending (no traffic until it exists): {}", missing.join(", ")),
+            "create the containers' veth pairs (the runtime does), or remove their endpoints from the file",
         )
     }
 }

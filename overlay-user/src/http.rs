@@ -65,9 +65,21 @@ pub fn serve_tcp(listener: std::net::TcpListener, router: Router) -> io::Result<
 /// by an agent that is gone is replaced; one that still answers, or a file
 /// that is not a socket, is an error. Must be called inside a tokio runtime.
 pub fn serve_unix(path: &Path, mode: u32, router: Router) -> io::Result<Serving> {
-    let listener = bind_unix(path, mode)?;
-    log::debug!("serving HTTP on {}", path.display());
-    Ok(Serving { task: Some(tokio::spawn(serve_connections(listener, router))), socket: Some(path.to_owned()) })
+    Ok(serve_bound_unix(bind_unix(path, mode)?, router))
+}
+
+/// A unix socket bound by [`bind_unix`], not served yet.
+pub struct BoundUnix {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+/// Serves `router` on a socket bound earlier (a caller that binds before
+/// it has what the router needs, so that a socket in use refuses its start
+/// first).
+pub fn serve_bound_unix(bound: BoundUnix, router: Router) -> Serving {
+    log::debug!("serving HTTP on {}", bound.path.display());
+    Serving { task: Some(tokio::spawn(serve_connections(bound.listener, router))), socket: Some(bound.path) }
 }
 
 /// Accepts connections for ever, each served by a task of its own.
@@ -89,7 +101,9 @@ async fn serve_connections<L: Listener>(mut listener: L, router: Router) {
     }
 }
 
-fn bind_unix(path: &Path, mode: u32) -> io::Result<tokio::net::UnixListener> {
+/// Binds a unix socket at `path` with `mode` (see [`serve_unix`]). Must be
+/// called inside a tokio runtime.
+pub fn bind_unix(path: &Path, mode: u32) -> io::Result<BoundUnix> {
     let named = |error: io::Error, what: &str| io::Error::new(error.kind(), format!("{what} {}: {error}", path.display()));
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
@@ -125,7 +139,7 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<tokio::net::UnixListener> {
         return Err(named(error, "setting up"));
     }
     listener.set_nonblocking(true)?;
-    tokio::net::UnixListener::from_std(listener)
+    Ok(BoundUnix { listener: tokio::net::UnixListener::from_std(listener)?, path: path.to_owned() })
 }
 
 #[cfg(test)]

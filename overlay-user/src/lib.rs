@@ -14,6 +14,7 @@ pub mod neighbour;
 pub mod netdev;
 pub mod pinning;
 pub mod reconciler;
+pub mod registry;
 pub mod slots;
 pub mod sources;
 pub mod state;

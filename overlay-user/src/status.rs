@@ -68,11 +68,15 @@ pub fn now() -> u64 {
 
 impl NodeStatus {
     /// Writes the file atomically (write, then rename).
+    /// The file and the run directory it creates are root's only (0600,
+    /// 0700): they name the node's interfaces, peers and API socket.
     pub fn write(&self, run_dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(run_dir)?;
+        use std::{io::Write as _, os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _}};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(run_dir)?;
         let target = path(run_dir, &self.node);
         let temporary = target.with_extension("json.tmp");
-        std::fs::write(&temporary, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
         std::fs::rename(temporary, target)
     }
 

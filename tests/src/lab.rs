@@ -314,6 +314,12 @@ impl Lab {
 
     /// [`Lab::start_agent`] with extra `overlay run` arguments.
     pub fn start_agent_with_args(&self, index: usize, overlay_bin: &Path, args: &[&str]) -> anyhow::Result<Agent> {
+        self.start_agent_within(index, overlay_bin, args, Duration::from_secs(20))
+    }
+
+    /// [`Lab::start_agent_with_args`], waiting up to `timeout` for the
+    /// agent to say it is forwarding (a large configuration takes longer).
+    pub fn start_agent_within(&self, index: usize, overlay_bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Agent> {
         self.mount_bpffs()?;
         let host = &self.hosts[index];
         let config = host.config_path.as_ref().context("host has no overlay configuration")?;
@@ -336,7 +342,7 @@ impl Lab {
             .spawn()
             .with_context(|| format!("starting {} on {}", overlay_bin.display(), host.spec.name))?;
         let mut agent = Agent { host: host.spec.name.clone(), child: Some(child), log_path };
-        agent.wait_until_forwarding(scaled(Duration::from_secs(20)))?;
+        agent.wait_until_forwarding(scaled(timeout))?;
         Ok(agent)
     }
 

@@ -210,6 +210,9 @@ fn api_endpoints_survive_kill_9_without_loss_and_only_root_reaches_the_socket() 
     let state = lab.dir.join("run").join("h1.api.json");
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the API state file should be root's only, found mode {mode:o}");
+    let status = lab.dir.join("run").join("h1.json");
+    let mode = std::fs::metadata(&status).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the status file should be root's only, found mode {mode:o}");
     let as_nobody = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&bin)

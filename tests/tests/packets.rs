@@ -2293,7 +2293,7 @@ fn counter_slots_survive_reloads_and_start_at_zero_for_newcomers() -> anyhow::Re
     Ok(())
 }
 
-/// At the slot limit (256 peers), a peer replaced by another in one reload
+/// At the slot limit (PEER_COUNTER_SLOTS peers), a peer replaced by another in one reload
 /// hands its slot straight over: the newcomer's counts start at zero, and
 /// then count its packets.
 #[test]

@@ -29,6 +29,8 @@ pub fn tools_dir() -> PathBuf {
 }
 
 pub fn ensure_build_tools() -> anyhow::Result<()> {
+    // etcd-client's build compiles etcd's protobuf definitions.
+    ensure_tools(BUILD_TOOLS)?;
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)
@@ -121,9 +123,14 @@ fn is_elf(path: &Path) -> bool {
     std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
 }
 
+/// What building overlay-user needs (a command, or a file), and the Debian package of each.
+const BUILD_TOOLS: &[(&str, &str)] =
+    &[("protoc", "protobuf-compiler"), ("/usr/include/google/protobuf/descriptor.proto", "libprotobuf-dev")];
+
 /// Commands the lab runs, and the Debian package of each.
 const LAB_TOOLS: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping"), ("tshark", "tshark"), ("nft", "nftables")];
+    &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping"), ("tshark", "tshark"), ("nft", "nftables"),
+      ("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("openssl", "openssl"), ("setpriv", "util-linux")];
 
 /// Commands the benchmark runs besides the lab's.
 const BENCH_TOOLS: &[(&str, &str)] = &[("iperf3", "iperf3")];
@@ -159,6 +166,9 @@ fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 fn on_path(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        return Path::new(tool).is_file();
+    }
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
         .unwrap_or(false)

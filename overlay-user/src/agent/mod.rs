@@ -86,10 +86,12 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     // Bound before the kernel is touched: an address it cannot serve refuses the start.
     let metrics = options.metrics_addr.map(crate::metrics::bind).transpose()?;
     let socket_path = options.api_socket.clone().unwrap_or_else(|| default_api_socket(&options.run_dir, &node));
-    let api_listener = crate::api::server::bind(&socket_path).with_context(|| format!("binding the API socket {}", socket_path.display()))?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Root only: the API changes what the node forwards.
+        let api_socket = crate::http::bind_unix(&socket_path, 0o600)
+            .with_context(|| format!("binding the local API socket {}", socket_path.display()))?;
         let mut datapath = Datapath::load_pinned(log::max_level(), &pins, &node).context("loading the eBPF datapath")?;
         if datapath.adopted() {
             log::info!("adopting the datapath pinned in {} by an earlier agent; its maps are changed as a diff", pins.root().display());
@@ -138,7 +140,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             crate::metrics::spawn(listener, source);
         }
         let (api_changed, mut api_changes) = tokio::sync::mpsc::channel::<()>(1);
-        tokio::spawn(crate::api::server::serve(api_listener, shared.clone(), api_changed));
+        let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed));
 
         let (file_changed, mut file_changes) = tokio::sync::mpsc::channel::<()>(1);
         let _watcher = sources::file::watch(&options.config, file_changed)
@@ -199,7 +201,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             status.last_reload = Some(Reload { at: status::now(), ok: outcome.is_ok(), message });
             refresh_status(&mut status, &agent, &options.run_dir);
         };
-        let _ = std::fs::remove_file(&socket_path);
+        drop(api_server);
         // API connections may still hold the state: work through the lock.
         let mut agent = shared.lock().await;
         let counters = read_all_counters(agent.reconciler.datapath());

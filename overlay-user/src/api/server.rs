@@ -1,10 +1,4 @@
 //! Serving the local API (axum on a unix socket).
-use std::{
-    io,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-};
-
 use axum::{
     Json, Router,
     body::Bytes,
@@ -21,31 +15,6 @@ use crate::{
     reconciler::EndpointState,
 };
 
-/// Binds the API socket, root only (mode 0600, set before anyone can
-/// connect). A socket left by an agent that died is replaced; one that
-/// still answers is another agent's and refuses the start.
-pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is served by a running agent", path.display())));
-        }
-        std::fs::remove_file(path)?;
-    }
-    // SAFETY: umask only changes this process's file creation mask; the
-    // agent binds before it starts any thread that creates files.
-    let previous = unsafe { libc::umask(0o177) };
-    let listener = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(previous) };
-    let listener = listener?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
 #[derive(Clone)]
 struct ApiContext {
     shared: Shared,
@@ -53,16 +22,10 @@ struct ApiContext {
     changed: mpsc::Sender<()>,
 }
 
-/// Serves the API until the process ends.
-pub async fn serve(listener: std::os::unix::net::UnixListener, shared: Shared, changed: mpsc::Sender<()>) {
-    let listener = match tokio::net::UnixListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            log::error!("serving the local API: {error}");
-            return;
-        }
-    };
-    let router = Router::new()
+/// The API's routes over the agent's state; `changed` wakes the agent's
+/// loop after a change (status file).
+pub fn router(shared: Shared, changed: mpsc::Sender<()>) -> Router {
+    Router::new()
         .route("/v1/node", get(node))
         .route("/v1/networks", get(list_networks).post(create_network))
         .route("/v1/networks/{name}", delete(delete_network))
@@ -70,10 +33,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, shared: Shared, c
         .route("/v1/endpoints/{id}", delete(delete_endpoint))
         .route("/v1/peers", get(list_peers))
         .fallback(|| async { ApiError::plain(404, "not-found", "no such API path (see `GET /v1/node`, `/v1/networks`, `/v1/endpoints`, `/v1/peers`)") })
-        .with_state(ApiContext { shared, changed });
-    if let Err(error) = axum::serve(listener, router).await {
-        log::error!("serving the local API: {error}");
-    }
+        .with_state(ApiContext { shared, changed })
 }
 
 impl IntoResponse for ApiError {
@@ -150,9 +110,4 @@ async fn delete_endpoint(State(context): State<ApiContext>, UrlPath(id): UrlPath
     log::info!("API: removed endpoint {id}: {}", outcome.maps);
     let _ = context.changed.try_send(());
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// The socket a CLI should talk to for `node`.
-pub fn socket_for(run_dir: &Path, node: &str) -> PathBuf {
-    crate::agent::default_api_socket(run_dir, node)
 }

@@ -129,7 +129,8 @@ pub fn load(path: &Path) -> io::Result<ApiState> {
 pub fn save(path: &Path, state: &ApiState) -> io::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let temporary = path.with_extension("json.tmp");
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;

@@ -1,0 +1,217 @@
+//! Real etcd servers for the registry tests: one member or a cluster on
+//! free loopback ports, each with its own data directory, killed by pid and
+//! removed on drop (so on every exit path of a test, panics included).
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// Debian's `etcd-server` installs it here.
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// One member's fixed identity: its name, ports and data directory.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    /// Plain-HTTP `/health` even when clients must use TLS.
+    metrics_port: u16,
+    dir: PathBuf,
+    process: Option<Child>,
+}
+
+/// An etcd cluster of one or more members; every member is killed and
+/// every data directory removed on drop.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    tls: Option<ServerTls>,
+    initial_cluster: String,
+    token: String,
+    root: PathBuf,
+}
+
+/// TLS for the client port (PEM files): the server's certificate and key,
+/// and the CA whose client certificates are required.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// Why a test cannot run here (printed, then the test returns).
+pub fn missing() -> Option<String> {
+    (!std::path::Path::new(ETCD).exists()).then(|| format!("{ETCD} is not installed (Debian package etcd-server)"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0)).context("binding a free port")?.local_addr()?.port())
+}
+
+impl EtcdCluster {
+    /// Starts `size` members named `<scope>-<i>` and waits until each
+    /// answers `/health`. Data directories live under
+    /// `$TMPDIR/ovl-<scope>-<pid>-etcd`.
+    pub fn start(scope: &str, size: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(scope, size, None)
+    }
+
+    /// As [`EtcdCluster::start`], with clients required to use TLS and a
+    /// client certificate when `tls` is given.
+    pub fn start_with(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
+        // A free port can be taken by someone else between our probe and
+        // etcd's bind: then a member exits at once, and we try new ports.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(scope, size, tls.clone()) {
+                Ok(cluster) => return Ok(cluster),
+                Err(error) if attempt < 3 && error.to_string().contains("exited") => {
+                    println!("etcd did not start ({error}); trying other ports");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn try_start(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
+        let root = std::env::temp_dir().join(format!("{}-{scope}-{}-etcd", crate::netns::PREFIX, std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let mut members = Vec::new();
+        for index in 0..size {
+            members.push(Member {
+                name: format!("{scope}-{index}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                metrics_port: free_port()?,
+                dir: root.join(format!("member-{index}")),
+                process: None,
+            });
+        }
+        let initial_cluster =
+            members.iter().map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port)).collect::<Vec<_>>().join(",");
+        // From here on the guard owns what was started: an error drops it,
+        // which kills the members and removes the directory.
+        let mut cluster = EtcdCluster { members, tls, initial_cluster, token: format!("{scope}-{}", std::process::id()), root };
+        for index in 0..size {
+            cluster.spawn(index)?;
+        }
+        for index in 0..size {
+            cluster.wait_healthy(index)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Client URLs of every member (`http://127.0.0.1:PORT`).
+    pub fn client_urls(&self) -> Vec<String> {
+        (0..self.members.len()).map(|index| self.client_url(index)).collect()
+    }
+
+    pub fn client_url(&self, index: usize) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[index].client_port)
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let member = &self.members[index];
+        let log = File::create(self.root.join(format!("member-{index}.log")))?;
+        let client = self.client_url(index);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", member.metrics_port);
+        let state = if member.dir.exists() { "existing" } else { "new" };
+        let mut command = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            command.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.client_ca);
+        }
+        let child = command
+            .args(["--logger=zap", "--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.dir)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--listen-metrics-urls", &metrics])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {ETCD}"))?;
+        self.members[index].process = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the member answers `{"health":"true"}` on its client port.
+    pub fn wait_healthy(&mut self, index: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = self.members[index].metrics_port;
+        loop {
+            if let Some(process) = self.members[index].process.as_mut()
+                && let Some(status) = process.try_wait()?
+            {
+                let log = fs::read_to_string(self.root.join(format!("member-{index}.log"))).unwrap_or_default();
+                bail!("etcd member {index} exited ({status}): {}", log.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
+            }
+            if health(port).unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd member {index} on port {port} not healthy after 30 s");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills a member (SIGKILL, by pid) and reaps it; its data stays.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.members[index].process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts a killed member again on its data directory.
+    pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.spawn(index)
+    }
+
+    /// Removes a killed member's data: restarted, it is an empty etcd (of a
+    /// one-member cluster), as after a lost disk.
+    pub fn wipe(&mut self, index: usize) -> anyhow::Result<()> {
+        assert!(self.members[index].process.is_none(), "wipe needs the member killed first");
+        fs::remove_dir_all(&self.members[index].dir).context("removing the member's data")?;
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// GET /health over plain HTTP/1.0.
+fn health(port: u16) -> anyhow::Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.contains("\"health\":\"true\""))
+}
