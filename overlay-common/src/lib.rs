@@ -55,26 +55,32 @@ pub const DEFAULT_FLOOD_LIMIT: u32 = 64;
 pub mod maps {
     /// (VNI, MAC) of a remote endpoint -> [`crate::FdbEntry`] (its VTEP).
     pub const FDB: &str = "FDB";
-    pub const FDB_CAPACITY: u32 = 65536;
+    /// Above the 100,000 remote endpoints a node is built for (issue 9).
+    pub const FDB_CAPACITY: u32 = 131072;
     /// VNI -> [`crate::VniInfo`]: the VNIs this node carries.
     pub const VNIS: &str = "VNIS";
-    pub const VNIS_CAPACITY: u32 = 4096;
+    /// Twice the most VNIs a node carries (`VNI_COUNTER_SLOTS`): a change
+    /// adds the new entries before it removes the old ones, so replacing
+    /// every VNI in one reload briefly holds both.
+    pub const VNIS_CAPACITY: u32 = 2 * crate::VNI_COUNTER_SLOTS;
     /// (VNI, MAC) of a local endpoint -> [`crate::LocalEndpoint`] (its port).
     pub const LOCAL_ENDPOINTS: &str = "LOCAL_ENDPOINTS";
-    pub const LOCAL_ENDPOINTS_CAPACITY: u32 = 4096;
+    pub const LOCAL_ENDPOINTS_CAPACITY: u32 = 8192;
     /// Host-side ifindex of an endpoint port -> [`crate::PortInfo`] (its VNI).
     pub const PORTS: &str = "PORTS";
-    pub const PORTS_CAPACITY: u32 = 4096;
+    pub const PORTS_CAPACITY: u32 = 8192;
     /// Peer VTEP IPv4 address -> [`crate::PeerInfo`]: who may send us VXLAN.
     pub const PEERS: &str = "PEERS";
-    pub const PEERS_CAPACITY: u32 = 4096;
+    /// Twice the most peers (`PEER_COUNTER_SLOTS`), as for `VNIS`.
+    pub const PEERS_CAPACITY: u32 = 2 * crate::PEER_COUNTER_SLOTS;
     /// (peer VTEP, VNI) -> [`crate::PeerInfo`]: which peer may send which
     /// VNI, so a peer of one tenant cannot inject frames into another.
     pub const PEER_VNIS: &str = "PEER_VNIS";
-    pub const PEER_VNIS_CAPACITY: u32 = 65536;
+    pub const PEER_VNIS_CAPACITY: u32 = 131072;
     /// (VNI, IPv4 address) -> [`crate::NeighbourEntry`] (its MAC), for ARP answers.
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
-    pub const NEIGHBOURS_CAPACITY: u32 = 65536;
+    /// Every local and remote endpoint has an IPv4 address: as large as `FDB`.
+    pub const NEIGHBOURS_CAPACITY: u32 = FDB_CAPACITY;
     /// (VNI, IPv6 address) -> [`crate::NeighbourEntry`], for neighbour advertisements.
     pub const NEIGHBOURS6: &str = "NEIGHBOURS6";
     pub const NEIGHBOURS6_CAPACITY: u32 = 65536;
@@ -86,6 +92,12 @@ pub mod maps {
     pub const IP_IDS: &str = "IP_IDS";
     /// Array of one [`crate::NodeConfig`].
     pub const NODE: &str = "NODE";
+    /// Array of one [`crate::UnderlayMac`]: the underlay device's own MAC,
+    /// for XDP, which has no skb `pkt_type` to tell frames for another host.
+    /// A map of its own rather than a `NodeConfig` field: growing a pinned
+    /// map's values makes the pins of the previous version incompatible,
+    /// while a new map is simply created beside them on adoption.
+    pub const UNDERLAY_MAC: &str = "UNDERLAY_MAC";
     /// Ring buffer of [`crate::MonitorEvent`]s for `overlay monitor`.
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -104,16 +116,15 @@ pub mod maps {
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
     pub const COUNTERS_CAPACITY: u32 = crate::reason::DIRECTION_COUNT * crate::reason::REASON_SLOTS;
-    /// Per-CPU array of [`crate::SlotCounters`], indexed by a VNI's counter
-    /// slot (entry 0 is never used: see [`crate::NO_COUNTER_SLOT`]).
-    /// Memory: 257 entries x 128 counters x 16 bytes = 514 KiB per CPU
-    /// (1 MiB on a 2-CPU host, 32 MiB on a 64-CPU one).
+    /// Per-CPU hash of [`crate::SlotCounterKey`] (a VNI's counter slot, a
+    /// direction and reason) -> [`crate::Counter`]: only the combinations
+    /// that happened take room (a VNI sees a few reasons, not all 128).
+    /// Memory: 65,536 entries x 16 bytes = 1 MiB per CPU, preallocated.
     pub const VNI_COUNTERS: &str = "VNI_COUNTERS";
-    pub const VNI_COUNTERS_CAPACITY: u32 = crate::VNI_COUNTER_SLOTS + 1;
-    /// Per-CPU array of [`crate::SlotCounters`], indexed by a peer VTEP's
-    /// counter slot; the same size as `VNI_COUNTERS`.
+    pub const VNI_COUNTERS_CAPACITY: u32 = crate::SLOT_COUNTER_ENTRIES;
+    /// Per-CPU hash like `VNI_COUNTERS`, for peer VTEPs' counter slots.
     pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
-    pub const PEER_COUNTERS_CAPACITY: u32 = crate::PEER_COUNTER_SLOTS + 1;
+    pub const PEER_COUNTERS_CAPACITY: u32 = crate::SLOT_COUNTER_ENTRIES;
 }
 
 /// Names of the eBPF programs in the object.
@@ -287,6 +298,17 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
 
+/// The underlay device's MAC, as the kernel's `eth_type_trans` compares
+/// frames with it. All-zero (not written yet, or a device without one):
+/// XDP decapsulation checks nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnderlayMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<UnderlayMac>() == 8);
+
 /// How long the datapath trusts a cached route to a peer VTEP before it asks
 /// the kernel's FIB again: a route or next-hop change takes effect within
 /// this time. 100 ms is well within the kernel's own neighbour staleness
@@ -373,7 +395,7 @@ pub struct Counter {
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
-/// Index into the `COUNTERS` array (and into a [`SlotCounters`]) for a
+/// Index into the `COUNTERS` array (and of a [`SlotCounterKey`]) for a
 /// direction and reason.
 #[inline(always)]
 pub const fn counter_index(direction: Direction, reason: Reason) -> u32 {
@@ -389,38 +411,33 @@ pub const fn counter_index(direction: Direction, reason: Reason) -> u32 {
 pub const NO_COUNTER_SLOT: u32 = 0;
 /// Most VNIs one node carries: each needs a slot. A configuration with
 /// more is refused.
-pub const VNI_COUNTER_SLOTS: u32 = 256;
+pub const VNI_COUNTER_SLOTS: u32 = 4096;
 /// Most peers one node has: each needs a slot. A configuration with more
 /// is refused. (A VNI floods to at most `FLOOD_MAX_REMOTE_VTEPS` of them.)
-pub const PEER_COUNTER_SLOTS: u32 = 256;
-/// Counters in one [`SlotCounters`]: every direction and reason, laid out
-/// as `COUNTERS` is (by [`counter_index`]). A power of two: the datapath
-/// masks its index with `COUNTERS_PER_SLOT - 1` to show the verifier it is
-/// in bounds.
-pub const COUNTERS_PER_SLOT: usize = (reason::DIRECTION_COUNT * reason::REASON_SLOTS) as usize;
-const _: () = assert!(COUNTERS_PER_SLOT.is_power_of_two());
+pub const PEER_COUNTER_SLOTS: u32 = 4096;
+/// Entries of `VNI_COUNTERS` and of `PEER_COUNTERS`: (slot, direction,
+/// reason) combinations that counted something. 16 per slot at the slot
+/// limit, where a VNI or peer in steady use has 2 to 6 (forwarded both
+/// ways, flooded, an occasional drop). When a map is full, a combination
+/// not seen before counts only in the node's `COUNTERS`.
+pub const SLOT_COUNTER_ENTRIES: u32 = 65536;
 
-/// One VNI's or one peer's counters on one CPU: a copy of the `COUNTERS`
-/// layout. The whole reason dimension is kept (2 KiB per slot and CPU)
-/// rather than a chosen few: every drop a VNI or peer can cause shows in
-/// its own table, a reason added later is counted without a layout
-/// change, and one read returns a slot's whole table.
+/// Key of `VNI_COUNTERS` and `PEER_COUNTERS`: a counter slot and a
+/// [`counter_index`] (direction and reason), as in `COUNTERS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotCounters {
-    pub counters: [Counter; COUNTERS_PER_SLOT],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotCounterKey {
+    pub slot: u32,
+    pub index: u32,
 }
-const _: () = assert!(core::mem::size_of::<SlotCounters>() == 16 * COUNTERS_PER_SLOT);
-
-impl SlotCounters {
-    pub const ZERO: SlotCounters = SlotCounters { counters: [Counter { packets: 0, bytes: 0 }; COUNTERS_PER_SLOT] };
-}
+const _: () = assert!(core::mem::size_of::<SlotCounterKey>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays,
     // with explicit padding, so every bit pattern is valid and none is hidden.
     unsafe impl aya::Pod for super::VniMac {}
+    unsafe impl aya::Pod for super::SlotCounterKey {}
     unsafe impl aya::Pod for super::VniIpv4 {}
     unsafe impl aya::Pod for super::VniIpv6 {}
     unsafe impl aya::Pod for super::PeerVni {}
@@ -431,9 +448,9 @@ mod pod {
     unsafe impl aya::Pod for super::VniInfo {}
     unsafe impl aya::Pod for super::PeerInfo {}
     unsafe impl aya::Pod for super::PeerVniInfo {}
-    unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::NeighbourEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::UnderlayMac {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RouteCacheEntry {}
     unsafe impl aya::Pod for super::MonitorConfig {}

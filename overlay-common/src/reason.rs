@@ -133,6 +133,10 @@ reasons! {
     ND_MALFORMED = 39, "nd-malformed";
     /// VXLAN from a configured peer for a VNI that peer does not carry (tenant isolation).
     PEER_NOT_IN_VNI = 40, "peer-not-in-vni";
+    /// VXLAN whose outer IPv4 header checksum is wrong (RFC 1122 section 3.2.1.2: a host MUST verify it and discard the datagram).
+    OUTER_CHECKSUM_INVALID = 41, "outer-checksum-invalid";
+    /// VXLAN to our VTEP address in a frame addressed to another host's MAC (PACKET_OTHERHOST, e.g. in promiscuous mode): not ours to deliver, as the kernel's IP layer would not.
+    OUTER_OTHER_HOST = 42, "outer-other-host";
 }
 
 impl Reason {

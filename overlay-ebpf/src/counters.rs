@@ -1,7 +1,8 @@
 //! Per-CPU packet and byte counters by direction and reason: for the whole
 //! node, and for the VNI and the peer VTEP a packet belongs to once the
 //! datapath knows them.
-use overlay_common::{COUNTERS_PER_SLOT, Counter, Direction, NO_COUNTER_SLOT, Reason, counter_index};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use overlay_common::{Counter, Direction, NO_COUNTER_SLOT, Reason, SlotCounterKey, counter_index};
 
 use crate::maps::{COUNTERS, PEER_COUNTERS, VNI_COUNTERS};
 
@@ -30,28 +31,31 @@ impl Slots {
 pub fn count(direction: Direction, reason: Reason, bytes: u64, slots: &Slots) {
     let index = counter_index(direction, reason);
     add(COUNTERS.get_ptr_mut(index), bytes);
-    // Array lookups: no hashing. A slot beyond the array finds nothing.
     if slots.vni != NO_COUNTER_SLOT {
-        if let Some(block) = VNI_COUNTERS.get_ptr_mut(slots.vni) {
-            // SAFETY: a per-CPU map value, valid for the program's run.
-            add(slot_counter(unsafe { &mut (*block).counters }, index), bytes);
-        }
+        add_to_slot(&VNI_COUNTERS, slots.vni, index, bytes);
     }
     if slots.peer != NO_COUNTER_SLOT {
-        if let Some(block) = PEER_COUNTERS.get_ptr_mut(slots.peer) {
-            // SAFETY: as above.
-            add(slot_counter(unsafe { &mut (*block).counters }, index), bytes);
-        }
+        add_to_slot(&PEER_COUNTERS, slots.peer, index, bytes);
     }
 }
 
-/// The counter at `index` of a slot's table. The mask makes the index
-/// provably in range: the compiler emits no bounds branch, and the
-/// verifier sees the offset into the map value bounded whatever the
-/// caller's direction and reason are.
+/// Counts in a slot's counter for `index`, creating it on its first
+/// packet. The element is per-CPU: created by one CPU, it exists (zeroed,
+/// kernel/bpf/hashtab.c pcpu_init_value) for all. Two CPUs creating it at
+/// once: one insert fails with EEXIST and that CPU adds to the element the
+/// other made. A full map fails both ways: the packet then counts only in
+/// the node's counters.
 #[inline(always)]
-fn slot_counter(counters: &mut [Counter; COUNTERS_PER_SLOT], index: u32) -> Option<*mut Counter> {
-    counters.get_mut(index as usize & (COUNTERS_PER_SLOT - 1)).map(|counter| counter as *mut Counter)
+fn add_to_slot(map: &PerCpuHashMap<SlotCounterKey, Counter>, slot: u32, index: u32, bytes: u64) {
+    let key = SlotCounterKey { slot, index };
+    if let Some(counter) = map.get_ptr_mut(&key) {
+        add(Some(counter), bytes);
+        return;
+    }
+    let first = Counter { packets: 1, bytes };
+    if map.insert(&key, &first, BPF_NOEXIST as u64).is_err() {
+        add(map.get_ptr_mut(&key), bytes);
+    }
 }
 
 #[inline(always)]

@@ -20,8 +20,8 @@ use overlay_common::{
 use crate::{
     arp::{self, ArpBroadcast},
     counters::Slots,
-    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, admit, node_config},
-    packet::{BROADCAST_MAC, Verdict, is_inner_vlan, is_multicast, ptr_at},
+    maps::{LOCAL_ENDPOINTS, NEIGHBOURS, UNDERLAY_MAC, admit, node_config},
+    packet::{BROADCAST_MAC, Verdict, as_bytes, fold_checksum, is_inner_vlan, is_multicast, ptr_at, sum_words},
 };
 
 const VXLAN_OFFSET: usize = ETH_HDR_LEN + IPV4_HDR_LEN + UDP_HDR_LEN;
@@ -39,7 +39,7 @@ const PASS: Verdict<u32> = Verdict {
 /// slots once the peer is known.
 pub fn try_decap(ctx: &XdpContext, slots: &mut Slots) -> Result<Verdict<u32>, Reason> {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let ifindex = match judge(start, end, end - start, false, slots)? {
+    let ifindex = match judge(start, end, end - start, false, for_another_host(start, end), slots)? {
         Judgement::NotOurs => return Ok(PASS),
         Judgement::Deliver(Delivery::Port(ifindex)) => ifindex,
         // XDP cannot clone: the TC program on this device replicates it.
@@ -66,6 +66,28 @@ pub fn try_decap(ctx: &XdpContext, slots: &mut Slots) -> Result<Verdict<u32>, Re
     })
 }
 
+/// Whether the frame's outer destination is another host's unicast MAC,
+/// as the kernel's `eth_type_trans` would mark it (PACKET_OTHERHOST). XDP
+/// runs before there is an skb to ask, so it compares with the underlay
+/// device's MAC, which the agent writes at every attach; while it is
+/// all-zero nothing is refused. An array lookup (which the verifier
+/// inlines) and a 6-byte compare.
+#[inline(always)]
+fn for_another_host(start: usize, end: usize) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at; copied at once.
+    let destination = unsafe { (*eth).dst_addr };
+    if is_multicast(&destination) {
+        return false;
+    }
+    match UNDERLAY_MAC.get(0) {
+        Some(own) if own.mac != [0; 6] => destination != own.mac,
+        _ => false,
+    }
+}
+
 /// What a frame on the underlay is to us.
 pub enum Judgement {
     /// Not VXLAN to this VTEP: the kernel stack's.
@@ -77,11 +99,20 @@ pub enum Judgement {
 /// Judges the frame whose headers are in `[start, end)`: `frame_len` is
 /// the whole frame's length (for an skb, more than its linear part may
 /// hold), `gso` whether it is a GSO aggregate, whose outer lengths are
-/// those of its first segment (a veth carries such skbs unsegmented).
-/// Shared by the XDP and TC decapsulation programs. `slots` gets the
-/// peer's and VNI's counter slots once the peer is known.
+/// those of its first segment (a veth carries such skbs unsegmented),
+/// `other_host` whether the frame's outer destination MAC is another
+/// host's (the skb's PACKET_OTHERHOST in TC; [`for_another_host`] in XDP). Shared by the XDP and TC
+/// decapsulation programs. `slots` gets the peer's and VNI's counter slots
+/// once the peer is known.
 #[inline(always)]
-pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool, slots: &mut Slots) -> Result<Judgement, Reason> {
+pub fn judge(
+    start: usize,
+    end: usize,
+    frame_len: usize,
+    gso: bool,
+    other_host: bool,
+    slots: &mut Slots,
+) -> Result<Judgement, Reason> {
     let Some(node) = node_config() else {
         return Ok(Judgement::NotOurs);
     };
@@ -122,19 +153,7 @@ pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool, slots: &mut 
     }
 
     // UDP to our VTEP's VXLAN port: from here on, ours to deliver or drop.
-    if fragment & IPV4_MF_AND_OFFSET != 0 {
-        return Err(Reason::OUTER_FRAGMENT);
-    }
-    if ihl != 5 {
-        return Err(Reason::OUTER_IP_OPTIONS);
-    }
-    let ip_total = u16::from_be_bytes(ip.tot_len) as usize;
-    let udp_total = u16::from_be_bytes(udp.len) as usize;
-    // A GSO aggregate is longer than its headers say (the stack rewrites
-    // them per segment when it segments); its headers must still agree.
-    if (!gso && ETH_HDR_LEN + ip_total != frame_len) || IPV4_HDR_LEN + udp_total != ip_total {
-        return Err(Reason::OUTER_LENGTH_MISMATCH);
-    }
+    check_outer(ip, udp, frame_len, gso, other_host)?;
     let vxlan = ptr_at::<VxlanHdr>(start, end, VXLAN_OFFSET).ok_or(Reason::VXLAN_TRUNCATED)?;
     let vxlan = unsafe { &*vxlan };
     // RFC 7348 section 5: the I flag MUST be 1; the other flag bits and the
@@ -147,6 +166,50 @@ pub fn judge(start: usize, end: usize, frame_len: usize, gso: bool, slots: &mut 
     // tenant isolation).
     admit(u32::from_ne_bytes(ip.src_addr), vni, slots)?;
     delivery_for(start, end, vni).map(Judgement::Deliver)
+}
+
+/// The checks of the outer headers of a frame that is UDP to our VTEP's
+/// VXLAN port, shared by the judgement and the underlay flood program (so
+/// that it is safe on its own). `frame_len`, `gso` and `other_host` as
+/// for [`judge`].
+#[inline(always)]
+pub fn check_outer(ip: &Ipv4Hdr, udp: &UdpHdr, frame_len: usize, gso: bool, other_host: bool) -> Result<(), Reason> {
+    // A frame a switch or hub sent to another host's MAC is not ours to
+    // deliver: the kernel's IP layer drops PACKET_OTHERHOST (ip_rcv), and
+    // only a multicast or broadcast outer destination reaches every host.
+    if other_host {
+        return Err(Reason::OUTER_OTHER_HOST);
+    }
+    if u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0 {
+        return Err(Reason::OUTER_FRAGMENT);
+    }
+    if ip.vihl != 0x45 {
+        return Err(Reason::OUTER_IP_OPTIONS);
+    }
+    // RFC 1122 section 3.2.1.2: a host MUST verify the IPv4 header checksum
+    // and silently discard a datagram whose checksum is bad. XDP and TC
+    // ingress run before ip_rcv verifies it, and no NIC offload verifies it
+    // for us, so it is checked here. With options refused above the header
+    // is exactly 20 bytes: a constant-length sum the verifier walks as is.
+    if !ipv4_checksum_valid(ip) {
+        return Err(Reason::OUTER_CHECKSUM_INVALID);
+    }
+    let ip_total = u16::from_be_bytes(ip.tot_len) as usize;
+    let udp_total = u16::from_be_bytes(udp.len) as usize;
+    // A GSO aggregate is longer than its headers say (the stack rewrites
+    // them per segment when it segments); its headers must still agree.
+    if (!gso && ETH_HDR_LEN + ip_total != frame_len) || IPV4_HDR_LEN + udp_total != ip_total {
+        return Err(Reason::OUTER_LENGTH_MISMATCH);
+    }
+    Ok(())
+}
+
+/// Whether an option-less IPv4 header's checksum is right: the
+/// one's-complement sum of the whole header, its checksum field included,
+/// is 0xffff (RFC 1071), which folds and complements to zero.
+#[inline(always)]
+pub fn ipv4_checksum_valid(ip: &Ipv4Hdr) -> bool {
+    fold_checksum(sum_words(as_bytes::<Ipv4Hdr, IPV4_HDR_LEN>(ip))) == 0
 }
 
 /// Where a decapsulated frame goes.

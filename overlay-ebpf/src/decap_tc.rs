@@ -36,6 +36,10 @@ const HEADERS_READ: u32 = (INNER_ETH_OFFSET + ETH_HDR_LEN + core::mem::size_of::
 
 /// `skb->pkt_type` of a frame addressed to this host.
 const PACKET_HOST: u32 = 0;
+/// `skb->pkt_type` of a frame addressed to another host's unicast MAC
+/// (include/uapi/linux/if_packet.h): seen in promiscuous mode, or on a
+/// hub-like segment such as a veth or a bridge flooding unknown unicast.
+pub const PACKET_OTHERHOST: u32 = 3;
 
 const PASS: Verdict<i32> = Verdict {
     action: TC_ACT_OK,
@@ -53,10 +57,10 @@ pub fn try_decap_tc(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
     if ((ctx.data_end() - ctx.data()) as u32) < wanted && ctx.pull_data(wanted).is_err() {
         return Ok(PASS);
     }
-    // SAFETY: reading a field of the context the kernel handed us.
-    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    // SAFETY: reading fields of the context the kernel handed us.
+    let (gso, other_host) = unsafe { ((*ctx.skb.skb).gso_size != 0, (*ctx.skb.skb).pkt_type == PACKET_OTHERHOST) };
     let (start, end) = (ctx.data(), ctx.data_end());
-    let ifindex = match judge(start, end, len as usize, gso, slots)? {
+    let ifindex = match judge(start, end, len as usize, gso, other_host, slots)? {
         Judgement::NotOurs => return Ok(PASS),
         Judgement::Deliver(Delivery::Port(ifindex)) => ifindex,
         Judgement::Deliver(Delivery::Flood) => {
@@ -88,9 +92,10 @@ pub fn try_decap_tc(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
         .map_err(|_| Reason::DECAP_FAILED)?;
 
     let action = if inner_ipv4 || inner_ipv6 {
-        // The outer frame may have reached us unicast-flooded by a switch
-        // (PACKET_OTHERHOST); the inner one is for the endpoint, whose IP
-        // layer would drop anything not marked as addressed to it.
+        // The outer frame may have had a multicast or broadcast destination
+        // (another host's unicast MAC was refused by the judgement); the
+        // inner one is for the endpoint, whose IP layer would drop anything
+        // not marked as addressed to it.
         // SAFETY: reading a context field; plain helper call.
         if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
             unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };

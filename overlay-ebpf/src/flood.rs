@@ -21,6 +21,8 @@ use overlay_common::{
 
 use crate::{
     counters::Slots,
+    decap::check_outer,
+    decap_tc::PACKET_OTHERHOST,
     encap::{self, RouteLookup},
     maps::{FLOOD, VNIS, admit, node_config},
     packet::{EndpointFrame, PackedVerdict, Verdict, is_inner_vlan, is_multicast},
@@ -176,6 +178,11 @@ pub fn try_underlay_flood(ctx: &TcContext, slots: &mut Slots) -> Result<Option<V
     if !is_multicast(&inner.dst_addr) {
         return Ok(None); // unicast was delivered or dropped by XDP
     }
+    // The judgement's checks again (XDP made them already), so that this
+    // path is safe on its own.
+    // SAFETY: reading fields of the context the kernel handed us.
+    let (gso, other_host) = unsafe { ((*ctx.skb.skb).gso_size != 0, (*ctx.skb.skb).pkt_type == PACKET_OTHERHOST) };
+    check_outer(&ip, &udp, ctx.len() as usize, gso, other_host)?;
     let vxlan: VxlanHdr = ctx
         .load(VXLAN_OFFSET)
         .map_err(|_| Reason::VXLAN_TRUNCATED)?;

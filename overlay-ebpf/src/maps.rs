@@ -4,12 +4,12 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use overlay_common::{
     Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
     NodeConfig, PeerInfo, PeerVni, PeerVniInfo,
-    PortInfo, Reason, RouteCacheEntry, SlotCounters, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    PortInfo, Reason, RouteCacheEntry, SlotCounterKey, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 use crate::counters::Slots;
@@ -55,6 +55,9 @@ pub static IP_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 #[map]
+pub static UNDERLAY_MAC: Array<UnderlayMac> = Array::with_max_entries(1, 0);
+
+#[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
 
 #[map]
@@ -71,12 +74,12 @@ pub static COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(maps::COUNTERS_CAPACITY, 0);
 
 #[map]
-pub static VNI_COUNTERS: PerCpuArray<SlotCounters> =
-    PerCpuArray::with_max_entries(maps::VNI_COUNTERS_CAPACITY, 0);
+pub static VNI_COUNTERS: PerCpuHashMap<SlotCounterKey, Counter> =
+    PerCpuHashMap::with_max_entries(maps::VNI_COUNTERS_CAPACITY, 0);
 
 #[map]
-pub static PEER_COUNTERS: PerCpuArray<SlotCounters> =
-    PerCpuArray::with_max_entries(maps::PEER_COUNTERS_CAPACITY, 0);
+pub static PEER_COUNTERS: PerCpuHashMap<SlotCounterKey, Counter> =
+    PerCpuHashMap::with_max_entries(maps::PEER_COUNTERS_CAPACITY, 0);
 
 /// Per-CPU scratch space for frames the datapath builds (ICMP and ND
 /// answers). Verifier: BPF stacks are 512 bytes for a whole call chain, too

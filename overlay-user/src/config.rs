@@ -796,3 +796,6 @@ vtep_address = "192.0.2.2"
         assert!(err.to_string().contains("/nonexistent/overlay/node.toml"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

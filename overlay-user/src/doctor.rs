@@ -10,7 +10,7 @@
 //!   finding, named by its kind (`duplicate-ip`, `duplicate-mac`,
 //!   `duplicate-peer-name`, `duplicate-peer-vtep`, else `config`), with the
 //!   field and value. Checks that need the file are then skipped.
-//! - **kernel**: the release (TCX links need 6.6, managed neighbour entries
+//! - **kernel**: TCX links (probed; without them TC attaches as netlink filters), managed neighbour entries
 //!   5.16), BTF, that the `bpf(2)` syscall works (an array map is created
 //!   and freed), and that the pin directory is, or can be, on bpffs.
 //! - **underlay**: the device and every port exist; the VTEP address is an
@@ -269,14 +269,17 @@ fn kernel_findings() -> Vec<Finding> {
     let mut findings = Vec::new();
     match kernel_release() {
         Some((release, version)) => {
-            findings.push(if version >= (6, 6) {
-                Finding::ok("kernel-tcx", format!("kernel {release}: TCX links (6.6+) attach and pin the TC programs"))
-            } else {
-                Finding::fail(
+            // Probed, not read from the release: distributions backport.
+            findings.push(match crate::tc_legacy::probe("lo") {
+                crate::tc_legacy::TcAttachKind::Tcx => Finding::ok("kernel-tcx", format!("kernel {release}: TCX links attach and pin the TC programs")),
+                crate::tc_legacy::TcAttachKind::Netlink => Finding::warn(
                     "kernel-tcx",
-                    format!("kernel {release} is older than 6.6: TC programs attach without BPF links, which the agent cannot pin or hand over"),
-                    "run Linux 6.6 or newer",
-                )
+                    format!(
+                        "kernel {release} has no TCX links (Linux 6.6+): TC programs attach as netlink filters on a clsact qdisc instead, \
+                         replaced in place on restart and removed by `overlay down`; a filter cannot be pinned, so `overlay status` lists its record"
+                    ),
+                    "nothing needed; Linux 6.6 or newer attaches them as TCX links",
+                ),
             });
             findings.push(if version >= (5, 16) {
                 Finding::ok("kernel-neighbours", format!("kernel {release}: managed neighbour entries (5.16+) keep peer next hops resolved"))

@@ -19,6 +19,7 @@ pub mod slots;
 pub mod sources;
 pub mod state;
 pub mod status;
+pub mod tc_legacy;
 
 pub use config::{Config, ConfigError};
 pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, VniPeerCounters, XdpAttachMode};

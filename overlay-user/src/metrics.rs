@@ -124,6 +124,8 @@ struct NodeLabels {
     decap: String,
     /// "native", "generic", "offload"; "none" with TC decapsulation.
     xdp_mode: String,
+    /// How TC programs are attached: "tcx" or "netlink" (no TCX in the kernel).
+    tc_attach: String,
     version: &'static str,
 }
 
@@ -235,11 +237,12 @@ impl Collector for Snapshot {
             underlay: status.map(|s| s.underlay.clone()).unwrap_or_default(),
             decap: status.map(|s| s.decap.clone()).unwrap_or_default(),
             xdp_mode: status.map(|s| s.xdp_mode.clone()).unwrap_or_default(),
+            tc_attach: status.map(|s| s.tc_attach.clone()).unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION"),
         });
         info.encode(encoder.encode_descriptor(
             "overlay",
-            "The node: its name, VTEP address, underlay device, decapsulation hook, XDP mode and agent version.",
+            "The node: its name, VTEP address, underlay device, decapsulation hook, XDP mode, TC attachment kind and agent version.",
             None,
             info.metric_type(),
         )?)?;
@@ -455,6 +458,7 @@ mod tests {
                 underlay: "ul1".into(),
                 decap: "xdp".into(),
                 xdp_mode: "native".into(),
+                tc_attach: "tcx".into(),
                 started: 1_700_000_000,
                 last_reload: Some(Reload { at: 1_700_000_100, ok: false, message: "bad file".into() }),
                 ..NodeStatus::default()
@@ -528,7 +532,7 @@ mod tests {
         let lines = lines_of(&text);
         for expected in [
             "# TYPE overlay info",
-            r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="ul1",decap="xdp",xdp_mode="native",version="0.1.0"} 1"#,
+            r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="ul1",decap="xdp",xdp_mode="native",tc_attach="tcx",version="0.1.0"} 1"#,
             "# TYPE overlay_vnis gauge",
             "overlay_vnis 2",
             "overlay_local_endpoints 3",
@@ -562,7 +566,7 @@ mod tests {
         let mut snapshot = snapshot();
         snapshot.status = None;
         let text = encode(snapshot).unwrap();
-        assert!(text.contains(r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="",decap="",xdp_mode="","#), "{text}");
+        assert!(text.contains(r#"overlay_info{node="h1",vtep="192.0.2.1",underlay="",decap="",xdp_mode="",tc_attach="","#), "{text}");
         assert!(text.contains("overlay_peers 2"), "{text}");
         assert!(!text.contains("overlay_last_reload") && !text.contains("overlay_agent_start"), "{text}");
     }

@@ -42,6 +42,43 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
     Ok(unsafe { request.ifr_ifru.ifru_mtu } as u32)
 }
 
+/// The hardware address of interface `name` (SIOCGIFHWADDR ioctl), in the
+/// calling thread's network namespace.
+pub fn mac(name: &str) -> std::io::Result<[u8; 6]> {
+    // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain syscalls on a socket we own; the ifreq outlives them;
+    // the kernel filled ifru_hwaddr, whose first 6 bytes are an Ethernet MAC.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request);
+        let error = std::io::Error::last_os_error();
+        libc::close(socket);
+        if rc < 0 {
+            return Err(error);
+        }
+        let address = request.ifr_ifru.ifru_hwaddr;
+        if address.sa_family != libc::ARPHRD_ETHER {
+            return Err(std::io::Error::other(format!("{name} is not an Ethernet device (ARPHRD {})", address.sa_family)));
+        }
+        let mut mac = [0u8; 6];
+        for (dst, src) in mac.iter_mut().zip(address.sa_data.iter()) {
+            *dst = *src as u8;
+        }
+        Ok(mac)
+    }
+}
+
 /// A configuration whose interfaces all exist, with their indexes.
 #[derive(Clone, Debug)]
 pub struct ResolvedConfig {

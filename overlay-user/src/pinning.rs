@@ -2,7 +2,9 @@
 //!
 //! `<bpffs dir>/<node>/maps/<MAP>` holds the maps (tables and counters),
 //! `<bpffs dir>/<node>/links/<link>` the attachments: `xdp-native-<if>` or
-//! `xdp-generic-<if>`, `tc-underlay-<if>`, `tc-port-<if>`. While these pins
+//! `xdp-generic-<if>`, `tc-underlay-<if>`, `tc-port-<if>`; where the kernel
+//! has no TCX links, `<bpffs dir>/<node>/filters/<link>` records the TC
+//! filters that stand in for them (see [`crate::tc_legacy`]). While these pins
 //! exist the kernel keeps the programs attached and forwarding, with or
 //! without an agent; a new agent adopts them (replacing the programs inside
 //! the links atomically) and changes the maps as diffs.
@@ -43,6 +45,15 @@ impl PinDir {
         self.links_dir().join(name)
     }
 
+    /// Records of TC filters attached over netlink (kernels without TCX).
+    pub fn filters_dir(&self) -> PathBuf {
+        self.root.join("filters")
+    }
+
+    pub fn filter(&self, name: &str) -> PathBuf {
+        self.filters_dir().join(name)
+    }
+
     /// Whether a datapath is pinned here (from an earlier or crashed agent).
     pub fn exists(&self) -> bool {
         self.links_dir().is_dir()
@@ -59,11 +70,12 @@ impl PinDir {
         Ok(())
     }
 
-    /// Names of the links pinned here.
+    /// Names of the links pinned here (and of the TC filters recorded).
     pub fn pinned_links(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.links_dir())
             .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
+        names.extend(crate::tc_legacy::recorded(self));
         names.sort();
         names
     }
@@ -72,6 +84,8 @@ impl PinDir {
     /// the pin are destroyed, which detaches their programs; maps are freed
     /// once no program uses them.
     pub fn remove(&self) -> io::Result<()> {
+        // Filters are not links: removing their records does not detach them.
+        crate::tc_legacy::detach_all_recorded(self);
         for dir in [self.links_dir(), self.root.join("maps")] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for entry in entries.flatten() {
@@ -109,6 +123,11 @@ pub fn port_link_name(interface: &str) -> String {
 /// Every name a TC attachment on `interface` can have.
 pub fn tc_link_names(interface: &str) -> [String; 3] {
     [underlay_tc_link_name(interface), decap_tc_link_name(interface), port_link_name(interface)]
+}
+
+/// The interface of a TC link name (`tc-port-veth1` -> `veth1`).
+pub fn tc_link_interface(name: &str) -> Option<&str> {
+    ["tc-underlay-", "tc-decap-", "tc-port-"].iter().find_map(|prefix| name.strip_prefix(prefix))
 }
 
 /// Makes sure `path` will be on bpffs: its nearest existing ancestor must

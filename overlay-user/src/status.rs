@@ -28,6 +28,10 @@ pub struct NodeStatus {
     pub decap: String,
     /// "native", "generic" or "offload"; "none" with TC decapsulation.
     pub xdp_mode: String,
+    /// How the TC programs are attached: "tcx" (links) or "netlink"
+    /// (clsact filters, kernels without TCX); empty in older files.
+    #[serde(default)]
+    pub tc_attach: String,
     /// Every attachment, by link name (e.g. `tc-port-veth1`).
     pub attachments: Vec<String>,
     /// Peers carrying each VNI this node has.
@@ -95,9 +99,14 @@ impl NodeStatus {
 
     /// "XDP native", "TC", ...: how this node decapsulates.
     pub fn decap_description(&self) -> String {
-        match self.decap.as_str() {
+        let decap = match self.decap.as_str() {
             "tc" => "decapsulation in TC".into(),
             _ => format!("decapsulation in XDP, {} mode", self.xdp_mode),
+        };
+        match self.tc_attach.as_str() {
+            "netlink" => format!("{decap}; TC programs attached as netlink clsact filters (the kernel has no TCX)"),
+            "tcx" => format!("{decap}; TC programs attached as TCX links"),
+            _ => decap,
         }
     }
 

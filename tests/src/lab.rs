@@ -314,6 +314,12 @@ impl Lab {
 
     /// [`Lab::start_agent`] with extra `overlay run` arguments.
     pub fn start_agent_with_args(&self, index: usize, overlay_bin: &Path, args: &[&str]) -> anyhow::Result<Agent> {
+        self.start_agent_within(index, overlay_bin, args, Duration::from_secs(20))
+    }
+
+    /// [`Lab::start_agent_with_args`], waiting up to `timeout` for the
+    /// agent to say it is forwarding (a large configuration takes longer).
+    pub fn start_agent_within(&self, index: usize, overlay_bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Agent> {
         self.mount_bpffs()?;
         let host = &self.hosts[index];
         let config = host.config_path.as_ref().context("host has no overlay configuration")?;
@@ -336,7 +342,7 @@ impl Lab {
             .spawn()
             .with_context(|| format!("starting {} on {}", overlay_bin.display(), host.spec.name))?;
         let mut agent = Agent { host: host.spec.name.clone(), child: Some(child), log_path };
-        agent.wait_until_forwarding(Duration::from_secs(20))?;
+        agent.wait_until_forwarding(scaled(timeout))?;
         Ok(agent)
     }
 
@@ -461,7 +467,7 @@ impl Agent {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain syscall.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + scaled(Duration::from_secs(10));
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -541,7 +547,7 @@ pub fn tcp_transfer(sender: &Netns, receiver: &Netns, receiver_ip: Ipv4Addr, byt
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding the receiver")?;
         port_tx.send(listener.local_addr()?.port())?;
         listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + scaled(Duration::from_secs(15));
         let mut stream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
@@ -552,7 +558,7 @@ pub fn tcp_transfer(sender: &Netns, receiver: &Netns, receiver_ip: Ipv4Addr, byt
             }
         };
         stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(scaled(Duration::from_secs(10))))?;
         let mut received = 0u64;
         let mut first_mismatch = None;
         let mut buffer = vec![0u8; 256 * 1024];
@@ -572,13 +578,13 @@ pub fn tcp_transfer(sender: &Netns, receiver: &Netns, receiver_ip: Ipv4Addr, byt
         }
         Ok((received, first_mismatch))
     })?;
-    let port = port_rx.recv_timeout(Duration::from_secs(10)).context("receiver did not start")?;
+    let port = port_rx.recv_timeout(scaled(Duration::from_secs(10))).context("receiver did not start")?;
     let started = Instant::now();
     let client = sender.spawn_inside(move || {
         let address = std::net::SocketAddr::from((receiver_ip, port));
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))
+        let mut stream = TcpStream::connect_timeout(&address, scaled(Duration::from_secs(10)))
             .with_context(|| format!("connecting to {address}"))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(scaled(Duration::from_secs(10))))?;
         let mut chunk = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
         while sent < bytes {
@@ -597,6 +603,15 @@ pub fn tcp_transfer(sender: &Netns, receiver: &Netns, receiver_ip: Ipv4Addr, byt
     let sent = sent.context("sender")?;
     let (bytes_received, first_mismatch) = received.context("receiver")?;
     Ok(TransferReport { bytes_sent: sent, bytes_received, first_mismatch, elapsed: started.elapsed() })
+}
+
+/// How much longer than on this machine things may take: the factor in
+/// `$OVERLAY_LAB_TIME_SCALE` (default 1). `cargo xtask vm-test` sets it in
+/// a guest under QEMU's software emulation, where starting an agent takes
+/// about 40 s (the verifier runs emulated) instead of about one.
+pub fn scaled(timeout: Duration) -> Duration {
+    let factor = std::env::var("OVERLAY_LAB_TIME_SCALE").ok().and_then(|f| f.parse::<u32>().ok()).unwrap_or(1).max(1);
+    timeout * factor
 }
 
 /// The `overlay` binary to test: `$OVERLAY_BIN`, else the workspace's

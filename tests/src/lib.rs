@@ -3,6 +3,7 @@
 //! processes, and traffic checks (ping, a byte-checked TCP transfer, names).
 pub mod etcd;
 pub mod frames;
+pub mod fuzz;
 pub mod lab;
 pub mod netns;
 pub mod probe;

@@ -40,7 +40,8 @@ impl Capture {
             .spawn()
             .expect("starting tshark (Debian package tshark)");
         // The capture file appears once dumpcap has opened the interface.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // tshark loads every dissector first: slow under emulation (the 6.1 guest).
+        let deadline = Instant::now() + overlay_lab::lab::scaled(Duration::from_secs(15));
         while std::fs::metadata(file).map(|m| m.len() == 0).unwrap_or(true) {
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                 let _ = child.kill();

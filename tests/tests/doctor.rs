@@ -67,7 +67,9 @@ fn healthy_node_passes() {
     let lab = two_hosts("docok", &[]);
     let report = doctor(&lab, "h1");
     assert!(report.success, "doctor failed on a healthy node:\n{}", report.text);
-    let bad: Vec<_> = report.findings.iter().filter(|f| f["status"] == "fail" || f["status"] == "warn").collect();
+    // A kernel without TCX links (before 6.6) is a warning naming the fallback, not a fault of the node.
+    let no_tcx = |f: &serde_json::Value| f["check"] == "kernel-tcx" && f["status"] == "warn" && f["what"].as_str().is_some_and(|m| m.contains("netlink filters"));
+    let bad: Vec<_> = report.findings.iter().filter(|f| (f["status"] == "fail" || f["status"] == "warn") && !no_tcx(f)).collect();
     assert!(bad.is_empty(), "a healthy node has no warnings or failures, got {bad:?}");
     report.expect("peer", "ok", "h2 (192.0.2.2): answered");
     for check in ["config", "kernel-bpf", "bpffs", "underlay", "ports", "vtep-address", "mtu", "datapath", "xdp-mode", "forwarding", "offloads"] {

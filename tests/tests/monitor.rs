@@ -39,7 +39,7 @@ fn start_monitor(lab: &Lab, args: &[&str]) -> Child {
         .spawn()
         .expect("starting overlay monitor");
     // Let it switch events on before traffic starts.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(overlay_lab::lab::scaled(Duration::from_millis(500)));
     if let Ok(Some(status)) = child.try_wait() {
         panic!("overlay monitor exited at once ({status})");
     }

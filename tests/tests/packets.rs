@@ -333,6 +333,8 @@ impl Node {
             let resolved = ResolvedConfig::resolve(config, path)?;
             let mut datapath = Datapath::load(log::LevelFilter::Info)?;
             datapath.apply(&MapState::from_config(&resolved, &MapState::default())?)?;
+            // What the agent's attach writes for XDP (nothing is attached here).
+            datapath.set_underlay_mac(Some(underlay_mac.0))?;
             let mut ifindex = HashMap::new();
             for device in devices() {
                 let index = netdev::ifindex(device).with_context(|| format!("no {device} in {}", netns.name()))?;
@@ -1108,6 +1110,30 @@ fn vxlan_from_far(inner: &[u8]) -> Vec<u8> {
     vxlan_from(FAR_VTEP, VNI, inner)
 }
 
+/// `frame` with its outer IPv4 header checksum off by `delta` (wrapping).
+fn with_outer_checksum_off_by(mut frame: Vec<u8>, delta: u16) -> Vec<u8> {
+    let at = ETHERNET_LEN + 10;
+    let checksum = u16::from_be_bytes([frame[at], frame[at + 1]]).wrapping_add(delta);
+    frame[at..at + 2].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+/// `frame` with its outer IPv4 header checksum set to `checksum`.
+fn with_outer_checksum(mut frame: Vec<u8>, checksum: u16) -> Vec<u8> {
+    frame[ETHERNET_LEN + 10..ETHERNET_LEN + 12].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+/// `frame` sent on the underlay to the outer destination MAC `mac`.
+fn to_underlay_mac(mut frame: Vec<u8>, mac: Mac) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac.0);
+    frame
+}
+
+/// A unicast MAC of another host on the underlay segment (the frame is
+/// PACKET_OTHERHOST on the near node's underlay device).
+const OTHER_HOST_UNDERLAY_MAC: Mac = Mac([0x02, 0xaa, 0xaa, 0xaa, 0xaa, 0x77]);
+
 /// A frame from container `from` that the near node must flood in its VNI
 /// (head-end replication to a static peer list, RFC 7348 section 4.2) and
 /// then drop. The copies: the frame unchanged on the container side of
@@ -1578,10 +1604,59 @@ fn decapsulation_verdicts_of(hook: Hook) -> anyhow::Result<()> {
     let mut with_udp_checksum = vxlan_from_far(&inner);
     with_udp_checksum[ETHERNET_LEN + IPV4_LEN + 6..ETHERNET_LEN + IPV4_LEN + 8].copy_from_slice(&0xbeef_u16.to_be_bytes());
 
+    // Outer destination MACs: another host's (the skb is PACKET_OTHERHOST
+    // in TC; XDP compares with the underlay's MAC the agent wrote), and
+    // broadcast and an IPv4 multicast MAC (delivered by the kernel to every
+    // host, so by us too).
+    let for_other_host = to_underlay_mac(vxlan_from_far(&inner), OTHER_HOST_UNDERLAY_MAC);
+    // Inner frames shorter than an Ethernet and an IPv4 header (found by
+    // fuzzing): bpf_skb_adjust_room leaves at least an IPv4 header's worth
+    // behind the MAC header of an IPv4 skb, so TC cannot strip the outer
+    // headers of a VXLAN frame under 84 bytes and counts decap-failed; XDP
+    // delivers it. No IP, ARP or ND frame is that short.
+    const LOCAL_EXPERIMENTAL_ETHERTYPE: u16 = 0x88b5;
+    let tiny = |len: usize| Ethernet { dst: NEAR_1.mac, src: FAR_1.mac, ethertype: LOCAL_EXPERIMENTAL_ETHERTYPE }.frame(&payload(len - ETHERNET_LEN));
+    let tiny_row = match hook {
+        Hook::DecapTc => dropped("inner frame of 20 bytes (non-IP): TC cannot strip the outer headers", vxlan_from_far(&tiny(20)), Reason::DECAP_FAILED),
+        _ => delivered("inner frame of 20 bytes (non-IP): delivered", vxlan_from_far(&tiny(20)), &tiny(20)),
+    };
+
     run_table(
         &near,
         &[
             delivered("VXLAN from the peer to a local endpoint: exactly the inner frame", vxlan_from_far(&inner), &inner),
+            dropped(
+                "outer IPv4 checksum off by one (RFC 1122 section 3.2.1.2: MUST verify, discard)",
+                with_outer_checksum_off_by(vxlan_from_far(&inner), 1),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            dropped(
+                "outer IPv4 checksum zero (not computed)",
+                with_outer_checksum(vxlan_from_far(&inner), 0),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            dropped(
+                "outer IPv4 checksum 0xffff (all ones)",
+                with_outer_checksum(vxlan_from_far(&inner), 0xffff),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            dropped(
+                "outer destination MAC another host's (PACKET_OTHERHOST): not ours to deliver",
+                for_other_host,
+                Reason::OUTER_OTHER_HOST,
+            ),
+            tiny_row,
+            delivered("inner frame of 34 bytes (non-IP): delivered", vxlan_from_far(&tiny(34)), &tiny(34)),
+            delivered(
+                "outer destination MAC broadcast: delivered, as the kernel delivers it",
+                to_underlay_mac(vxlan_from_far(&inner), BROADCAST),
+                &inner,
+            ),
+            delivered(
+                "outer destination MAC IPv4 multicast (01:00:5e:...): delivered",
+                to_underlay_mac(vxlan_from_far(&inner), Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01])),
+                &inner,
+            ),
             delivered("a non-zero outer UDP checksum is accepted (not verified)", with_udp_checksum, &inner),
             delivered(
                 "VXLAN from a peer that lists no endpoint (192.0.2.3), to a local endpoint",
@@ -1684,6 +1759,33 @@ fn decapsulation_verdicts_of(hook: Hook) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// XDP has no pkt_type: it tells a frame for another host by comparing
+/// the outer destination with the underlay MAC the agent writes. Until it
+/// is written (all-zero), nothing is refused for it; once it is, only
+/// unicast to another MAC is.
+#[test]
+fn xdp_refuses_frames_for_another_host_once_it_knows_the_underlay_mac() -> anyhow::Result<()> {
+    let mut near = Node::start(&NEAR)?;
+    let inner = ping(FAR_1, NEAR_1);
+    let for_other_host = || to_underlay_mac(vxlan_from_far(&inner), OTHER_HOST_UNDERLAY_MAC);
+    let delivered = |name: &str, frame: Vec<u8>| {
+        Case::given(name, Hook::Decap, frame).expect(XDP_REDIRECT, Reason::FORWARDED, Output::Frame(inner.clone()))
+    };
+    near.datapath.set_underlay_mac(None)?;
+    run_table(&near, &[delivered("underlay MAC not known: another host's MAC is not refused", for_other_host())]);
+    near.datapath.set_underlay_mac(Some(near.underlay_mac.0))?;
+    run_table(
+        &near,
+        &[
+            Case::given("underlay MAC known: another host's MAC is refused", Hook::Decap, for_other_host())
+                .expect(XDP_DROP, Reason::OUTER_OTHER_HOST, Output::Ignored),
+            delivered("underlay MAC known: our MAC is delivered", vxlan_from_far(&inner)),
+            delivered("underlay MAC known: broadcast is delivered", to_underlay_mac(vxlan_from_far(&inner), BROADCAST)),
+        ],
+    );
+    Ok(())
+}
+
 /// The underlay's TC flood program, the second half of receiving a flooded
 /// frame (RFC 7348 section 4.2): a VXLAN frame from a peer to our VTEP
 /// whose inner destination is broadcast or multicast is decapsulated and
@@ -1718,6 +1820,12 @@ fn underlay_flood_replicates_to_local_ports() -> anyhow::Result<()> {
     // to judge by); their bytes are the datagram's, which whoever fills the
     // datagram can shape like VXLAN: here for tenant B's VNI, from a peer of VNI 100.
     let later_fragment = Ipv4 { flags_fragment: 1480 / 8, ..from_far_vtep() };
+    let mut too_long = vxlan_from_far(&broadcast);
+    let beyond_the_frame = (too_long.len() - ETHERNET_LEN + 10) as u16;
+    frames::set_ipv4_total_length(&mut too_long, beyond_the_frame);
+    let mut udp_short = vxlan_from_far(&broadcast);
+    let udp_length = (udp_short.len() - ETHERNET_LEN - IPV4_LEN - 1) as u16;
+    frames::set_udp_length(&mut udp_short, udp_length);
     let disguised_fragment = on_underlay(
         ETHERTYPE_IPV4,
         &later_fragment.packet(&to_vxlan_port().datagram(&Vxlan::new(TENANT_B_VNI).packet(&broadcast))),
@@ -1763,6 +1871,26 @@ fn underlay_flood_replicates_to_local_ports() -> anyhow::Result<()> {
                 Reason::INNER_VLAN,
             ),
             shot("VNI this node does not carry", vxlan_from(FAR_VTEP, UNKNOWN_VNI, &broadcast), Reason::UNKNOWN_VNI),
+            // The judgement's outer checks, made again here so that this
+            // program is safe on its own (found by fuzzing it alone).
+            shot(
+                "outer IPv4 checksum off by one",
+                with_outer_checksum_off_by(vxlan_from_far(&broadcast), 1),
+                Reason::OUTER_CHECKSUM_INVALID,
+            ),
+            shot(
+                "outer destination MAC another host's (PACKET_OTHERHOST)",
+                to_underlay_mac(vxlan_from_far(&broadcast), OTHER_HOST_UNDERLAY_MAC),
+                Reason::OUTER_OTHER_HOST,
+            ),
+            replicated(
+                "outer destination MAC broadcast",
+                to_underlay_mac(vxlan_from_far(&broadcast), BROADCAST),
+                &broadcast,
+                &to_tenant_a,
+            ),
+            shot("outer IPv4 total length 10 bytes beyond the frame", too_long, Reason::OUTER_LENGTH_MISMATCH),
+            shot("outer UDP length 1 byte short of the IPv4 payload", udp_short, Reason::OUTER_LENGTH_MISMATCH),
             left_alone("inner unicast to a local endpoint (XDP delivered it)", vxlan_from_far(&unicast)),
             left_alone("inner unicast to an unknown MAC (XDP dropped it)", vxlan_from_far(&ping_to(FAR_1, UNKNOWN_MAC, NEAR_1.ip))),
             left_alone("ARP on the underlay", Arp::request(FAR_UNDERLAY_MAC, FAR_VTEP, NEAR_VTEP).frame(BROADCAST)),
@@ -2293,7 +2421,7 @@ fn counter_slots_survive_reloads_and_start_at_zero_for_newcomers() -> anyhow::Re
     Ok(())
 }
 
-/// At the slot limit (256 peers), a peer replaced by another in one reload
+/// At the slot limit (PEER_COUNTER_SLOTS peers), a peer replaced by another in one reload
 /// hands its slot straight over: the newcomer's counts start at zero, and
 /// then count its packets.
 #[test]

@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod demo;
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -42,6 +43,19 @@ enum Task {
     /// Build, then measure routed, kernel-vxlan and overlay cells
     /// interleaved; writes target/bench/{report.md,report.json,chart.svg}.
     Bench(bench::Options),
+    /// Build, then fuzz every datapath program through BPF_PROG_TEST_RUN
+    /// (tests/tests/fuzz_datapath.rs) with more frames than `test` does.
+    Fuzz {
+        /// Frames per program.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// PRNG seed, decimal or 0x-hex (default: the fixed seed of `cargo xtask test`).
+        #[arg(long)]
+        seed: Option<String>,
+    },
+    /// Build, then run the lab tests in a guest with another kernel
+    /// (Debian 12's 6.1) under QEMU.
+    VmTest(vm::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +67,8 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::demo(),
         Task::Test { filter } => test(filter),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
+        Task::Fuzz { frames, seed } => fuzz(frames, seed),
+        Task::VmTest(options) => vm::vm_test(&options),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -142,9 +158,35 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     } else {
         Ok(())
     };
+    println!("== lab tests in a Debian 12 (Linux 6.1) guest under QEMU: {}", vm::CORE_SUBSET.iter().map(|(_, t)| *t).collect::<Vec<_>>().join(", "));
+    let guest = vm::core_subset(filter_args.first().map(String::as_str)).and_then(|outcome| {
+        tally.passed += outcome.passed;
+        tally.failed += outcome.failed;
+        if outcome.failed > 0 { bail!("{} test(s) failed in the 6.1 guest", outcome.failed) } else { Ok(()) }
+    });
     // One closing line for the whole suite.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
-    units.and(integration).and(harness)
+    units.and(integration).and(harness).and(guest)
+}
+
+/// Runs the datapath fuzz test with `frames` frames per program; a failure
+/// prints the seed and frame to replay.
+fn fuzz(frames: u64, seed: Option<String>) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("fuzzing loads BPF programs and creates a network namespace: run as root");
+    }
+    let binary = build::build()?;
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(root())
+        .env("OVERLAY_EBPF_OBJECT", build::ebpf_object())
+        .env("OVERLAY_BIN", &binary)
+        .env("OVERLAY_FUZZ_FRAMES", frames.to_string())
+        .args(["test", "-p", "overlay-tests", "--test", "fuzz_datapath", "--", "--nocapture"]);
+    if let Some(seed) = seed {
+        command.env("OVERLAY_FUZZ_SEED", seed);
+    }
+    status(&mut command)
 }
 
 /// Passed and failed tests over several `cargo test` runs.
@@ -165,12 +207,9 @@ impl Tally {
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line?;
             println!("{line}");
-            if let Some(summary) = line.strip_prefix("test result: ") {
-                let count = |word: &str| {
-                    summary.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
-                };
-                self.passed += count("passed").unwrap_or(0);
-                self.failed += count("failed").unwrap_or(0);
+            if let Some((passed, failed)) = test_result_counts(&line) {
+                self.passed += passed;
+                self.failed += failed;
             }
         }
         let status = child.wait()?;
@@ -179,4 +218,11 @@ impl Tally {
         }
         Ok(())
     }
+}
+
+/// (passed, failed) of a cargo test `test result:` line.
+pub fn test_result_counts(line: &str) -> Option<(u64, u64)> {
+    let summary = line.strip_prefix("test result: ")?;
+    let count = |word: &str| summary.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok());
+    Some((count("passed").unwrap_or(0), count("failed").unwrap_or(0)))
 }

@@ -121,6 +121,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             underlay: underlay.clone(),
             decap: outcome.hook.hook().to_owned(),
             xdp_mode: outcome.hook.xdp_mode(),
+            tc_attach: reconciler.datapath().tc_attachment().map_or("", |kind| kind.label()).to_owned(),
             api_socket: Some(socket_path.clone()),
             ..NodeStatus::default()
         };

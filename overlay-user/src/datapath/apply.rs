@@ -5,9 +5,9 @@ use std::{collections::BTreeSet, fmt};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, MapData, MapError, PerCpuHashMap},
 };
-use overlay_common::{NodeConfig, SlotCounters, maps};
+use overlay_common::{Counter, NodeConfig, SlotCounterKey, maps};
 
 use super::{Datapath, DatapathError, map_error, tables::CONFIG_TABLES};
 use crate::{slots, state::MapState};
@@ -137,17 +137,26 @@ fn apply_steps(ebpf: &mut Ebpf, old: &MapState, new: &MapState, undo: &mut Vec<U
     Ok(())
 }
 
-/// Sets the counters of `slots` in the per-CPU slot array `name` to zero on every CPU.
+/// Sets the counters of `slots` in the per-CPU slot counters `name` to
+/// zero on every CPU: their entries are deleted (the datapath creates an
+/// entry at its first packet).
 fn zero_slots(ebpf: &mut Ebpf, name: &'static str, slots: &BTreeSet<u32>) -> Result<(), DatapathError> {
     if slots.is_empty() {
         return Ok(());
     }
     let map = ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-    let mut array: PerCpuArray<&mut MapData, SlotCounters> = PerCpuArray::try_from(map).map_err(|source| map_error(name, "open", source))?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, error)| map_error(name, "count CPUs for", MapError::from(error)))?;
-    for &slot in slots {
-        let zeros = PerCpuValues::try_from(vec![SlotCounters::ZERO; cpus]).map_err(|error| map_error(name, "zero", MapError::from(error)))?;
-        array.set(slot, zeros, 0).map_err(|source| map_error(name, "zero", source))?;
+    let mut hash: PerCpuHashMap<&mut MapData, SlotCounterKey, Counter> =
+        PerCpuHashMap::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    let doomed: Vec<SlotCounterKey> = hash
+        .keys()
+        .filter(|key| key.as_ref().map_or(true, |key| slots.contains(&key.slot)))
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(name, "read", source))?;
+    for key in doomed {
+        match hash.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error(name, "zero", source)),
+        }
     }
     Ok(())
 }

@@ -4,15 +4,19 @@
 //! another node's datapath already uses.
 use std::{fmt, str::FromStr};
 
-use aya::programs::{
-    SchedClassifier, TcAttachType, XdpMode,
-    links::{FdLink, PinnedLink},
-    tc::SchedClassifierLink,
-    xdp::XdpLink,
+use aya::{
+    maps::{Array, MapData},
+    programs::{
+        SchedClassifier, TcAttachType, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
-use overlay_common::programs;
+use overlay_common::{UnderlayMac, maps, programs};
 
-use super::{Datapath, DatapathError, HeldLink};
+use super::{Attachment, Datapath, DatapathError, HeldLink, map_error};
+use crate::tc_legacy::TcAttachKind;
 use crate::pinning;
 
 /// An interface by name and index (in the agent's network namespace).
@@ -187,7 +191,9 @@ impl Datapath {
     pub fn attach(&mut self, plan: &AttachPlan) -> Result<DecapHook, DatapathError> {
         let before: std::collections::BTreeSet<String> = self.links.keys().cloned().collect();
         let result = self.attach_all(plan);
-        if result.is_err() {
+        if result.is_ok() {
+            self.fresh_pins = false;
+        } else {
             let added: Vec<String> = self.links.keys().filter(|name| !before.contains(*name)).cloned().collect();
             for name in added {
                 self.drop_link(&name);
@@ -198,6 +204,11 @@ impl Datapath {
 
     fn attach_all(&mut self, plan: &AttachPlan) -> Result<DecapHook, DatapathError> {
         let underlay = plan.underlay.name.clone();
+        // Read anew at every attach (start and reload), before XDP can run.
+        let mac = crate::netdev::mac(&underlay)
+            .inspect_err(|error| log::warn!("XDP cannot tell frames for other hosts on {underlay}: its MAC is unknown ({error})"))
+            .ok();
+        self.set_underlay_mac(mac)?;
         let mut wanted = Vec::new();
         let hook = match self.decap_hook_for(&underlay, plan.underlay.ifindex, plan.mode)? {
             Some(hook) => hook,
@@ -229,10 +240,22 @@ impl Datapath {
         if let Some(pins) = &self.pins {
             for name in pins.pinned_links().into_iter().filter(|name| !wanted.contains(name)) {
                 log::info!("detaching {name}, which the configuration no longer has");
-                let _ = std::fs::remove_file(pins.link(&name));
+                if !crate::tc_legacy::detach_recorded(pins, &name) {
+                    let _ = std::fs::remove_file(pins.link(&name));
+                }
             }
         }
         Ok(hook)
+    }
+
+    /// Tells XDP decapsulation the underlay device's MAC, so that it drops
+    /// VXLAN sent to another host's MAC (`outer-other-host`) as TC does
+    /// from the skb's pkt_type; `None` turns the check off.
+    pub fn set_underlay_mac(&mut self, mac: Option<[u8; 6]>) -> Result<(), DatapathError> {
+        let name = maps::UNDERLAY_MAC;
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+        let mut array: Array<&mut MapData, UnderlayMac> = Array::try_from(map).map_err(|source| map_error(name, "open", source))?;
+        array.set(0, UnderlayMac { mac: mac.unwrap_or_default(), _pad: [0; 2] }, 0).map_err(|source| map_error(name, "write", source))
     }
 
     /// Attaches XDP decapsulation where `mode` asks for it (`Some`), or
@@ -338,6 +361,12 @@ impl Datapath {
             return Ok(());
         }
         let attach_error = |error| DatapathError::Attach { program, interface: interface.to_owned(), error, hint: "" };
+        if self.tc_attach_kind(interface) == TcAttachKind::Netlink {
+            let pins = self.pins.clone();
+            let filter = crate::tc_legacy::attach(self.tc_mut(program)?, name, interface, pins.as_ref()).map_err(attach_error)?;
+            self.links.insert(name.to_owned(), HeldLink { link: Attachment::Filter(filter), pin: None });
+            return Ok(());
+        }
         let adopted = self.pinned_link(name)?;
         let was_pinned = adopted.is_some();
         if !was_pinned {
@@ -353,6 +382,17 @@ impl Datapath {
         };
         let link = tc.take_link(id).map_err(|e| DatapathError::Link { name: name.to_owned(), message: e.to_string() })?;
         self.hold(name.to_owned(), FdLink::try_from(link).ok(), was_pinned)
+    }
+
+    /// How TC programs attach here: probed on the first TC attachment (see
+    /// [`crate::tc_legacy::probe`]), the same for the agent's life.
+    fn tc_attach_kind(&mut self, interface: &str) -> TcAttachKind {
+        *self.tc_attach.get_or_insert_with(|| crate::tc_legacy::probe(interface))
+    }
+
+    /// How TC programs were attached, once something was.
+    pub fn tc_attachment(&self) -> Option<TcAttachKind> {
+        self.tc_attach
     }
 
     /// Refuses a fresh TC attachment where another overlay datapath's
@@ -397,7 +437,7 @@ impl Datapath {
             Some(pins) => (link, Some(pins.link(&name))),
             None => (link, None),
         };
-        self.links.insert(name, HeldLink { link, pin });
+        self.links.insert(name, HeldLink { link: Attachment::Link(link), pin });
         Ok(())
     }
 
@@ -409,7 +449,10 @@ impl Datapath {
                     log::warn!("unpinning {}: {error}", pin.display());
                 }
             }
-            drop(held.link);
+            match held.link {
+                Attachment::Link(link) => drop(link),
+                Attachment::Filter(filter) => filter.detach(),
+            }
         }
     }
 

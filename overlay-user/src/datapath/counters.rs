@@ -2,8 +2,8 @@
 //! slots) and rendering them as tables.
 use std::{collections::BTreeMap, fmt};
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
-use overlay_common::{Counter, Direction, PeerInfo, Reason, SlotCounters, VniInfo, counter_index, maps, reason};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use overlay_common::{Counter, Direction, PeerInfo, Reason, SlotCounterKey, VniInfo, counter_index, maps, reason};
 
 use super::{Datapath, DatapathError, map_error};
 
@@ -183,19 +183,23 @@ pub(super) fn read_vni_peer_counters(
     })
 }
 
-/// The counters of each key's slot in the slot array `map`; a key without
-/// a slot (tables written before slots existed) has none.
+/// The counters of each key's slot in the slot counters `map`; a key
+/// without a slot (tables written before slots existed) has none.
 fn read_slots<K: Ord + Copy>(name: &'static str, map: &aya::maps::Map, slots: &BTreeMap<K, u32>) -> Result<BTreeMap<K, Counters>, DatapathError> {
-    let array: PerCpuArray<&MapData, SlotCounters> = PerCpuArray::try_from(map).map_err(|source| map_error(name, "open", source))?;
-    let mut counters = BTreeMap::new();
-    for (key, &slot) in slots {
-        let read = if slot == overlay_common::NO_COUNTER_SLOT {
-            Counters::default()
-        } else {
-            let per_cpu = array.get(&slot, 0).map_err(|source| map_error(name, "read", source))?;
-            counters_from(|index| per_cpu.iter().map(move |block| block.counters[index]))
-        };
-        counters.insert(*key, read);
+    let hash: PerCpuHashMap<&MapData, SlotCounterKey, Counter> = PerCpuHashMap::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    // One pass over the map: every slot's counters, summed over CPUs.
+    let mut by_slot: BTreeMap<u32, BTreeMap<u32, Counter>> = BTreeMap::new();
+    for entry in hash.iter() {
+        let (key, per_cpu) = entry.map_err(|source| map_error(name, "read", source))?;
+        let sum = per_cpu.iter().fold(Counter { packets: 0, bytes: 0 }, |sum, c| Counter { packets: sum.packets + c.packets, bytes: sum.bytes + c.bytes });
+        by_slot.entry(key.slot).or_default().insert(key.index, sum);
     }
-    Ok(counters)
+    let none = BTreeMap::new();
+    Ok(slots
+        .iter()
+        .map(|(key, &slot)| {
+            let table = if slot == overlay_common::NO_COUNTER_SLOT { &none } else { by_slot.get(&slot).unwrap_or(&none) };
+            (*key, counters_from(|index| table.get(&(index as u32)).copied().into_iter()))
+        })
+        .collect())
 }

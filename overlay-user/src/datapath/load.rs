@@ -26,7 +26,17 @@ impl Datapath {
     pub fn load_pinned(log_level: log::LevelFilter, pins: &PinDir, node: &str) -> Result<Datapath, DatapathError> {
         let adopted = pins.exists();
         pins.create().map_err(|error| DatapathError::Pins { path: pins.root().to_owned(), error })?;
-        let mut datapath = Datapath::load_with(log_level, Some(pins))?;
+        let mut datapath = match Datapath::load_with(log_level, Some(pins)) {
+            Ok(datapath) => datapath,
+            Err(error) => {
+                // A refused start leaves the host as it was: no maps pinned for the next start to adopt.
+                if !adopted {
+                    let _ = pins.remove();
+                }
+                return Err(error);
+            }
+        };
+        datapath.fresh_pins = !adopted;
         datapath.check_pinned_layouts(node)?;
         if adopted {
             // The counter slots come back with the tables: every VNI and
@@ -70,6 +80,8 @@ impl Datapath {
             adopted: false,
             vni_slot_owners: Owners::new(),
             peer_slot_owners: Owners::new(),
+            tc_attach: None,
+            fresh_pins: false,
         })
     }
 
@@ -80,6 +92,7 @@ impl Datapath {
                 aya::maps::Map::HashMap(data)
                 | aya::maps::Map::Array(data)
                 | aya::maps::Map::PerCpuArray(data)
+                | aya::maps::Map::PerCpuHashMap(data)
                 | aya::maps::Map::RingBuf(data) => data,
                 _ => return Err(DatapathError::Missing { kind: "map of the expected type", name }),
             };

@@ -84,9 +84,15 @@ impl From<aya::EbpfError> for DatapathError {
 
 /// An attachment the datapath holds, pinned or not.
 struct HeldLink {
-    link: FdLink,
+    link: Attachment,
     /// Where it is pinned, when the datapath is pinned.
     pin: Option<std::path::PathBuf>,
+}
+
+/// A BPF link, or a TC filter where the kernel has no TCX links.
+enum Attachment {
+    Link(FdLink),
+    Filter(crate::tc_legacy::Filter),
 }
 
 /// The loaded datapath.
@@ -106,6 +112,22 @@ pub struct Datapath {
     /// Who each counter slot last counted for (see [`Datapath::apply`]).
     vni_slot_owners: Owners<u32>,
     peer_slot_owners: Owners<u32>,
+    /// How TC programs attach on this kernel, probed at the first attachment.
+    tc_attach: Option<crate::tc_legacy::TcAttachKind>,
+    /// Pins this start created and nothing forwards through yet: a start
+    /// refused before its first attach succeeds removes them on drop.
+    fresh_pins: bool,
+}
+
+impl Drop for Datapath {
+    /// A start refused before anything forwarded (the first attach failed,
+    /// or never came) removes the pins it created: the next start must not
+    /// adopt maps nobody finished filling.
+    fn drop(&mut self) {
+        if self.fresh_pins {
+            self.detach();
+        }
+    }
 }
 
 impl Datapath {

@@ -49,8 +49,8 @@ impl Datapath {
         read_vni_peer_counters(
             &aya::maps::Map::HashMap(open(maps::VNIS)?),
             &aya::maps::Map::HashMap(open(maps::PEERS)?),
-            &aya::maps::Map::PerCpuArray(open(maps::VNI_COUNTERS)?),
-            &aya::maps::Map::PerCpuArray(open(maps::PEER_COUNTERS)?),
+            &aya::maps::Map::PerCpuHashMap(open(maps::VNI_COUNTERS)?),
+            &aya::maps::Map::PerCpuHashMap(open(maps::PEER_COUNTERS)?),
         )
     }
 

@@ -46,7 +46,13 @@ pub fn clear() {
 
 /// On Ctrl-C: kill helpers, stop agents (waiting until they have detached),
 /// delete the namespaces of every registered scope, exit 130.
+/// Installed once per process; later calls (the VM stage of `cargo xtask
+/// test` after the benchmark harness) find it there.
 pub fn install_interrupt_handler() -> anyhow::Result<()> {
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: stopping agents and helpers, removing every lab");
         let (scopes, agents, helpers) = {
@@ -125,6 +131,11 @@ impl ChildGuard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process's piped stdout, once.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
     }
 
     /// Whether the process has exited.

@@ -13,7 +13,7 @@
 //! (Markdown, JSON, targets), `chart` (SVG), `cleanup` (guards and the
 //! interrupt handler).
 mod chart;
-mod cleanup;
+pub mod cleanup;
 mod metrics;
 mod microbench;
 mod report;
