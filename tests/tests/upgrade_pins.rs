@@ -55,6 +55,8 @@ fn pins_without_the_underlay_mac_map_are_adopted() -> anyhow::Result<()> {
         let mut datapath = Datapath::load_pinned(log::LevelFilter::Info, &pins, "node")?;
         datapath.apply(&state)?;
         datapath.set_underlay_mac(Some([2, 0xaa, 0xaa, 0xaa, 0xaa, 1]))?;
+        // As an agent that forwarded leaves them (no attachment here).
+        datapath.keep_pins();
     }
     // What the previous version left: every pin but UNDERLAY_MAC.
     let underlay_mac_pin = pins.map(maps::UNDERLAY_MAC);

@@ -119,6 +119,15 @@ pub struct Datapath {
     fresh_pins: bool,
 }
 
+impl Datapath {
+    /// Keeps the pins this datapath created even though nothing was
+    /// attached (a library caller that fills maps for a later agent to
+    /// adopt); without it, dropping such a datapath removes them.
+    pub fn keep_pins(&mut self) {
+        self.fresh_pins = false;
+    }
+}
+
 impl Drop for Datapath {
     /// A start refused before anything forwarded (the first attach failed,
     /// or never came) removes the pins it created: the next start must not
