@@ -46,6 +46,7 @@ pub struct Netns {
 impl Netns {
     /// Creates `ovl-<scope>-<pid>-<role>` with its loopback up.
     pub fn new(scope: &str, role: &str) -> anyhow::Result<Netns> {
+        remove_all_on_interrupt();
         let name = format!("{PREFIX}-{scope}-{}-{role}", std::process::id());
         ip(&["netns", "add", &name])?;
         let netns = Netns { name };
@@ -132,15 +133,91 @@ pub fn sweep_stale() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return removed };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else { continue };
-        // ovl-<scope>-<pid>-<role>: the pid is the second-to-last field.
-        let fields: Vec<&str> = rest.split('-').collect();
-        let Some(pid) = fields.len().checked_sub(2).and_then(|i| fields[i].parse::<u32>().ok()) else { continue };
+        let Some(pid) = owner_pid(&name) else { continue };
         if !Path::new(&format!("/proc/{pid}")).exists() && ip(&["netns", "del", &name]).is_ok() {
             removed.push(name);
         }
     }
     removed
+}
+
+/// Deletes every namespace of this process, whatever its scope, when the
+/// process is interrupted (SIGINT, SIGTERM, SIGHUP: a test run stopped with
+/// Ctrl-C, whose guards' destructors never run), then exits 130. Installed
+/// by the first [`Netns`]; a process that installed its own handler first
+/// (the demo and the benchmark, which also stop their agents) keeps its own.
+fn remove_all_on_interrupt() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            eprintln!("\ninterrupted: stopping this process's children, removing its namespaces and lab directories");
+            let me = std::process::id();
+            stop_children(me);
+            for name in of_process(me) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+            // Lab directories `ovl-<scope>-<pid>`, with the lab's bpffs mounted inside.
+            if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+                for dir in entries.flatten().map(|e| e.path()) {
+                    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    if owner_pid(&format!("{name}-lab")) == Some(me) {
+                        let bpffs = dir.join("bpffs");
+                        if bpffs.exists() {
+                            let _ = run("umount", &["-l", &bpffs.to_string_lossy()]);
+                        }
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+            }
+            std::process::exit(130);
+        });
+    });
+}
+
+/// SIGTERM to every child of `parent` (agents, daemons: they detach and
+/// stop), then up to 5 s for them to exit.
+fn stop_children(parent: u32) {
+    let children: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // /proc/<pid>/stat: "pid (comm) state ppid ...", comm may hold spaces.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()))
+                == Some(parent)
+        })
+        .collect();
+    for pid in &children {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut running = children;
+    while !running.is_empty() && std::time::Instant::now() < deadline {
+        // SAFETY: reaping our own children; a null status pointer is allowed.
+        running.retain(|pid| unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The namespaces `ovl-<scope>-<pid>-<role>` of process `pid`.
+fn of_process(pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| owner_pid(name) == Some(pid))
+        .collect()
+}
+
+/// The pid in a name `ovl-<scope>-<pid>-<role>` (the second-to-last field).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(&format!("{PREFIX}-"))?;
+    let fields: Vec<&str> = rest.split('-').collect();
+    fields.len().checked_sub(2).and_then(|i| fields[i].parse::<u32>().ok())
 }
 
 /// Deletes every namespace of this process under `scope` (for an interrupt
