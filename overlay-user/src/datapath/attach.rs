@@ -425,7 +425,8 @@ impl Datapath {
     /// adopted one is pinned already).
     fn hold(&mut self, name: String, link: Option<FdLink>, already_pinned: bool) -> Result<(), DatapathError> {
         let Some(link) = link else {
-            // Only netlink-attached (pre-6.6 TC, pre-5.9 XDP) links are not fd links.
+            // Only netlink-attached links (pre-5.9 XDP) are not fd links; TC
+            // without TCX (pre-6.6) goes through tc_legacy and never comes here.
             return Err(DatapathError::Link { name, message: "the kernel attached it without a BPF link, which cannot be held or pinned".into() });
         };
         let (link, pin) = match &self.pins {

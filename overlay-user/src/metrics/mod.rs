@@ -167,7 +167,7 @@ fn counter_labels(direction: Direction, reason: Reason) -> CounterLabels {
 /// The series of one VNI or peer: `forwarded` in both directions always
 /// (so `rate()` sees a new VNI's first packets), every other reason once
 /// it has counted something. Every reason for every VNI and peer would be
-/// 2 x 41 series each, mostly zero.
+/// 2 x `REASONS.len()` series each, mostly zero.
 fn breakdown_series(counters: &Counters) -> Vec<CounterSeries> {
     let mut counted: Vec<(Direction, Reason, u64, u64)> = Direction::ALL
         .into_iter()
