@@ -15,7 +15,7 @@ use aya::{
 };
 use overlay_common::{UnderlayMac, maps, programs};
 
-use super::{Attachment, Datapath, DatapathError, HeldLink, map_error};
+use super::{Attachment, Datapath, DatapathError, HeldLink, map_error, open_map_mut};
 use crate::tc_legacy::TcAttachKind;
 use crate::pinning;
 
@@ -253,8 +253,7 @@ impl Datapath {
     /// from the skb's pkt_type; `None` turns the check off.
     pub fn set_underlay_mac(&mut self, mac: Option<[u8; 6]>) -> Result<(), DatapathError> {
         let name = maps::UNDERLAY_MAC;
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-        let mut array: Array<&mut MapData, UnderlayMac> = Array::try_from(map).map_err(|source| map_error(name, "open", source))?;
+        let mut array: Array<&mut MapData, UnderlayMac> = open_map_mut(&mut self.ebpf, name)?;
         array.set(0, UnderlayMac { mac: mac.unwrap_or_default(), _pad: [0; 2] }, 0).map_err(|source| map_error(name, "write", source))
     }
 
