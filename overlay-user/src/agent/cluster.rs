@@ -6,21 +6,33 @@
 //! node from forwarding what its file and API state say; while etcd is
 //! unreachable the last snapshot stays applied.
 //!
+//! The last snapshot applied is kept on disk (`<run dir>/<node>.registry.json`)
+//! and the node's lease id beside it (`<node>.lease`): an agent restarted
+//! (after a crash, say) starts from that snapshot, so its API endpoints in
+//! registry networks are valid before etcd answers, and takes its lease
+//! over while it lives, so no other node sees it go.
+//!
 //! A refused registration (another live node holds the name or VTEP) is
-//! final for this run: it is logged and shown in `overlay status`, and the
-//! agent keeps running with the registry's view only (it learns the others
-//! but publishes nothing), so a misconfigured node never takes down the
-//! containers it already serves.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+//! logged and shown in `overlay status`, and the agent keeps running with
+//! the registry's view only (it learns the others but publishes nothing),
+//! so a misconfigured node never takes down the containers it already
+//! serves; it tries again at half the lease TTL (keeping the refusal
+//! recorded for the holder's side) and registers once the holder is gone.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::watch;
 
-use super::{AgentState, ChangeError, Shared};
+use super::{AgentState, ChangeError};
 use crate::{
     model::{Fragment, MacAddr, Model, NetworkRef, NodeSettings, Origin, Problem, ProblemKind, SourceKind},
     reconciler::Outcome,
     registry::{
-        self, ClusterSnapshot, ClusterWatch, EndpointRecord, NetworkRecord, NodeRecord, NodeSession, Registry, RegistryError, SessionState,
+        self, ClusterProblem, ClusterSnapshot, ClusterWatch, EndpointRecord, NetworkRecord, NodeSession, Registry, RegistryError, SessionState,
     },
     sources::{
         self,
@@ -37,19 +49,60 @@ pub struct Cluster {
     pub refusal: Option<String>,
     /// Registry items left out of the model: they conflict with local ones.
     pub dropped: Vec<Problem>,
+    /// Refused claims this node made or holds (either side reports them).
+    pub conflicts: Vec<String>,
     /// The revision of the snapshot applied last.
     pub revision: i64,
     pub snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
+    /// Where the last applied snapshot is kept (`<run dir>/<node>.registry.json`).
+    pub cache_path: PathBuf,
+    /// Where this node's lease id is kept (`<run dir>/<node>.lease`), so
+    /// that an agent restarted within the TTL takes its registration over.
+    pub lease_path: PathBuf,
     /// Stops the watch when the agent goes.
     _watch: ClusterWatch,
 }
 
 impl Cluster {
     /// Connects (lazily: etcd may be down) and starts the watch.
-    pub async fn connect(settings: registry::RegistrySettings) -> Result<Cluster, RegistryError> {
+    pub async fn connect(settings: registry::RegistrySettings, run_dir: &Path, node: &str) -> Result<Cluster, RegistryError> {
         let registry = Registry::connect(settings).await?;
         let watch = ClusterWatch::start(registry.clone());
-        Ok(Cluster { snapshots: watch.snapshots(), registry, session: None, refusal: None, dropped: Vec::new(), revision: 0, _watch: watch })
+        Ok(Cluster {
+            snapshots: watch.snapshots(),
+            registry,
+            session: None,
+            refusal: None,
+            dropped: Vec::new(),
+            conflicts: Vec::new(),
+            revision: 0,
+            cache_path: run_dir.join(format!("{node}.registry.json")),
+            lease_path: run_dir.join(format!("{node}.lease")),
+            _watch: watch,
+        })
+    }
+
+    /// The snapshot to start from: the one the previous run applied last
+    /// (kept on disk), else the first etcd answers within the request
+    /// timeout, else none (an empty registry part).
+    pub async fn initial_snapshot(&self) -> Arc<ClusterSnapshot> {
+        match registry::cache::load(&self.cache_path, self.registry.layout()) {
+            Ok(Some(snapshot)) => {
+                log::info!("starting from the registry snapshot of revision {} kept in {}", snapshot.revision, self.cache_path.display());
+                return Arc::new(snapshot);
+            }
+            Ok(None) => {}
+            Err(error) => log::warn!("reading the registry snapshot kept in {}: {error}; waiting for etcd instead", self.cache_path.display()),
+        }
+        let mut snapshots = self.snapshots.clone();
+        let first = snapshots.wait_for(|snapshot| snapshot.revision > 0);
+        match tokio::time::timeout(self.registry.settings().request_timeout, first).await {
+            Ok(Ok(snapshot)) => Arc::clone(&snapshot),
+            _ => {
+                log::warn!("etcd gave no snapshot within {:?}: starting without the registry's part", self.registry.settings().request_timeout);
+                Arc::default()
+            }
+        }
     }
 
     /// One line for `overlay status`.
@@ -65,6 +118,26 @@ impl Cluster {
         };
         format!("etcd {}; {registration}; snapshot revision {}", self.registry.settings().endpoints.join(","), self.revision)
     }
+}
+
+/// The conflicts of `snapshot` that concern node `me`: claims it made that
+/// were refused, and claims refused because it holds the thing claimed
+/// (as each claimant recorded them), and hand-written records in conflict.
+pub fn conflicts_of(snapshot: &ClusterSnapshot, me: &str) -> Vec<String> {
+    let mine = |name: &str| name == me;
+    snapshot
+        .problems
+        .iter()
+        .filter(|problem| match problem {
+            ClusterProblem::RefusedClaim(report) => mine(&report.claimant) || report.holder_node.as_deref().is_some_and(mine),
+            ClusterProblem::VtepConflict { holder, claimant, .. } => mine(holder) || mine(claimant),
+            ClusterProblem::AddressConflict { network, holder, claimant, .. } => [holder, claimant]
+                .iter()
+                .any(|mac| snapshot.endpoints.get(&(network.clone(), **mac)).is_some_and(|endpoint| mine(&endpoint.node))),
+            _ => false,
+        })
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// The registry's fragment less its items that conflict with the local
@@ -105,9 +178,20 @@ impl AgentState {
         }
         cluster.dropped = dropped;
         cluster.revision = snapshot.revision;
+        let conflicts = conflicts_of(snapshot, &node.name);
+        for conflict in conflicts.iter().filter(|c| !cluster.conflicts.contains(c)) {
+            log::warn!("cluster conflict: {conflict}");
+        }
+        cluster.conflicts = conflicts;
+        let (cache_path, layout) = (cluster.cache_path.clone(), cluster.registry.layout().clone());
         let before = std::mem::replace(&mut self.registry, fragment);
         match self.reconcile().await {
-            Ok(outcome) => log::info!("registry revision {}: {}", snapshot.revision, outcome.maps),
+            Ok(outcome) => {
+                log::info!("registry revision {}: {}", snapshot.revision, outcome.maps);
+                if let Err(error) = registry::cache::save(&cache_path, &layout, snapshot) {
+                    log::warn!("keeping the registry snapshot on disk: {error}");
+                }
+            }
             Err(error) => {
                 log::error!("applying registry revision {} refused, the previous one stays: {error}", snapshot.revision);
                 self.registry = before;
@@ -117,7 +201,7 @@ impl AgentState {
 
     /// The endpoint records this node should have in the registry: its
     /// local endpoints in networks the registry knows.
-    fn local_endpoint_records(&self) -> Vec<EndpointRecord> {
+    pub(super) fn local_endpoint_records(&self) -> Vec<EndpointRecord> {
         let model = self.model();
         let node = model.node.name.clone();
         model
@@ -150,90 +234,6 @@ pub fn network_name(reference: &NetworkRef) -> Option<&str> {
     match reference {
         NetworkRef::Name(name) => Some(name),
         _ => None,
-    }
-}
-
-/// Runs the registry side of the agent: registers this node (retrying
-/// while etcd is unreachable), applies each new snapshot, and keeps this
-/// node's endpoints published.
-pub async fn follow(shared: Shared, record: NodeRecord, changed: tokio::sync::mpsc::Sender<()>) {
-    let (registry, mut snapshots) = {
-        let agent = shared.lock().await;
-        let Some(cluster) = agent.cluster.as_ref() else { return };
-        (cluster.registry.clone(), cluster.snapshots.clone())
-    };
-    tokio::spawn(register(shared.clone(), registry, record, changed.clone()));
-    let mut publish_ticker = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            result = snapshots.changed() => {
-                if result.is_err() {
-                    return;
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
-                let mut agent = shared.lock().await;
-                agent.apply_snapshot(&snapshot).await;
-                publish(&agent).await;
-            }
-            _ = publish_ticker.tick() => {
-                publish(&*shared.lock().await).await;
-            }
-        }
-        let _ = changed.try_send(());
-    }
-}
-
-/// Starts the node's session, retrying while etcd does not answer.
-async fn register(shared: Shared, registry: Registry, record: NodeRecord, changed: tokio::sync::mpsc::Sender<()>) {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match NodeSession::start(registry.clone(), record.clone()).await {
-            Ok(session) => {
-                log::info!("node {} registered in etcd (VTEP {}, lease {:x})", record.name, record.vtep, session.lease());
-                let mut agent = shared.lock().await;
-                if let Some(cluster) = agent.cluster.as_mut() {
-                    cluster.session = Some(Arc::new(session));
-                }
-                publish(&agent).await;
-                break;
-            }
-            Err(RegistryError::Etcd(error)) => {
-                log::warn!("registering node {} in etcd: {error}; retrying in {wait:?} (forwarding goes on)", record.name);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => {
-                log::error!(
-                    "etcd refused to register node {}: {error}; this agent keeps running with the registry's view only and publishes nothing",
-                    record.name
-                );
-                if let Some(cluster) = shared.lock().await.cluster.as_mut() {
-                    cluster.refusal = Some(error.to_string());
-                }
-                break;
-            }
-        }
-    }
-    let _ = changed.try_send(());
-}
-
-/// Brings this node's endpoint records in the registry in line with its
-/// local endpoints: registers the missing ones, removes the gone ones.
-/// Failures are logged and retried at the next round.
-async fn publish(agent: &AgentState) {
-    let Some(session) = agent.cluster.as_ref().and_then(|c| c.session.clone()) else { return };
-    let wanted = agent.local_endpoint_records();
-    let held = session.endpoints();
-    for record in held.iter().filter(|r| !wanted.contains(r)) {
-        if let Err(error) = session.remove_endpoint(&record.network, record.mac).await {
-            log::warn!("removing endpoint {} of network {} from etcd: {error}", record.mac, record.network);
-        }
-    }
-    for record in wanted.into_iter().filter(|r| !held.contains(r)) {
-        match session.register_endpoint(record.clone()).await {
-            Ok(()) => log::info!("published endpoint {} ({}) of network {} in etcd", record.mac, record.owner, record.network),
-            Err(error) => log::warn!("publishing endpoint {} of network {} in etcd: {error}", record.mac, record.network),
-        }
     }
 }
 
@@ -289,13 +289,21 @@ impl AgentState {
         let Some(endpoint) = model.endpoints.iter().find(|e| &e.origin == origin) else { return Ok(None) };
         let Some(network) = model.network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry) else { return Ok(None) };
         let record = endpoint_record(&model.node.name, &network.name, endpoint);
+        if let SessionState::Unreachable { error } = &*session.state().borrow() {
+            // Known down: no request to wait out (the keep-alive probes it).
+            log::info!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", origin.key);
+            return Ok(None);
+        }
         match session.register_endpoint(record.clone()).await {
             Ok(()) => Ok(Some((record.network, record.mac))),
             Err(RegistryError::Etcd(error)) => {
                 log::warn!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", origin.key);
                 Ok(None)
             }
-            Err(error) => Err(error.into()),
+            Err(error) => {
+                log::warn!("endpoint {} refused by the cluster registry, nothing applied: {error}", origin.key);
+                Err(error.into())
+            }
         }
     }
 

@@ -56,6 +56,7 @@
 //! `Ipam::allocate` + `Ipam::flush` when the registry hands out the address).
 //! While etcd is unreachable the receiver keeps the last snapshot; the
 //! session's state and the watcher's status say so.
+pub mod cache;
 pub mod cidr;
 pub mod fragment;
 pub mod client;
