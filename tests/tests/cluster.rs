@@ -209,7 +209,7 @@ fn an_agent_killed_with_api_endpoints_in_registry_networks_restarts_and_keeps_th
     // kill -9 and restart under a ping flood: the restarted agent starts
     // (its API endpoint's network comes from the registry), takes its lease
     // over, and no packet is lost.
-    let flood = lab.hosts[1].containers[0].netns.command("ping").args(["-q", "-i", "0.01", "-c", "1000", "-W", "1", &container_ip(0).to_string()]).spawn().unwrap();
+    let flood = lab.hosts[1].containers[0].netns.command("ping").args(["-q", "-i", "0.01", "-c", "1000", "-W", "1", &container_ip(0).to_string()]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     kill_and_restart(&mut lab, &etcd, 0, "60");
     let output = flood.wait_with_output().unwrap();
@@ -240,7 +240,8 @@ fn an_agent_killed_with_api_endpoints_in_registry_networks_restarts_and_keeps_th
 fn refused(lab: &Lab, node: &str, method: Method, path: &str, body: Value) -> overlay::api::ApiError {
     match client::call_blocking(&socket(lab, node), method, path, Some(body.clone())) {
         Err(client::ClientError::Refused(refusal)) => refusal,
-        other => panic!("{node}: {path} {body}: expected a refusal, got {other:?}\n{}", lab.agent_logs()),
+        Ok(answer) => panic!("{node}: {path} {body}: expected a refusal, got {} {}\n{}", answer.status, String::from_utf8_lossy(&answer.body), lab.agent_logs()),
+        Err(error) => panic!("{node}: {path} {body}: expected a refusal, got {error}\n{}", lab.agent_logs()),
     }
 }
 
@@ -281,7 +282,6 @@ fn reports(lab: &Lab, node: &str) -> (String, String, u64) {
 /// Waits until `node` reports a conflict whose text holds every one of
 /// `words` in `overlay status` and `overlay doctor`, and counts it in its metric.
 fn wait_reported(lab: &Lab, node: &str, words: &[&str]) {
-    let mut seen = (String::new(), String::new(), 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let reported = |text: &str, marker: &str| text.lines().any(|line| line.contains(marker) && words.iter().all(|word| line.contains(word)));
@@ -289,13 +289,9 @@ fn wait_reported(lab: &Lab, node: &str, words: &[&str]) {
         if reported(&status, "cluster conflict") && reported(&doctor, "cluster-conflict") && gauge > 0 {
             return;
         }
-        seen = (status, doctor, gauge);
         if Instant::now() > deadline {
             panic!(
-                "{node}: expected a conflict with {words:?} in status, doctor and overlay_cluster_conflicts; after 60 s:\nstatus:\n{}\ndoctor:\n{}\ngauge {}\n{}",
-                seen.0,
-                seen.1,
-                seen.2,
+                "{node}: expected a conflict with {words:?} in status, doctor and overlay_cluster_conflicts; after 60 s:\nstatus:\n{status}\ndoctor:\n{doctor}\ngauge {gauge}\n{}",
                 lab.agent_logs()
             );
         }
@@ -398,7 +394,7 @@ fn agents_keep_working_when_the_etcd_leader_of_three_members_is_killed() {
     wait_for(&lab, "h1 reaching h2", || reaches(&lab, 0, 1));
 
     // The leader dies under a ping flood between h1 and h2.
-    let flood = lab.hosts[0].containers[0].netns.command("ping").args(["-q", "-i", "0.01", "-c", "800", "-W", "1", &container_ip(1).to_string()]).spawn().unwrap();
+    let flood = lab.hosts[0].containers[0].netns.command("ping").args(["-q", "-i", "0.01", "-c", "800", "-W", "1", &container_ip(1).to_string()]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let killed = leader(&lab, &etcd);
     etcd.kill(killed);
@@ -418,4 +414,68 @@ fn agents_keep_working_when_the_etcd_leader_of_three_members_is_killed() {
         let seen = peers(&lab, node);
         assert!(others.iter().all(|other| seen.contains(other)), "{node} must still have {others:?} as peers 10 s after the leader died, has {seen:?}\n{}", lab.agent_logs());
     }
+}
+
+/// `count` allocations on `node` through its API, one call each.
+fn allocate_many(socket: PathBuf, node: &'static str, count: usize) -> Vec<Ipv4Addr> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut addresses = Vec::new();
+        for index in 0..count {
+            let owner = format!("test:{node}-{index}");
+            match client::allocate_address(&socket, "blue", None, &owner).await {
+                Ok(allocation) => addresses.push(allocation.address),
+                Err(error) => panic!("{node}: allocation {index}: expected an address, got {error}"),
+            }
+        }
+        addresses
+    })
+}
+
+#[test]
+fn two_nodes_allocating_concurrently_never_hand_out_one_address_twice() {
+    if let Some(why) = etcd::missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    const EACH: usize = 150;
+    let mut lab = lab("clipam", 2);
+    let etcd = EtcdCluster::start_in_netns("clipam", lab.wire.name(), ETCD_ADDRESS).expect("starting etcd on the underlay");
+    for index in 0..2 {
+        start(&mut lab, &etcd, index, "10");
+    }
+    call(&lab, "h1", Method::POST, "/v1/networks", Some(json!({"name": "blue", "vni": 100, "subnet": "10.20.0.0/23"})));
+    wait_for(&lab, "h2 seeing network blue", || call(&lab, "h2", Method::GET, "/v1/networks", None).to_string().contains("\"blue\""));
+    let started = Instant::now();
+    let workers: Vec<_> = [("h1", 0), ("h2", 1)]
+        .into_iter()
+        .map(|(node, _)| {
+            let socket = socket(&lab, node);
+            std::thread::spawn(move || allocate_many(socket, node, EACH))
+        })
+        .collect();
+    let mut handed: Vec<Vec<Ipv4Addr>> = workers.into_iter().map(|worker| worker.join().expect("an allocating thread panicked")).collect();
+    println!("{} allocations through two agents' APIs, concurrently, in {:?}", 2 * EACH, started.elapsed());
+    let all: std::collections::BTreeSet<Ipv4Addr> = handed.iter().flatten().copied().collect();
+    assert_eq!(all.len(), 2 * EACH, "expected {} distinct addresses, got {} (h1: {:?}, h2: {:?})", 2 * EACH, all.len(), handed[0], handed[1]);
+    for (node, addresses) in [("h1", &handed[0]), ("h2", &handed[1])] {
+        let listed = call(&lab, node, Method::GET, "/v1/networks/blue/addresses", None);
+        let count = listed.as_array().map_or(0, Vec::len);
+        assert_eq!(count, addresses.len(), "{node} must list the {} addresses it handed out, lists {count}: {listed}", addresses.len());
+    }
+
+    // A static request on h2 for an address h1 handed out: refused, naming h1.
+    let held = handed[0][0];
+    let refusal = refused(&lab, "h2", Method::POST, "/v1/networks/blue/addresses", json!({"address": held.to_string(), "owner": "test:static"}));
+    assert_eq!(refusal.status, 409, "an address h1 holds: expected 409, got {refusal:?}");
+    assert!(refusal.error.contains(&held.to_string()) && refusal.error.contains("node h1"), "the refusal must name {held} and node h1: {refusal:?}");
+    // Released on h1, it is h1's to hand out again (it stays in h1's block).
+    let released = handed[0].pop().unwrap();
+    call(&lab, "h1", Method::DELETE, &format!("/v1/networks/blue/addresses/{released}"), None);
+    let again = call(&lab, "h1", Method::POST, "/v1/networks/blue/addresses", Some(json!({"address": released.to_string(), "owner": "test:again"})));
+    assert_eq!(again["address"], released.to_string(), "h1 must hand out its released {released} again: {again}");
+    // The blocks in etcd: every block belongs to one node, and their allocations are the addresses handed out.
+    let blocks = etcdctl(&lab, &etcd, &["get", "--prefix", "--print-value-only", "/overlay/v1/blocks/blue/"]);
+    let allocated: usize = blocks.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).map(|block| block["allocations"].as_object().map_or(0, |a| a.len())).sum();
+    assert_eq!(allocated, 2 * EACH, "etcd's blocks must hold the {} allocations, hold {allocated}:\n{blocks}", 2 * EACH);
 }

@@ -59,6 +59,12 @@ pub struct Cluster {
     /// Where this node's lease id is kept (`<run dir>/<node>.lease`), so
     /// that an agent restarted within the TTL takes its registration over.
     pub lease_path: PathBuf,
+    /// This node's share of the cluster-wide address allocator.
+    pub ipam: Arc<registry::Ipam>,
+    /// Taken by every change that goes through etcd (API calls, publishing
+    /// rounds) for its whole length, so that they never interleave, while
+    /// the agent's lock is held only for the local steps.
+    pub changes: Arc<tokio::sync::Mutex<()>>,
     /// Stops the watch when the agent goes.
     _watch: ClusterWatch,
 }
@@ -70,12 +76,14 @@ impl Cluster {
         let watch = ClusterWatch::start(registry.clone());
         Ok(Cluster {
             snapshots: watch.snapshots(),
-            registry,
+            registry: registry.clone(),
             session: None,
             refusal: None,
             dropped: Vec::new(),
             conflicts: Vec::new(),
             revision: 0,
+            ipam: Arc::new(registry::Ipam::new(registry.clone(), node)),
+            changes: Arc::default(),
             cache_path: run_dir.join(format!("{node}.registry.json")),
             lease_path: run_dir.join(format!("{node}.lease")),
             _watch: watch,
@@ -241,6 +249,13 @@ impl AgentState {
     /// Cluster mode: creates an API network in the registry (so every node
     /// sees it) and applies the snapshot that has it.
     pub(super) async fn create_registry_network(&mut self, network: ApiNetwork) -> Result<Outcome, ChangeError> {
+        let creation = self.network_creation(network)?;
+        let snapshot = creation.create().await?;
+        self.finish_network_creation(snapshot).await
+    }
+
+    /// Cluster mode: what creating `network` in the registry takes.
+    pub(super) fn network_creation(&self, network: ApiNetwork) -> Result<NetworkCreation, ChangeError> {
         let Some(cluster) = self.cluster.as_ref() else { return Err(ChangeError::Conflict("not in cluster mode".into())) };
         let Some(subnet) = network.subnet else {
             return Err(ChangeError::Refused(vec![Problem::new(
@@ -261,58 +276,112 @@ impl AgentState {
             block_prefix_len: registry::records::DEFAULT_BLOCK_PREFIX_LEN,
             options: network.options.clone(),
         };
-        let (registry, mut snapshots) = (cluster.registry.clone(), cluster.snapshots.clone());
-        registry.create_network(&record).await?;
-        // The watch brings it within a round trip; apply it here so that the
-        // caller can use the network as soon as this returns.
-        let wait = snapshots.wait_for(|snapshot| snapshot.networks.get(&record.name) == Some(&record));
+        Ok(NetworkCreation { registry: cluster.registry.clone(), snapshots: cluster.snapshots.clone(), record })
+    }
+
+    /// Applies the snapshot that brought a network this node created.
+    pub(super) async fn finish_network_creation(&mut self, snapshot: Option<Arc<ClusterSnapshot>>) -> Result<Outcome, ChangeError> {
+        if let Some(snapshot) = snapshot {
+            self.apply_snapshot(&snapshot).await;
+        }
+        Ok(self.reconcile().await?)
+    }
+
+    /// Cluster mode: the registry claim the endpoint `origin` of the
+    /// candidate API state `api` needs before it is applied (its network
+    /// is the registry's and this node is registered), so that a claim
+    /// another node holds refuses the change with nothing applied.
+    pub(super) fn endpoint_claim(&self, api: &ApiState, origin: &Origin) -> Option<EndpointClaim> {
+        let session = self.cluster.as_ref().and_then(|c| c.session.clone())?;
+        let model = Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
+        let endpoint = model.endpoints.iter().find(|e| &e.origin == origin)?;
+        let network = model.network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry)?;
+        Some(EndpointClaim { session, record: endpoint_record(&model.node.name, &network.name, endpoint), key: origin.key.clone() })
+    }
+
+    /// Cluster mode: the registry record of API endpoint `id`, to take out
+    /// when it goes.
+    pub(super) fn endpoint_registration(&self, id: &str) -> Option<Registered> {
+        let session = self.cluster.as_ref().and_then(|c| c.session.clone())?;
+        let endpoint = self.api.endpoint(id)?.to_model();
+        let network = self.model().network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry)?.name.clone();
+        Some(Registered { session, network, mac: endpoint.mac })
+    }
+}
+
+/// A network to create in the registry (taken under the agent's lock,
+/// created without it).
+pub(super) struct NetworkCreation {
+    registry: Registry,
+    snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
+    record: NetworkRecord,
+}
+
+impl NetworkCreation {
+    /// Creates the network in etcd and waits (up to 10 s) for the snapshot
+    /// that has it, so that the caller can use the network as soon as the
+    /// change returns.
+    pub(super) async fn create(mut self) -> Result<Option<Arc<ClusterSnapshot>>, ChangeError> {
+        self.registry.create_network(&self.record).await?;
+        let record = &self.record;
+        let wait = self.snapshots.wait_for(|snapshot| snapshot.networks.get(&record.name) == Some(record));
         // (The watch's guard is not Send: only the snapshot leaves this statement.)
         let snapshot = match tokio::time::timeout(Duration::from_secs(10), wait).await {
             Ok(Ok(snapshot)) => Some(Arc::clone(&snapshot)),
             _ => None,
         };
-        match snapshot {
-            Some(snapshot) => self.apply_snapshot(&snapshot).await,
-            None => log::warn!("network {} was created in etcd but the watch has not brought it yet", record.name),
+        if snapshot.is_none() {
+            log::warn!("network {} was created in etcd but the watch has not brought it yet", record.name);
         }
-        Ok(self.reconcile().await?)
+        Ok(snapshot)
     }
+}
 
-    /// Cluster mode: registers the endpoint `origin` of the candidate API
-    /// state `api` before it is applied, so that a claim another node holds
-    /// refuses the change with nothing applied. Returns what to unregister
-    /// if the local change fails. While etcd is unreachable the endpoint is
-    /// applied locally and published later.
-    pub(super) async fn register_first(&self, api: &ApiState, origin: &Origin) -> Result<Option<(String, MacAddr)>, ChangeError> {
-        let Some(session) = self.cluster.as_ref().and_then(|c| c.session.clone()) else { return Ok(None) };
-        let model = Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
-        let Some(endpoint) = model.endpoints.iter().find(|e| &e.origin == origin) else { return Ok(None) };
-        let Some(network) = model.network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry) else { return Ok(None) };
-        let record = endpoint_record(&model.node.name, &network.name, endpoint);
-        if let SessionState::Unreachable { error } = &*session.state().borrow() {
+/// An endpoint record to register before the endpoint is applied.
+pub(super) struct EndpointClaim {
+    session: Arc<NodeSession>,
+    record: EndpointRecord,
+    /// The endpoint's key in its source (for the log).
+    key: String,
+}
+
+impl EndpointClaim {
+    /// Registers the record. A refusal (MAC or address held by another
+    /// endpoint) is the change's refusal; while etcd is unreachable the
+    /// endpoint goes ahead locally and is published when etcd answers.
+    pub(super) async fn register(self) -> Result<Option<Registered>, ChangeError> {
+        if let SessionState::Unreachable { error } = &*self.session.state().borrow() {
             // Known down: no request to wait out (the keep-alive probes it).
-            log::info!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", origin.key);
+            log::info!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", self.key);
             return Ok(None);
         }
-        match session.register_endpoint(record.clone()).await {
-            Ok(()) => Ok(Some((record.network, record.mac))),
+        match self.session.register_endpoint(self.record.clone()).await {
+            Ok(()) => Ok(Some(Registered { session: self.session, network: self.record.network, mac: self.record.mac })),
             Err(RegistryError::Etcd(error)) => {
-                log::warn!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", origin.key);
+                log::warn!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", self.key);
                 Ok(None)
             }
             Err(error) => {
-                log::warn!("endpoint {} refused by the cluster registry, nothing applied: {error}", origin.key);
+                log::warn!("endpoint {} refused by the cluster registry, nothing applied: {error}", self.key);
                 Err(error.into())
             }
         }
     }
+}
 
-    /// Cluster mode: takes an endpoint out of the registry (errors are
-    /// retried by the publishing round).
-    pub(super) async fn unregister(&self, network: &str, mac: MacAddr) {
-        let Some(session) = self.cluster.as_ref().and_then(|c| c.session.clone()) else { return };
-        if let Err(error) = session.remove_endpoint(network, mac).await {
-            log::warn!("removing endpoint {mac} of network {network} from etcd: {error}; retried later");
+/// An endpoint record this node holds in the registry.
+pub(super) struct Registered {
+    session: Arc<NodeSession>,
+    network: String,
+    mac: MacAddr,
+}
+
+impl Registered {
+    /// Takes the record out of the registry (a failure is retried by the
+    /// publishing rounds).
+    pub(super) async fn undo(self) {
+        if let Err(error) = self.session.remove_endpoint(&self.network, self.mac).await {
+            log::warn!("removing endpoint {} of network {} from etcd: {error}; retried later", self.mac, self.network);
         }
     }
 }

@@ -30,32 +30,35 @@ const REFUSED_RETRY_CEILING: Duration = Duration::from_secs(60);
 
 /// Runs the registry side of the agent until it is aborted.
 pub async fn follow(shared: Shared, record: NodeRecord, changed: tokio::sync::mpsc::Sender<()>) {
-    let (registry, mut snapshots) = {
+    let (registry, mut snapshots, gate) = {
         let agent = shared.lock().await;
         let Some(cluster) = agent.cluster.as_ref() else { return };
-        (cluster.registry.clone(), cluster.snapshots.clone())
+        (cluster.registry.clone(), cluster.snapshots.clone(), cluster.changes.clone())
     };
     let registered = Arc::new(Notify::new());
     tokio::spawn(register(shared.clone(), registry, record, changed.clone(), registered.clone()));
     let mut publisher = Publisher::default();
     let mut ticker = tokio::time::interval(PUBLISH_PERIOD);
     loop {
-        let plan = tokio::select! {
+        tokio::select! {
             result = snapshots.changed() => {
                 if result.is_err() {
                     return;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                let mut agent = shared.lock().await;
-                agent.apply_snapshot(&snapshot).await;
-                Plan::of(&agent)
+                shared.lock().await.apply_snapshot(&snapshot).await;
             }
-            _ = ticker.tick() => Plan::of(&*shared.lock().await),
-            _ = registered.notified() => Plan::of(&*shared.lock().await),
-        };
+            _ = ticker.tick() => {}
+            _ = registered.notified() => {}
+        }
+        // An API change under way finishes first (it may have registered
+        // an endpoint it has not applied yet).
+        let turn = gate.clone().lock_owned().await;
+        let plan = Plan::of(&*shared.lock().await);
         if let Some(plan) = plan {
             publisher.publish(plan).await;
         }
+        drop(turn);
         let _ = changed.try_send(());
     }
 }

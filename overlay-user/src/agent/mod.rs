@@ -3,6 +3,8 @@
 //! SIGHUP, on a change of the file, on an API call, and while an endpoint
 //! waits for its interface. SIGINT/SIGTERM detach (or leave the datapath
 //! pinned with `keep_datapath`).
+mod addresses;
+pub mod changes;
 pub mod cluster;
 mod cluster_follow;
 mod state;
@@ -15,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+pub use addresses::{AddressError, Allocated};
 pub use state::{AgentState, ChangeError, ReloadError, api_state_path, render_for_file};
 use tokio::{
     io::unix::AsyncFd,
