@@ -160,7 +160,9 @@ fn etcd_outage_loses_no_packet_and_changes_made_meanwhile_arrive() {
     std::thread::sleep(Duration::from_secs(2));
     etcd.kill(0);
     // Meanwhile h3's container is added: applied on h3, published when etcd returns.
+    let added = Instant::now();
     add_endpoint(&lab, 2);
+    println!("an API endpoint added while etcd was down took {:?}", added.elapsed());
     std::thread::sleep(Duration::from_secs(8));
     etcd.restart(0).expect("restarting etcd");
     etcd.wait_healthy(0).expect("etcd healthy again");
@@ -169,6 +171,17 @@ fn etcd_outage_loses_no_packet_and_changes_made_meanwhile_arrive() {
     assert!(summary.contains("1500 packets transmitted, 1500 received"), "expected no loss while etcd was down, got:\n{summary}\n{}", lab.agent_logs());
     wait_for(&lab, "h1 reaching h3's container added while etcd was down", || reaches(&lab, 0, 2));
     wait_for(&lab, "h3 reaching h2", || reaches(&lab, 2, 1));
+    // etcd being down is logged when it starts and when it ends, not at every retry.
+    for agent in &lab.agents {
+        let mut warnings: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for line in agent.log().lines().filter(|line| line.contains(" WARN ")) {
+            let message = line.split_once(']').map_or(line, |(_, message)| message).to_owned();
+            *warnings.entry(message).or_default() += 1;
+        }
+        println!("{}: {} warning(s) over the outage: {warnings:#?}", agent.host, warnings.values().sum::<usize>());
+        let repeated: Vec<_> = warnings.iter().filter(|(_, count)| **count > 2).collect();
+        assert!(repeated.is_empty(), "{}: warnings repeated while etcd was down: {repeated:#?}\n{}", agent.host, agent.log());
+    }
 }
 
 /// `etcdctl ARGS` against `etcd`, run on the lab's underlay (where etcd listens).
