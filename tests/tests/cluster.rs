@@ -155,20 +155,33 @@ fn etcd_outage_loses_no_packet_and_changes_made_meanwhile_arrive() {
         .netns
         .command("ping")
         .args(["-q", "-i", "0.01", "-c", "1500", "-W", "1", &container_ip(1).to_string()])
-        .output();
-    let flood = std::thread::spawn(move || flood);
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting ping");
+    // An address handed out by h3 before: its block is h3's.
+    call(&lab, "h3", Method::POST, "/v1/networks/blue/addresses", Some(json!({"owner": "test:before"})));
+    let allocated_before = call(&lab, "h3", Method::GET, "/v1/networks/blue/addresses", None).as_array().map_or(0, Vec::len);
     std::thread::sleep(Duration::from_secs(2));
     etcd.kill(0);
     // Meanwhile h3's container is added: applied on h3, published when etcd returns.
     let added = Instant::now();
     add_endpoint(&lab, 2);
     println!("an API endpoint added while etcd was down took {:?}", added.elapsed());
-    std::thread::sleep(Duration::from_secs(8));
+    // An allocation cannot be made durable: refused (503) within the request
+    // timeout, not left hanging, and handed back (no leak).
+    let asked = Instant::now();
+    let refusal = refused(&lab, "h3", Method::POST, "/v1/networks/blue/addresses", json!({"owner": "test:outage"}));
+    println!("an allocation while etcd was down was refused after {:?}: {}", asked.elapsed(), refusal.error);
+    assert_eq!(refusal.status, 503, "an allocation etcd cannot store: expected 503, got {refusal:?}");
+    std::thread::sleep(Duration::from_secs(2));
     etcd.restart(0).expect("restarting etcd");
     etcd.wait_healthy(0).expect("etcd healthy again");
-    let output = flood.join().unwrap().expect("running ping");
+    let output = flood.wait_with_output().expect("running ping");
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(summary.contains("1500 packets transmitted, 1500 received"), "expected no loss while etcd was down, got:\n{summary}\n{}", lab.agent_logs());
+    call(&lab, "h3", Method::POST, "/v1/networks/blue/addresses", Some(json!({"owner": "test:after"})));
+    let allocated_after = call(&lab, "h3", Method::GET, "/v1/networks/blue/addresses", None).as_array().map_or(0, Vec::len);
+    assert_eq!(allocated_after, allocated_before + 1, "the allocation refused during the outage must not stay allocated (before {allocated_before}, after one more {allocated_after})");
     wait_for(&lab, "h1 reaching h3's container added while etcd was down", || reaches(&lab, 0, 2));
     wait_for(&lab, "h3 reaching h2", || reaches(&lab, 2, 1));
     // etcd being down is logged when it starts and when it ends, not at every retry.

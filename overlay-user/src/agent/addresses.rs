@@ -55,6 +55,7 @@ impl AgentState {
         Ok(match &self.cluster {
             Some(cluster) if source == SourceKind::Registry => Some(ClusterAllocator {
                 ipam: cluster.ipam.clone(),
+                timeout: cluster.registry.settings().request_timeout,
                 network: network.into(),
                 subnet,
                 used: endpoint_holders(&model, network),
@@ -159,6 +160,8 @@ fn endpoint_holders(model: &Model, network: &str) -> Holders {
 /// model says its endpoints use.
 pub(super) struct ClusterAllocator {
     ipam: std::sync::Arc<crate::registry::Ipam>,
+    /// Longest wait for etcd to have a change (its request timeout).
+    timeout: std::time::Duration,
     network: String,
     subnet: Ipv4Net,
     used: Holders,
@@ -177,7 +180,11 @@ impl ClusterAllocator {
             }
             None => allocate_unused(&self.ipam, &self.used, network, owner).await?,
         };
-        self.ipam.flush().await?;
+        if let Err(error) = self.flush().await {
+            // Not durable: handed back, so that a retry does not leak it.
+            self.ipam.release(network, address).await?;
+            return Err(error);
+        }
         Ok(Allocated { allocation: Allocation { network: network.into(), address, owner: owner.into() }, subnet: self.subnet })
     }
 
@@ -186,8 +193,21 @@ impl ClusterAllocator {
         if !self.ipam.release(&self.network, address).await? {
             return Err(AddressError::NotAllocated { network: self.network, address });
         }
-        self.ipam.flush().await?;
-        Ok(())
+        // (Not durable yet on a timeout: the flusher writes it when etcd answers.)
+        self.flush().await
+    }
+
+    /// Waits until etcd has every change, within the request timeout: the
+    /// flusher waits for an unreachable etcd for as long as it takes, a
+    /// caller (and the API changes queued behind it) must not.
+    async fn flush(&self) -> Result<(), AddressError> {
+        match tokio::time::timeout(self.timeout, self.ipam.flush()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                let message = format!("writing the allocation: no answer within {:?}", self.timeout);
+                Err(RegistryError::Etcd(etcd_client::Error::IoError(std::io::Error::new(std::io::ErrorKind::TimedOut, message))).into())
+            }
+        }
     }
 }
 
