@@ -5,12 +5,7 @@
 //! to. Kept as the records' JSON by key and read back through
 //! [`RegistryStore`], like an answer of etcd, so a bad file is reported as
 //! bad records, never half-trusted.
-use std::{
-    io::{self, Write as _},
-    net::IpAddr,
-    os::unix::fs::OpenOptionsExt as _,
-    path::Path,
-};
+use std::{io, net::IpAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +28,8 @@ struct CachedRecord {
     lease: i64,
 }
 
-/// Writes `snapshot` to `path` atomically (a temporary file renamed over
-/// it), mode 0600: it names every node and endpoint of the cluster.
+/// Writes `snapshot` to `path` atomically, mode 0600: it names every node
+/// and endpoint of the cluster.
 pub fn save(path: &Path, layout: &KeyLayout, snapshot: &ClusterSnapshot) -> io::Result<()> {
     let record = |key: String, value: String, create_revision: i64, lease: i64| CachedRecord { key, value, create_revision, lease };
     let mut records = Vec::new();
@@ -42,12 +37,7 @@ pub fn save(path: &Path, layout: &KeyLayout, snapshot: &ClusterSnapshot) -> io::
     records.extend(snapshot.networks.values().map(|n| record(layout.network(&n.name), n.to_json(), 0, 0)));
     records.extend(snapshot.endpoints.values().map(|e| record(layout.endpoint(&e.network, e.mac), e.to_json(), 0, 0)));
     records.extend(snapshot.blocks.values().map(|b| record(layout.block(&b.network, IpAddr::V4(b.cidr.network())), b.to_json(), 0, 0)));
-    let text = serde_json::to_vec(&Cached { revision: snapshot.revision, records }).map_err(io::Error::other)?;
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    crate::private_file::write_json(path, &Cached { revision: snapshot.revision, records })
 }
 
 /// The snapshot saved at `path`; `None` when there is none.
