@@ -55,6 +55,9 @@ pub struct Cluster {
     pub summary: String,
     /// Registry items left out: they conflict with this node's own.
     pub left_out: Vec<String>,
+    /// Refused claims between this node and another (either side).
+    #[serde(default)]
+    pub conflicts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

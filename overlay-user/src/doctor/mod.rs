@@ -201,12 +201,27 @@ pub fn diagnose(options: &Options) -> Vec<Finding> {
     }
     let datapath = DatapathState::read(&config, options);
     findings.extend(datapath.findings(&config, options));
+    findings.extend(cluster_findings(datapath.status.as_ref().filter(|_| datapath.agent_running)));
     if underlay_exists {
         findings.extend(offload_findings(underlay, datapath.xdp_mode.as_deref()));
         findings.push(forwarding_finding(underlay, datapath.running()));
     }
     findings.extend(firewall_findings(config.node.vxlan_port));
     findings.extend(peer_findings(&config, &datapath, options));
+    findings
+}
+
+/// Cluster mode, as the running agent reports it: each conflict between
+/// this node and another, and each registry item left out, is a warning
+/// (the later claim is refused and nothing was overwritten).
+fn cluster_findings(status: Option<&NodeStatus>) -> Vec<Finding> {
+    let Some(cluster) = status.and_then(|status| status.cluster.as_ref()) else { return Vec::new() };
+    let fix = "give one of the two another name, VTEP address, MAC or IP address (the later claim stays refused until then)";
+    let mut findings: Vec<Finding> = cluster.conflicts.iter().map(|conflict| Finding::warn("cluster-conflict", conflict.clone(), fix)).collect();
+    findings.extend(cluster.left_out.iter().map(|item| Finding::warn("cluster-conflict", format!("registry item left out: {item}"), fix)));
+    if findings.is_empty() {
+        findings.push(Finding::ok("cluster", cluster.summary.clone()));
+    }
     findings
 }
 

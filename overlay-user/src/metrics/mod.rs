@@ -303,6 +303,14 @@ impl Collector for Snapshot {
             "When the configuration file was last loaded (at start, on SIGHUP or on a change), in seconds since the Unix epoch.",
             Some(&Unit::Seconds),
             at as i64,
+        )?;
+        let Some(cluster) = &status.cluster else { return Ok(()) };
+        gauge(
+            &mut encoder,
+            "overlay_cluster_conflicts",
+            "Cluster mode: refused claims between this node and another (either side), and registry items left out because they conflict with this node's own.",
+            None,
+            (cluster.conflicts.len() + cluster.left_out.len()) as i64,
         )
     }
 }
