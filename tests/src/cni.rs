@@ -49,11 +49,9 @@ impl CniLab {
         let etcd = EtcdCluster::start_in_netns(scope, lab.wire.name(), ETCD_ADDRESS)?;
         let url = etcd.client_url(0);
         lab.start_agents_with_args(&overlay_binary()?, &["--etcd", &url, "--etcd-lease-ttl", "5"])?;
-        let output = lab
-            .overlay_command("h1", &overlay_binary()?, &["network", "create", NETWORK, "--vni", &VNI.to_string(), "--subnet", SUBNET, "--node", "h1"])?
-            .output()?;
-        anyhow::ensure!(output.status.success(), "creating network {NETWORK}: {}", String::from_utf8_lossy(&output.stderr));
         let lab = CniLab { etcd, lab };
+        let output = lab.overlay("h1", &["network", "create", NETWORK, "--vni", &VNI.to_string(), "--subnet", SUBNET])?;
+        anyhow::ensure!(output.status.success(), "creating network {NETWORK}: {}", String::from_utf8_lossy(&output.stderr));
         for index in 1..hosts {
             let node = format!("h{}", index + 1);
             lab.wait_for_network(&node)?;
@@ -66,11 +64,18 @@ impl CniLab {
         self.lab.dir.join("run").join(format!("{host}.sock"))
     }
 
+    /// `overlay ARGS --socket <host's socket>` on `host`, as an operator runs it.
+    pub fn overlay(&self, host: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let binary = overlay_binary()?;
+        let mut command = self.lab.host(host).netns.command(binary.to_str().context("overlay path is not UTF-8")?);
+        Ok(command.args(args).arg("--socket").arg(self.socket(host)).output()?)
+    }
+
     /// Waits until `host`'s agent knows [`NETWORK`] (learned from etcd).
     fn wait_for_network(&self, host: &str) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let output = self.lab.overlay_command(host, &overlay_binary()?, &["network", "ls", "--node", host])?.output()?;
+            let output = self.overlay(host, &["network", "ls"])?;
             if String::from_utf8_lossy(&output.stdout).lines().any(|line| line.split_whitespace().next() == Some(NETWORK)) {
                 return Ok(());
             }

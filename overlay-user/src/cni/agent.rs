@@ -7,29 +7,13 @@ use std::{
 };
 
 use rscni_plugin::error::Error;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{OUR_CODE, conf::PLUGIN_TYPE, internal};
 use crate::api::{
     client::{self, ClientError, Method},
-    views::{EndpointView, NetworkView, NodeView},
+    views::{AllocationView, EndpointView, NetworkView, NodeView},
 };
-
-/// An address the agent handed out (`POST /v1/networks/NAME/addresses`).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Allocation {
-    pub address: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-/// One row of `GET /v1/networks/NAME/addresses`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct AllocationRow {
-    pub address: Ipv4Addr,
-    #[serde(default)]
-    pub owner: String,
-}
 
 pub struct Agent {
     socket: PathBuf,
@@ -71,7 +55,7 @@ impl Agent {
     }
 
     /// An address in `network` for `owner`: `requested`, or the agent's choice.
-    pub fn allocate(&self, network: &str, requested: Option<Ipv4Addr>, owner: &str) -> Result<Allocation, Error> {
+    pub fn allocate(&self, network: &str, requested: Option<Ipv4Addr>, owner: &str) -> Result<AllocationView, Error> {
         let path = format!("/v1/networks/{network}/addresses");
         let mut body = serde_json::json!({"owner": owner});
         if let Some(address) = requested {
@@ -89,7 +73,7 @@ impl Agent {
     }
 
     /// Every allocation of `network`; none when the network is gone.
-    pub fn allocations(&self, network: &str) -> Result<Vec<AllocationRow>, Error> {
+    pub fn allocations(&self, network: &str) -> Result<Vec<AllocationView>, Error> {
         Ok(self.get(&format!("/v1/networks/{network}/addresses"))?.unwrap_or_default())
     }
 

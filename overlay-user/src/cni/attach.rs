@@ -16,12 +16,13 @@ use rscni_plugin::{
 use rtnetlink::RouteMessageBuilder;
 
 use super::{
-    agent::{Agent, Allocation},
+    agent::Agent,
     check_failed, host_namespace, internal,
     conf::{Attachment, PluginConf, Requested, RouteConf},
     netns::Namespace,
 };
 use crate::{
+    api::views::AllocationView,
     model::MacAddr,
     veth::{self, VethError, VethPair},
 };
@@ -111,7 +112,7 @@ fn build(
     attachment: &Attachment,
     routes: &[RouteConf],
     mac: MacAddr,
-    allocation: &Allocation,
+    allocation: &AllocationView,
     mtu: u32,
 ) -> Result<MacAddr, Error> {
     let container_fd = container.file.try_clone().map_err(|error| internal(format!("duplicating {}: {error}", container.label)))?;
