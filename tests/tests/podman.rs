@@ -174,18 +174,20 @@ fn podman_containers_on_two_hosts_ping_and_move_bytes() {
     let data = format!("{}:/data", podman.dir.join("data").display());
     let server = format!("ovl-podman-{}-server", std::process::id());
 
-    // The server on h2 receives into /data until the client half-closes
+    // The server on h2, at the address and MAC it asks for (Podman passes
+    // them as CNI_ARGS IP= and MAC=), receives into /data until the client half-closes
     // (its nc's own stdin is /dev/null: `-e` keeps that from closing the
     // connection at once).
     podman.expect(
         "starting the server on h2",
-        &["run", "-d", "--name", &server, "--network", &net2, "--cgroup-parent", &podman.cgroup_parent, "-v", &data, "--rootfs", &rootfs, "/bin/busybox", "sh", "-c", "nc -l -p 5000 -e /bin/busybox sh -c 'cat > /data/received'"],
+        &["run", "-d", "--name", &server, "--network", &net2, "--ip", "10.10.0.20", "--mac-address", "02:00:00:00:20:20", "--cgroup-parent", &podman.cgroup_parent, "-v", &data, "--rootfs", &rootfs, "/bin/busybox", "sh", "-c", "nc -l -p 5000 -e /bin/busybox sh -c 'cat > /data/received'"],
     );
     let server_ip = container_address(&podman, &server, &net2);
+    assert_eq!(server_ip, Ipv4Addr::new(10, 10, 0, 20), "the server asked for --ip 10.10.0.20");
     let h2 = endpoints(&lab.socket("h2"));
     assert!(
-        h2.iter().any(|e| e.ipv4 == Some(server_ip) && e.owner.kind.to_string() == "cni" && e.state == "applied"),
-        "h2's agent should hold the server ({server_ip}) as an applied cni endpoint: {h2:?}"
+        h2.iter().any(|e| e.ipv4 == Some(server_ip) && e.mac.to_string() == "02:00:00:00:20:20" && e.owner.kind.to_string() == "cni" && e.state == "applied"),
+        "h2's agent should hold the server ({server_ip}, --mac-address 02:00:00:00:20:20) as an applied cni endpoint: {h2:?}"
     );
 
     // The client on h1: waits for the path (h1 learns h2's endpoint from
