@@ -54,20 +54,31 @@ pub fn add(args: &Args) -> Result<CNIResult, Error> {
     let mac = requested.mac.unwrap_or_else(random_mac);
     let allocation = agent.allocate(&conf.network, requested.ip, &attachment.address_owner())?;
 
-    let built = build(&host, &container, &attachment, &conf.routes, mac, &allocation, mtu).and_then(|host_mac| {
+    // Undo exactly what this invocation did: a repeated ADD that finds the
+    // veth there must not take the first one's veth or endpoint with it.
+    let (mut created, mut registered) = (false, false);
+    let mut attach = || -> Result<MacAddr, Error> {
+        let host_mac = create_veth(&host, &container, &attachment, mac, mtu)?;
+        created = true;
+        configure_container(&container, &attachment, &conf.routes, &allocation)?;
         let endpoint = agent.add_endpoint(&conf.network, &attachment.host_interface(), &mac.to_string(), allocation.address, &attachment.container_id)?;
+        registered = true;
         if endpoint.state != "applied" {
             return Err(internal(format!("the agent holds endpoint {} as {}: {}", endpoint.id, endpoint.state, endpoint.reason)));
         }
         Ok(host_mac)
-    });
-    let host_mac = match built {
+    };
+    let host_mac = match attach() {
         Ok(host_mac) => host_mac,
         Err(error) => {
             // Best effort: the error that stopped ADD is the one to report.
             let name = attachment.host_interface();
-            let _ = agent.remove_endpoint(&name);
-            let _ = host.run(move |handle| async move { veth::delete_link(&handle, &name).await.map_err(veth_error) });
+            if registered {
+                let _ = agent.remove_endpoint(&name);
+            }
+            if created {
+                let _ = host.run(move |handle| async move { veth::delete_link(&handle, &name).await.map_err(veth_error) });
+            }
             let _ = agent.release(&conf.network, allocation.address);
             return Err(error);
         }
@@ -104,28 +115,24 @@ pub fn add(args: &Args) -> Result<CNIResult, Error> {
     })
 }
 
-/// The veth (host end up in `host`, container end configured in
-/// `container`); returns the host end's MAC.
-fn build(
-    host: &Namespace,
-    container: &Namespace,
-    attachment: &Attachment,
-    routes: &[RouteConf],
-    mac: MacAddr,
-    allocation: &AllocationView,
-    mtu: u32,
-) -> Result<MacAddr, Error> {
+/// The veth, its host end up in `host` and its other end (named as the
+/// runtime asked, with the container's MAC) in `container`; returns the host
+/// end's MAC.
+fn create_veth(host: &Namespace, container: &Namespace, attachment: &Attachment, mac: MacAddr, mtu: u32) -> Result<MacAddr, Error> {
     let container_fd = container.file.try_clone().map_err(|error| internal(format!("duplicating {}: {error}", container.label)))?;
     let (host_name, ifname) = (attachment.host_interface(), attachment.ifname.clone());
-    let host_mac = host.run(move |handle| async move {
+    host.run(move |handle| async move {
         let pair = VethPair { host: &host_name, peer: &ifname, peer_netns: container_fd.as_fd(), peer_mac: mac.0, mtu };
         veth::create_pair(&handle, &pair).await.map_err(veth_error)?;
         let link = veth::link_by_name(&handle, &host_name).await.map_err(veth_error)?;
         let link = link.ok_or_else(|| internal(format!("{host_name} vanished after its creation")))?;
         veth::set_up(&handle, link.header.index, &host_name).await.map_err(veth_error)?;
         veth::link_mac(&link).map(MacAddr).ok_or_else(|| internal(format!("{host_name} has no MAC")))
-    })?;
+    })
+}
 
+/// The container's end: its address, up, its routes, GRO on.
+fn configure_container(container: &Namespace, attachment: &Attachment, routes: &[RouteConf], allocation: &AllocationView) -> Result<(), Error> {
     let (ifname, routes, address, prefix_len) = (attachment.ifname.clone(), routes.to_vec(), allocation.address, allocation.prefix_len);
     container.run(move |handle| async move {
         let link = veth::link_by_name(&handle, &ifname).await.map_err(veth_error)?;
@@ -141,8 +148,7 @@ fn build(
             handle.route().add(message.build()).execute().await.map_err(failed(format!("adding the route to {}", route.dst)))?;
         }
         crate::netdev::set_gro(&ifname, true).map_err(|error| internal(format!("turning GRO on for {ifname}: {error}")))
-    })?;
-    Ok(host_mac)
+    })
 }
 
 /// CHECK: the endpoint is at the agent and applied, both veth ends exist,
