@@ -192,13 +192,17 @@ fn gc_removes_attachments_not_listed_and_a_taken_address_is_refused() {
     add_kept.args = Some("IgnoreUnknown=1;K8S_POD_NAME=kept;IP=10.10.0.50;MAC=02:00:00:00:aa:01".into());
     let added = expect_success("ADD with IP= and MAC=", run(&add_kept, &conf));
     assert_eq!((result_address(&added), added["interfaces"][1]["mac"].as_str()), (Ipv4Addr::new(10, 10, 0, 50), Some("02:00:00:00:aa:01")), "{added}");
+    // The MAC through runtimeConfig (the `mac` capability).
     let add_stale = CniEnv::attachment("ADD", stale_id, &netns_path(&stale), "eth0");
-    expect_success("ADD of the stale one", run(&add_stale, &conf));
+    let mut stale_conf = conf.clone();
+    stale_conf["runtimeConfig"] = json!({"mac": "02:00:00:00:aa:02"});
+    let added = expect_success("ADD with runtimeConfig.mac", run(&add_stale, &stale_conf));
+    assert_eq!(added["interfaces"][1]["mac"].as_str(), Some("02:00:00:00:aa:02"), "{added}");
 
     // The same ADDs again: refused (the address is held; the veth exists),
     // and the first attachments keep their veths, endpoints and addresses.
     expect_error("a repeated ADD with IP=", &run(&add_kept, &conf), 999, "10.10.0.50");
-    expect_error("a repeated ADD", &run(&add_stale, &conf), 999, "exists");
+    expect_error("a repeated ADD", &run(&add_stale, &stale_conf), 999, "exists");
     for (id, netns) in [(kept_id, &kept), (stale_id, &stale)] {
         expect_success("CHECK after a repeated ADD", run(&CniEnv::attachment("CHECK", id, &netns_path(netns), "eth0"), &conf));
     }
@@ -206,11 +210,12 @@ fn gc_removes_attachments_not_listed_and_a_taken_address_is_refused() {
     owners.sort();
     assert_eq!(owners, vec![address_owner(kept_id, "eth0"), address_owner(stale_id, "eth0")], "a repeated ADD must give back the address it took");
 
-    // The same address for a third container: refused naming it, nothing built.
+    // The same address for a third container (runtimeConfig.ips, the `ips`
+    // capability): refused naming it, nothing built.
     let third = Netns::new("cnigc", "third").unwrap();
-    let mut add_third = CniEnv::attachment("ADD", "9e9e0000000000a3", &netns_path(&third), "eth0");
-    add_third.args = Some("IP=10.10.0.50".into());
-    expect_error("ADD of a taken address", &run(&add_third, &conf), 999, "10.10.0.50");
+    let mut third_conf = conf.clone();
+    third_conf["runtimeConfig"] = json!({"ips": ["10.10.0.50/24"]});
+    expect_error("ADD of a taken address", &run(&CniEnv::attachment("ADD", "9e9e0000000000a3", &netns_path(&third), "eth0"), &third_conf), 999, "10.10.0.50");
     assert_eq!(links(&third).lines().count(), 1, "a refused ADD must build nothing:\n{}", links(&third));
     assert_eq!(endpoints(&h1).len(), 2, "a refused ADD must register nothing: {:?}", endpoints(&h1));
 
