@@ -71,6 +71,7 @@ impl Podman {
         std::fs::copy(BUSYBOX, dir.join("rootfs/bin/busybox")).unwrap();
         let payload: Vec<u8> = (0..PAYLOAD as u64).map(pattern_byte).collect();
         std::fs::write(dir.join("rootfs/payload"), payload).unwrap();
+        overlay_lab::netns::at_interrupt(podman.cleaner());
         podman
     }
 
@@ -109,21 +110,41 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        // Containers first (their DEL runs while the agents still answer),
-        // then storage (unmounts its overlay mounts), CNI results, cgroups.
-        let _ = self.run(&["rm", "--force", "--all", "--time", "0"]);
-        let _ = self.run(&["system", "reset", "--force"]);
-        if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if self.networks.iter().any(|network| name.starts_with(&format!("{network}-"))) {
-                    let _ = std::fs::remove_file(entry.path());
+        self.cleaner()();
+    }
+}
+
+impl Podman {
+    /// What removes everything Podman made for this test: run on drop, and
+    /// on an interrupt (where destructors do not run).
+    fn cleaner(&self) -> impl FnOnce() + Send + 'static {
+        let (dir, networks, cgroup_parent) = (self.dir.clone(), self.networks.clone(), self.cgroup_parent.clone());
+        move || {
+            let podman = |args: &[&str]| {
+                let _ = Command::new("timeout")
+                    .args(["120", PODMAN])
+                    .args(args)
+                    .env("CONTAINERS_CONF", dir.join("containers.conf"))
+                    .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+                    .output();
+            };
+            // Containers first (their DEL runs while the agents still answer),
+            // then storage (unmounts its mounts), CNI results, cgroups.
+            podman(&["rm", "--force", "--all", "--time", "0"]);
+            podman(&["system", "reset", "--force"]);
+            if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if networks.iter().any(|network| name.starts_with(&format!("{network}-"))) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
                 }
             }
+            remove_cgroups(&cgroup_parent);
+            for sub in ["graph", "run"] {
+                let _ = Command::new("umount").args(["-R", "-l"]).arg(dir.join(sub)).output();
+            }
         }
-        remove_cgroups(&self.cgroup_parent);
-        let _ = Command::new("umount").args(["-R", "-l"]).arg(self.dir.join("graph")).output();
-        let _ = Command::new("umount").args(["-R", "-l"]).arg(self.dir.join("run")).output();
     }
 }
 
