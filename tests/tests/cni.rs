@@ -4,7 +4,8 @@
 //! container that reaches another host's; CHECK notices an interface
 //! deleted behind its back; DEL is idempotent (twice, and after the
 //! namespace is gone); GC removes what `cni.dev/valid-attachments` does not
-//! list and keeps what it lists.
+//! list and keeps what it lists; as another plugin's IPAM it hands out
+//! addresses and builds nothing.
 use std::{net::Ipv4Addr, path::Path, time::{Duration, Instant}};
 
 use overlay::{
@@ -234,4 +235,20 @@ fn gc_removes_attachments_not_listed_and_a_taken_address_is_refused() {
     expect_success("STATUS with the agent up", run(&status, &conf));
     expect_success("DEL of the kept container", run(&CniEnv::attachment("DEL", kept_id, &netns_path(&kept), "eth0"), &conf));
     assert!(endpoints(&h1).is_empty() && address_owners(&h1).is_empty(), "after DEL nothing is left: {:?} {:?}", endpoints(&h1), address_owners(&h1));
+
+    // As another plugin's IPAM: an address and nothing built; the main role's GC leaves it alone.
+    let ipam_conf = json!({"cniVersion": "1.0.0", "name": "blue-macvlan", "type": "macvlan", "ipam": {"type": "overlay-cni", "agent_socket": h1, "network": NETWORK}});
+    let ipam_env = |command: &str| CniEnv::attachment(command, "9e9e0000000000b1", &netns_path(&third), "net1");
+    let allocated = expect_success("ADD as IPAM", run(&ipam_env("ADD"), &ipam_conf));
+    assert!(allocated.get("interfaces").is_none() && result_address(&allocated).octets()[..3] == [10, 10, 0], "an IPAM result is an address of the network and no interface: {allocated}");
+    assert_eq!(links(&third).lines().count(), 1, "the IPAM role builds nothing:\n{}", links(&third));
+    assert_eq!(address_owners(&h1), vec!["cni-ipam:9e9e0000000000b1:net1".to_owned()]);
+    let mut gc_none = conf.clone();
+    gc_none["cni.dev/valid-attachments"] = json!([]);
+    expect_success("GC of the main role with nothing valid", run(&gc, &gc_none));
+    expect_success("CHECK as IPAM after the main role's GC", run(&ipam_env("CHECK"), &ipam_conf));
+    expect_success("DEL as IPAM", run(&ipam_env("DEL"), &ipam_conf));
+    assert!(address_owners(&h1).is_empty(), "DEL as IPAM gives the address back: {:?}", address_owners(&h1));
+    expect_success("DEL as IPAM again", run(&ipam_env("DEL"), &ipam_conf));
+    expect_error("CHECK as IPAM after DEL", &run(&ipam_env("CHECK"), &ipam_conf), 999, "cni-ipam:9e9e0000000000b1:net1");
 }

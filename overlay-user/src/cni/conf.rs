@@ -64,7 +64,7 @@ pub struct Requested {
     pub mac: Option<MacAddr>,
 }
 
-fn invalid(field: &str, value: &Value, message: &str) -> Error {
+pub(super) fn invalid(field: &str, value: &Value, message: &str) -> Error {
     Error::InvalidNetworkConfig(format!("{field} = {value}: {message}"))
 }
 
@@ -115,7 +115,7 @@ impl PluginConf {
     }
 }
 
-fn parse_routes(value: &Value) -> Result<Vec<RouteConf>, Error> {
+pub(super) fn parse_routes(value: &Value) -> Result<Vec<RouteConf>, Error> {
     let Some(list) = value.as_array() else { return Err(invalid("ipam.routes", value, "must be a list of {dst, gw?}")) };
     list.iter()
         .enumerate()

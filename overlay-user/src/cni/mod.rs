@@ -7,13 +7,14 @@
 //! The protocol (variables, version negotiation, result layouts, the error
 //! JSON on stdout) is the `rscni-plugin` crate's; what each command does is
 //! here: ADD and CHECK in [`attach`], DEL and GC in [`teardown`], STATUS
-//! below. Codes: 1 incompatible version, 4 bad variables, 6 undecodable
+//! below; as another plugin's IPAM (addresses only) in [`ipam`]. Codes: 1 incompatible version, 4 bad variables, 6 undecodable
 //! stdin, 7 bad configuration (named key and value), 11 no agent (try
 //! again), 50 STATUS without an agent, 999 ours (a refusal by the agent, a
 //! failed kernel call, a CHECK that found something missing).
 pub mod agent;
 pub mod attach;
 pub mod conf;
+pub mod ipam;
 mod netns;
 pub mod teardown;
 
@@ -23,7 +24,7 @@ use rscni_plugin::{
     types::{Args, CNIResult},
 };
 
-use self::{agent::Agent, conf::PluginConf, netns::Namespace};
+use self::{agent::Agent, conf::PluginConf, ipam::IpamConf, netns::Namespace};
 
 /// The code of this plugin's own errors (the spec leaves 100 and up to plugins).
 pub const OUR_CODE: u32 = 999;
@@ -54,35 +55,49 @@ pub struct OverlayCni;
 
 impl Cni for OverlayCni {
     fn add(&self, args: Args) -> Result<CNIResult, Error> {
-        attach::add(&args)
+        match IpamConf::delegated(args.config())? {
+            Some(ipam) => ipam::add(&ipam, &args),
+            None => attach::add(&args),
+        }
     }
 
     fn del(&self, args: Args) -> Result<(), Error> {
-        teardown::del(&args)
+        match IpamConf::delegated(args.config())? {
+            Some(ipam) => ipam::del(&ipam, &args),
+            None => teardown::del(&args),
+        }
     }
 
     fn check(&self, args: Args) -> Result<(), Error> {
-        attach::check(&args)
+        match IpamConf::delegated(args.config())? {
+            Some(ipam) => ipam::check(&ipam, &args),
+            None => attach::check(&args),
+        }
     }
 
     /// Ready when the agent answers and has the network.
     fn status(&self, args: Args) -> Result<(), Error> {
-        let conf = PluginConf::parse(args.config())?;
-        let agent = Agent::new(&conf.agent_socket);
-        match agent.network(&conf.network) {
+        let (socket, network) = match IpamConf::delegated(args.config())? {
+            Some(ipam) => (ipam.agent_socket, ipam.network),
+            None => {
+                let conf = PluginConf::parse(args.config())?;
+                (conf.agent_socket, conf.network)
+            }
+        };
+        let agent = Agent::new(&socket);
+        match agent.network(&network) {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(Error::PluginNotAvailable(format!(
-                "the agent at {} has no network {:?}",
-                conf.agent_socket.display(),
-                conf.network
-            ))),
+            Ok(None) => Err(Error::PluginNotAvailable(format!("the agent at {} has no network {network:?}", socket.display()))),
             Err(Error::TryAgainLater(details)) => Err(Error::PluginNotAvailable(details)),
             Err(other) => Err(other),
         }
     }
 
     fn gc(&self, args: Args) -> Result<(), Error> {
-        teardown::gc(&args)
+        match IpamConf::delegated(args.config())? {
+            Some(ipam) => ipam::gc(&ipam, &args),
+            None => teardown::gc(&args),
+        }
     }
 }
 
