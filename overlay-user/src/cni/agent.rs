@@ -10,9 +10,12 @@ use rscni_plugin::error::Error;
 use serde_json::Value;
 
 use super::{OUR_CODE, conf::PLUGIN_TYPE, internal};
-use crate::api::{
-    client::{self, ClientError, Method},
-    views::{AllocationView, EndpointView, NetworkView, NodeView},
+use crate::{
+    api::{
+        client::{self, ClientError, Method},
+        views::{AllocationView, EndpointView, NetworkView, NodeView},
+    },
+    model::OwnerKind,
 };
 
 pub struct Agent {
@@ -99,7 +102,7 @@ impl Agent {
     /// This plugin's endpoints of `network` (owner kind `cni`).
     pub fn cni_endpoints(&self, network: &str) -> Result<Vec<EndpointView>, Error> {
         let mut endpoints = self.endpoints()?;
-        endpoints.retain(|endpoint| endpoint.network == network && endpoint.owner.kind.to_string() == "cni" && endpoint.interface.starts_with("ovc"));
+        endpoints.retain(|endpoint| endpoint.network == network && endpoint.owner.kind == OwnerKind::Cni && endpoint.interface.starts_with("ovc"));
         Ok(endpoints)
     }
 
