@@ -144,6 +144,7 @@ impl Drop for ForwardingGuard {
 // struct ethtool_value / ethtool_drvinfo commands (include/uapi/linux/ethtool.h).
 const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 /// Runs one SIOCETHTOOL command on `interface` with `buffer` (whose first
 /// u32 is the command).
@@ -170,4 +171,12 @@ pub fn tx_checksum_offload(interface: &str) -> std::io::Result<bool> {
     let mut buffer = [ETHTOOL_GTXCSUM, 0];
     ethtool(interface, &mut buffer)?;
     Ok(buffer[1] != 0)
+}
+
+/// Turns GRO on or off on `interface` (ETHTOOL_SGRO): on at the container
+/// end of a veth, the kernel accepts native XDP redirects into it (its peer
+/// then runs NAPI).
+pub fn set_gro(interface: &str, on: bool) -> std::io::Result<()> {
+    let mut buffer = [ETHTOOL_SGRO, u32::from(on)];
+    ethtool(interface, &mut buffer)
 }
