@@ -60,6 +60,10 @@ pub struct Options {
     /// is measured against what it replaces.
     #[arg(long = "microbench-object", value_name = "LABEL=PATH", value_parser = parse_object)]
     pub microbench_objects: Vec<(String, PathBuf)>,
+    /// Also measure the receive-side GRO experiment (`overlay-tc-gro`
+    /// cells, see `topology::DecapMode::TcGro`).
+    #[arg(long)]
+    pub gro_experiment: bool,
 }
 
 fn parse_object(text: &str) -> Result<(String, PathBuf), String> {
@@ -87,6 +91,9 @@ pub fn output_dir() -> PathBuf {
 pub fn bench(options: &Options) -> anyhow::Result<Report> {
     if !is_root() {
         bail!("the benchmark creates network namespaces and loads BPF programs: run it as root");
+    }
+    if options.gro_experiment {
+        topology::enable_gro_experiment();
     }
     let repetitions = options.repetitions.unwrap_or(if options.quick { 1 } else { 3 });
     let seconds = options.duration.unwrap_or(if options.quick { 1 } else { 5 });
