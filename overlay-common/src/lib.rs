@@ -113,12 +113,6 @@ pub mod maps {
     /// of peers that no longer send are evicted first.
     pub const ROUTE_CACHE: &str = "ROUTE_CACHE";
     pub const ROUTE_CACHE_CAPACITY: u32 = PEERS_CAPACITY;
-    /// Per-CPU array of [`crate::RouteSlot`] indexed by a peer's counter
-    /// slot (which every FDB entry carries): the route cache's fast path, an
-    /// array lookup the verifier inlines instead of a hash lookup per packet.
-    /// `ROUTE_CACHE` stays the record of every cached route.
-    pub const ROUTE_SLOTS: &str = "ROUTE_SLOTS";
-    pub const ROUTE_SLOTS_CAPACITY: u32 = crate::PEER_COUNTER_SLOTS + 1;
     /// Per-CPU array of [`crate::Counter`], indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
     pub const COUNTERS_CAPACITY: u32 = crate::reason::DIRECTION_COUNT * crate::reason::REASON_SLOTS;
@@ -338,18 +332,6 @@ pub struct RouteCacheEntry {
     pub next_hop_be: u32,
 }
 const _: () = assert!(core::mem::size_of::<RouteCacheEntry>() == 32);
-
-/// A `ROUTE_SLOTS` entry: the cached route of the peer whose VTEP is
-/// `vtep_addr_be` (a slot freed and given to another peer holds the old
-/// peer's address until refreshed, so the datapath compares it).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteSlot {
-    pub route: RouteCacheEntry,
-    pub vtep_addr_be: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<RouteSlot>() == 40);
 
 /// How many bytes of each packet a monitor event carries.
 pub const MONITOR_CAPTURE_LEN: usize = 128;

@@ -17,12 +17,12 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use overlay_common::{
     ETH_HDR_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HDR_LEN,
-    NO_COUNTER_SLOT, NodeConfig, ROUTE_CACHE_TTL_NS, Reason, RouteCacheEntry, RouteSlot, UDP_HDR_LEN, VXLAN_ENCAP_LEN,
+    NodeConfig, ROUTE_CACHE_TTL_NS, Reason, RouteCacheEntry, UDP_HDR_LEN, VXLAN_ENCAP_LEN,
     VXLAN_FLAG_VNI_VALID,
 };
 
 use crate::{
-    maps::{IP_IDS, ROUTE_CACHE, ROUTE_SLOTS, scratch, scratch_fib},
+    maps::{IP_IDS, ROUTE_CACHE, scratch, scratch_fib},
     packet::{EncapHeaders, EndpointFrame, PackedVerdict, Verdict, fold_checksum, ipv4_header_checksum},
 };
 
@@ -73,7 +73,6 @@ pub fn route_to_peer(
     ctx: &TcContext,
     node: &NodeConfig,
     remote_vtep_be: u32,
-    peer_slot: u32,
     source_port: u16,
     outer_ip_len: u32,
 ) -> Result<RouteLookup, Reason> {
@@ -81,34 +80,9 @@ pub fn route_to_peer(
     // and costs a fraction of the fine one on this paravirtual clock.
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // The peer's slot first: an array lookup (inlined by the verifier)
-    // instead of the LRU hash, one lookup fewer per packet.
-    let slot = if peer_slot == NO_COUNTER_SLOT { None } else { ROUTE_SLOTS.get_ptr_mut(peer_slot) };
-    if let Some(slot) = slot {
-        // SAFETY: this CPU's element; copied at once.
-        let cached = unsafe { *slot };
-        if cached.vtep_addr_be == remote_vtep_be && cached.route.expires_ns > now {
-            let entry = cached.route;
-            if outer_ip_len > entry.mtu {
-                return Ok(RouteLookup::TooBig(entry.mtu));
-            }
-            return Ok(RouteLookup::Found(Route {
-                ifindex: entry.ifindex,
-                source_mac: entry.source_mac,
-                next_hop_mac: entry.next_hop_mac,
-                next_hop_be: entry.next_hop_be,
-                resolved: true,
-                mtu: entry.mtu,
-            }));
-        }
-    }
     // SAFETY: read and copied at once.
     if let Some(entry) = unsafe { ROUTE_CACHE.get(&remote_vtep_be) }.copied() {
         if entry.expires_ns > now {
-            if let Some(slot) = slot {
-                // SAFETY: this CPU's element; nothing else runs on this CPU meanwhile.
-                unsafe { *slot = RouteSlot { route: entry, vtep_addr_be: remote_vtep_be, _pad: 0 } };
-            }
             if outer_ip_len > entry.mtu {
                 return Ok(RouteLookup::TooBig(entry.mtu));
             }
@@ -141,10 +115,6 @@ pub fn route_to_peer(
                 };
                 // A failed insert only means the next packet asks the FIB again.
                 let _ = ROUTE_CACHE.insert(&remote_vtep_be, &entry, 0);
-                if let Some(slot) = slot {
-                    // SAFETY: this CPU's element; nothing else runs on this CPU meanwhile.
-                    unsafe { *slot = RouteSlot { route: entry, vtep_addr_be: remote_vtep_be, _pad: 0 } };
-                }
             }
             Ok(RouteLookup::Found(route))
         }

@@ -85,7 +85,7 @@ pub fn try_endpoint(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
             // Route (and size check) before touching the packet, so a drop
             // leaves it as it was.
             let outer_len = encap::outer_ip_len(ctx, &eth);
-            match encap::route_to_peer(ctx, node, remote_vtep_be, peer_slot, source_port, outer_len)? {
+            match encap::route_to_peer(ctx, node, remote_vtep_be, source_port, outer_len)? {
                 RouteLookup::Found(route) => {
                     encap::encap_along(&frame, remote_vtep_be, &route, source_port)
                         .verdict(Reason::ENCAP_FAILED)

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use overlay_common::{
     ETH_HDR_LEN, ETH_P_IPV4, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FloodTargets,
-    IPPROTO_UDP, IPV4_HDR_LEN, NO_COUNTER_SLOT, Reason, UDP_HDR_LEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI_VALID,
+    IPPROTO_UDP, IPV4_HDR_LEN, Reason, UDP_HDR_LEN, VXLAN_ENCAP_LEN, VXLAN_FLAG_VNI_VALID,
 };
 
 use crate::{
@@ -94,7 +94,7 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
     // SAFETY: the map value stays valid for the program's run.
     let first_vtep = unsafe { (*targets).remote_vtep_be[0] };
     let too_big = remote_budget > 0
-        && matches!(encap::route_to_peer(ctx, node, first_vtep, NO_COUNTER_SLOT, source_port, outer_len), Ok(RouteLookup::TooBig(_)));
+        && matches!(encap::route_to_peer(ctx, node, first_vtep, source_port, outer_len), Ok(RouteLookup::TooBig(_)));
     if remote_budget > 0 && !too_big {
         let inner_is_ip = encap::is_ip(inner_eth.ether_type);
         let ip_id = encap::next_ip_id(ctx);
@@ -108,7 +108,7 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
             // Copies are cloned, and a clone cannot wait for neighbour
             // resolution: a peer whose next hop is unresolved misses this
             // flood (the agent keeps peers' next hops resolved).
-            let route = match encap::route_to_peer(ctx, node, vtep, NO_COUNTER_SLOT, source_port, 0) {
+            let route = match encap::route_to_peer(ctx, node, vtep, source_port, 0) {
                 Ok(RouteLookup::Found(route)) if route.resolved => route,
                 _ => continue,
             };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use overlay_common::{
     Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
     NodeConfig, PeerInfo, PeerVni, PeerVniInfo,
-    PortInfo, Reason, RouteCacheEntry, RouteSlot, SlotCounterKey, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    PortInfo, Reason, RouteCacheEntry, SlotCounterKey, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 use crate::counters::Slots;
@@ -47,12 +47,6 @@ pub static FLOOD: HashMap<u32, FloodTargets> = HashMap::with_max_entries(maps::F
 #[map]
 pub static ROUTE_CACHE: LruHashMap<u32, RouteCacheEntry> =
     LruHashMap::with_max_entries(maps::ROUTE_CACHE_CAPACITY, 0);
-
-/// Per CPU: each CPU fills its own copy from `ROUTE_CACHE` on a miss, and
-/// an entry is never read while another CPU rewrites it (a 40-byte value
-/// in a shared array could be read half old, half new).
-#[map]
-pub static ROUTE_SLOTS: PerCpuArray<RouteSlot> = PerCpuArray::with_max_entries(maps::ROUTE_SLOTS_CAPACITY, 0);
 
 #[map]
 pub static IP_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -118,7 +118,7 @@ pub(super) fn config_table(name: &'static str) -> &'static dyn ConfigTable {
 
 /// The maps that are not configuration tables: the node entry, counters,
 /// the monitor's and the datapath's own state.
-const OTHER_MAPS: [MapLayout; 12] = [
+const OTHER_MAPS: [MapLayout; 11] = [
     MapLayout::of::<u32, NodeConfig>(maps::NODE, true),
     // Absent from the previous version's pins: created beside them on adoption.
     MapLayout::of::<u32, UnderlayMac>(maps::UNDERLAY_MAC, true),
@@ -133,7 +133,6 @@ const OTHER_MAPS: [MapLayout; 12] = [
     // Rebuilt by the programs as they run: a new agent starts them afresh.
     MapLayout::of::<u32, u32>(maps::IP_IDS, false),
     MapLayout::of::<u32, RouteCacheEntry>(maps::ROUTE_CACHE, false),
-    MapLayout::of::<u32, overlay_common::RouteSlot>(maps::ROUTE_SLOTS, false),
 ];
 
 /// Every map the object must have, configuration tables first.
