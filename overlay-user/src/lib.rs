@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod doctor;
 pub mod http;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod sources;
 pub mod state;
 pub mod status;
 pub mod tc_legacy;
+pub mod veth;
 
 pub use config::{Config, ConfigError};
 pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, VniPeerCounters, XdpAttachMode};

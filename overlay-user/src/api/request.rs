@@ -164,7 +164,7 @@ pub fn endpoint(body: &[u8]) -> Result<ApiEndpoint, ApiError> {
 }
 
 /// A random locally administered unicast MAC (first byte 0x02).
-fn random_mac() -> MacAddr {
+pub(crate) fn random_mac() -> MacAddr {
     let mut bytes = [0u8; 6];
     if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
         use std::io::Read as _;
