@@ -148,7 +148,7 @@ pub(super) async fn create_network(plugin: &Plugin, body: &Bytes) -> Result<Empt
                 mtu: options.mtu,
                 flood_limit: None,
                 options: network_options,
-                // ip_range,
+                ip_range,
             };
             agent.add_network(network).await.map_err(|error| change_failure(&format!("creating overlay network {name} (VNI {vni})"), error))?;
             log::info!("Docker network {} created overlay network {name} (VNI {vni}, subnet {subnet})", short(&request.network_id));

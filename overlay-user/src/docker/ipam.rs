@@ -14,8 +14,8 @@ use super::{
     protocol::{self, Empty},
     store::Pool,
 };
-use crate::model::Ipv4Net;
-use super::shim::{AddressError, Alloc as _};
+use crate::{agent::AddressError, model::Ipv4Net};
+
 
 /// The address spaces this driver names (Docker requires two; they are the same here).
 const LOCAL_SPACE: &str = "overlay-local";

@@ -25,7 +25,6 @@
 //!   uses it, since Join installs no gateway.
 mod driver;
 mod ipam;
-mod shim;
 pub mod protocol;
 pub mod store;
 
