@@ -152,6 +152,11 @@ fn remove_all_on_interrupt() {
         let _ = ctrlc::set_handler(|| {
             eprintln!("\ninterrupted: stopping this process's children, removing its namespaces and lab directories");
             let me = std::process::id();
+            // Daemons that need more than a signal (dockerd: containers, mounts) go first.
+            let cleanups = std::mem::take(&mut *INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
+            for (_, cleanup) in cleanups {
+                cleanup();
+            }
             stop_children(me);
             for name in of_process(me) {
                 let _ = ip(&["netns", "del", &name]);
@@ -172,6 +177,34 @@ fn remove_all_on_interrupt() {
             std::process::exit(130);
         });
     });
+}
+
+type Cleanup = Box<dyn Fn() + Send + Sync>;
+
+/// What [`on_interrupt`] registered, by id.
+static INTERRUPT_CLEANUPS: std::sync::Mutex<Vec<(u64, Cleanup)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `cleanup` if the process is interrupted (before children are
+/// stopped and namespaces removed), until the returned guard is dropped:
+/// for a fixture whose teardown is more than a signal and a namespace
+/// (dockerd's containers, mounts and plugin sockets).
+pub fn on_interrupt(cleanup: impl Fn() + Send + Sync + 'static) -> InterruptCleanup {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    remove_all_on_interrupt();
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).push((id, Box::new(cleanup)));
+    InterruptCleanup { id }
+}
+
+/// Unregisters its [`on_interrupt`] cleanup when dropped.
+pub struct InterruptCleanup {
+    id: u64,
+}
+
+impl Drop for InterruptCleanup {
+    fn drop(&mut self) {
+        INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// SIGTERM to every child of `parent` (agents, daemons: they detach and

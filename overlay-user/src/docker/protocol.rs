@@ -59,11 +59,11 @@ pub struct IpamData {
 pub struct CreateNetworkRequest {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_as_default")]
     pub options: BTreeMap<String, Value>,
-    #[serde(rename = "IPv4Data", default)]
+    #[serde(rename = "IPv4Data", default, deserialize_with = "null_as_default")]
     pub ipv4_data: Vec<IpamData>,
-    #[serde(rename = "IPv6Data", default)]
+    #[serde(rename = "IPv6Data", default, deserialize_with = "null_as_default")]
     pub ipv6_data: Vec<IpamData>,
 }
 
@@ -173,7 +173,7 @@ pub struct RequestPoolRequest {
     pub pool: String,
     #[serde(rename = "SubPool", default)]
     pub sub_pool: String,
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_as_default")]
     pub options: BTreeMap<String, String>,
     #[serde(rename = "V6", default)]
     pub v6: bool,
@@ -201,7 +201,7 @@ pub struct RequestAddressRequest {
     pub pool_id: String,
     #[serde(rename = "Address", default)]
     pub address: String,
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_as_default")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -222,6 +222,24 @@ pub struct ReleaseAddressRequest {
     pub address: String,
 }
 
+/// Docker sends `null` for an empty map or list (Go's nil).
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// The empty answer of a call that succeeded with nothing to say.
 #[derive(Clone, Debug, Serialize)]
 pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_maps_and_lists_are_empty() {
+        let request: RequestAddressRequest = serde_json::from_str(r#"{"PoolID":"p","Address":"","Options":null}"#).unwrap();
+        assert!(request.options.is_empty());
+        let request: CreateNetworkRequest = serde_json::from_str(r#"{"NetworkID":"n","Options":null,"IPv4Data":null,"IPv6Data":null}"#).unwrap();
+        assert!(request.ipv4_data.is_empty() && request.options.is_empty());
+    }
+}
