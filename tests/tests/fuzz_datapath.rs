@@ -25,7 +25,7 @@
 //!
 //! A failure prints the seed, the program and the frame's index: each frame
 //! has its own PRNG stream, so `OVERLAY_FUZZ_SEED=S OVERLAY_FUZZ_ONLY=program:index`
-//! replays exactly that frame. Found failures become rows of packets.rs.
+//! replays exactly that frame. Found failures become rows of the packets/ tables.
 //! Needs root.
 use std::{
     collections::{BTreeMap, HashMap},
