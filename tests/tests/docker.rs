@@ -1,8 +1,10 @@
 //! The Docker plugin end to end: two hosts, each with its own dockerd
 //! (own roots and socket, no iptables, no bridge) and `overlay run
-//! --docker-plugin`, one etcd on the underlay (cluster mode: the hosts
-//! learn each other's containers from it and addresses are allocated
-//! cluster-wide). Containers are busybox-static imported with `docker
+//! --docker-plugin`. In cluster mode one etcd on the underlay tells the
+//! hosts each other's containers and allocates addresses cluster-wide;
+//! without it each host's file lists the other's containers (fixed with
+//! `--ip` and `--mac-address`) and each host allocates from its own
+//! `--ip-range`. Containers are busybox-static imported with `docker
 //! import`; traffic runs between them with busybox's ping and nc.
 use std::{
     collections::BTreeSet,
@@ -37,13 +39,13 @@ struct DockerHost {
 struct Setup {
     hosts: Vec<DockerHost>,
     lab: Lab,
-    etcd: EtcdCluster,
+    etcd: Option<EtcdCluster>,
 }
 
 impl Setup {
     /// Two hosts whose files hold only their `[node]` table, etcd, the
     /// agents with their plugins, and a dockerd per host with the image.
-    fn start(scope: &str) -> Setup {
+    fn start(scope: &str, cluster: bool) -> Setup {
         let host = |name: &str| HostSpec { name: name.into(), kind: HostKind::Overlay, containers: Vec::new() };
         let lab = Lab::build(LabSpec { scope: scope.into(), vxlan_port: 4789, hosts: vec![host("h1"), host("h2")] }).expect("building the lab");
         for host in &lab.hosts {
@@ -52,9 +54,11 @@ impl Setup {
             let end = text.find("[[").unwrap_or(text.len());
             std::fs::write(&path, &text[..end]).unwrap();
         }
-        let bridge = format!("br{:x}", std::process::id());
-        lab.wire.ip(&["addr", "add", &format!("{ETCD_ADDRESS}/24"), "dev", &bridge]).expect("addressing the underlay bridge");
-        let etcd = EtcdCluster::start_in_netns(scope, lab.wire.name(), ETCD_ADDRESS).expect("starting etcd on the underlay");
+        let etcd = cluster.then(|| {
+            let bridge = format!("br{:x}", std::process::id());
+            lab.wire.ip(&["addr", "add", &format!("{ETCD_ADDRESS}/24"), "dev", &bridge]).expect("addressing the underlay bridge");
+            EtcdCluster::start_in_netns(scope, lab.wire.name(), ETCD_ADDRESS).expect("starting etcd on the underlay")
+        });
         let rootfs = dockerd::busybox_rootfs(&lab.dir).expect("making the busybox rootfs");
         let mut setup = Setup { hosts: Vec::new(), lab, etcd };
         for index in 0..2 {
@@ -70,8 +74,11 @@ impl Setup {
     }
 
     fn start_agent(&mut self, index: usize, plugin: &str) {
-        let url = self.etcd.client_url(0);
-        let args = ["--etcd", &url, "--docker-plugin", plugin];
+        let mut args = vec!["--docker-plugin".to_owned(), plugin.to_owned()];
+        if let Some(etcd) = &self.etcd {
+            args.extend(["--etcd".to_owned(), etcd.client_url(0)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let agent = self
             .lab
             .start_agent_with_args(index, &overlay_binary().unwrap(), &args)
@@ -181,7 +188,7 @@ fn containers_on_two_hosts_talk_stay_isolated_and_leave_cleanly() {
     if skip() {
         return;
     }
-    let setup = Setup::start("dkcross");
+    let setup = Setup::start("dkcross", true);
     for host in 0..2 {
         // The same names, subnets and VNIs on both hosts: one overlay network each.
         setup.create_network(host, "blue", SUBNET, &["--opt", "vni=4242"]);
@@ -282,18 +289,37 @@ fn containers_on_two_hosts_talk_stay_isolated_and_leave_cleanly() {
     }
 }
 
+/// Without etcd: the container each host's file lists behind the other.
+const B1: (&str, &str) = ("02:00:00:00:90:01", "10.90.0.10");
+const B2: (&str, &str) = ("02:00:00:00:90:02", "10.90.0.70");
+
 #[test]
 fn kill_9_of_the_agent_does_not_cut_a_running_container() {
     if skip() {
         return;
     }
-    let mut setup = Setup::start("dkkill");
-    for host in 0..2 {
-        setup.create_network(host, "blue", SUBNET, &[]);
+    let mut setup = Setup::start("dkkill", false);
+    for (host, range) in [(0, "10.90.0.0/26"), (1, "10.90.0.64/26")] {
+        setup.create_network(host, "blue", SUBNET, &["--ip-range", range, "--opt", "vni=4242"]);
     }
-    setup.run(0, "b1", "blue");
-    setup.run(1, "b2", "blue");
-    let b2 = setup.address(1, "b2", "blue");
+    // Each file lists the other host's container, as an operator (or a registry) would.
+    for (host, peer, (mac, ip)) in [(0, 1, B2), (1, 0, B1)] {
+        let path = setup.lab.hosts[host].config_path.clone().unwrap();
+        let peer = &setup.lab.hosts[peer];
+        let text = format!(
+            "{}\n[[peers]]\nname = \"{}\"\nvtep_address = \"{}\"\n\n  [[peers.endpoints]]\n  mac = \"{mac}\"\n  ip = \"{ip}\"\n  vni = 4242\n",
+            std::fs::read_to_string(&path).unwrap(),
+            peer.spec.name,
+            peer.vtep
+        );
+        std::fs::write(&path, text).unwrap();
+    }
+    setup.wait_for("both agents reloading their files with the peer", || setup.remote_endpoints(0, "h2") == 1 && setup.remote_endpoints(1, "h1") == 1);
+    for (host, name, (mac, ip)) in [(0, "b1", B1), (1, "b2", B2)] {
+        let serve = format!("while true; do echo {name} | nc -l -p 7000; done");
+        setup.docker(host, &["run", "-d", "--name", name, "--network", "blue", "--ip", ip, "--mac-address", mac, IMAGE, "sh", "-c", &serve]);
+    }
+    let b2: Ipv4Addr = B2.1.parse().unwrap();
     setup.wait_for("b1 pinging b2 across hosts", || setup.pings(0, "b1", b2));
 
     // 60 pings 0.1 s apart while h1's agent is killed and started again.
@@ -313,13 +339,20 @@ fn kill_9_of_the_agent_does_not_cut_a_running_container() {
     let output = pinger.wait_with_output().expect("waiting for the ping");
     let text = String::from_utf8_lossy(&output.stdout);
     let summary = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary:\n{text}"));
-    assert!(summary.starts_with("60 packets transmitted, 60 packets received"), "expected all 60 pings answered across kill -9 and restart, got: {summary}\n{}", setup.logs());
+    assert!(
+        summary.starts_with("60 packets transmitted, 60 packets received"),
+        "expected all 60 pings answered across kill -9 and restart, got: {summary}\n{}",
+        setup.logs()
+    );
 
-    // The plugin came back with the agent, which knows its endpoints from its state.
+    // The plugin came back with the agent, which knows its endpoints and
+    // allocations from its state: a new container gets a fresh address of
+    // h1's range, and removing b1 (joined before the kill) cleans up.
     setup.run(0, "b3", "blue");
     let b3 = setup.address(0, "b3", "blue");
-    setup.wait_for("b2 pinging b3 (started after the restart)", || setup.pings(1, "b2", b3));
+    assert!(b3.octets()[3] < 64 && b3.to_string() != B1.1, "b3 should get a free address of h1's range 10.90.0.0/26, got {b3}");
+    setup.wait_for("b1 pinging b3 (started after the restart)", || setup.pings(0, "b1", b3));
     setup.docker(0, &["rm", "-f", "b1"]);
-    setup.wait_for("h2 forgetting b1 (removed after the restart)", || setup.remote_endpoints(1, "h1") == 1);
     assert_eq!(setup.links(0, "dk").len(), 1, "h1 should keep b3's veth only: {:?}", setup.links(0, "dk"));
+    assert!(!setup.pings(1, "b2", B1.1.parse().unwrap()), "b2 still reaches b1's address after b1 was removed");
 }
