@@ -282,6 +282,18 @@ fn containers_on_two_hosts_talk_stay_isolated_and_leave_cleanly() {
         setup.docker(host, &args);
         assert_eq!(setup.links(host, "dk"), Vec::<String>::new(), "h{}'s plugin veths after every container went", host + 1);
     }
+    // ... and every address handed out went back to the allocator.
+    for host in 0..2 {
+        let answer = client::call_blocking(&setup.socket(host), Method::GET, "/v1/networks", None).expect("GET /v1/networks");
+        let networks: Value = serde_json::from_slice(&answer.body).unwrap();
+        let names: Vec<String> = networks.as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(str::to_owned)).collect();
+        assert_eq!(names.len(), 3, "h{} should have the three overlay networks, has {names:?}", host + 1);
+        for name in names {
+            let answer = client::call_blocking(&setup.socket(host), Method::GET, &format!("/v1/networks/{name}/addresses"), None).expect("GET addresses");
+            let held: Value = serde_json::from_slice(&answer.body).unwrap();
+            assert_eq!(held, Value::Array(Vec::new()), "h{}: addresses of {name} still allocated after every container went", host + 1);
+        }
+    }
     for host in 0..2 {
         for network in ["blue", "green", "red"] {
             setup.docker(host, &["network", "rm", network]);

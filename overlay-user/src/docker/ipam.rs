@@ -72,7 +72,7 @@ pub(super) async fn request_pool(plugin: &Plugin, body: &Bytes) -> Result<protoc
     }
     // Unique, so two networks with one subnet (tenants) have pools of their own.
     let pool_id = format!("{pool}#{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    state.pools.insert(pool_id.clone(), Pool { pool, sub_pool, gateway: None, network_id: None, sequence });
+    state.pools.insert(pool_id.clone(), Pool { pool, sub_pool, addresses: Default::default(), network_id: None, sequence });
     plugin.save(&state)?;
     log::info!("Docker IPAM: pool {pool_id} ({pool}{})", sub_pool.map_or(String::new(), |r| format!(", range {r}")));
     Ok(protocol::RequestPoolResponse { pool_id, pool: pool.to_string(), data: BTreeMap::new() })
@@ -103,10 +103,6 @@ pub(super) async fn request_address(plugin: &Plugin, body: &Bytes) -> Result<pro
     if request.options.get(protocol::REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(protocol::GATEWAY_ADDRESS_TYPE) {
         // Not allocated: Join installs no gateway, so nothing uses it (module docs).
         let gateway = requested.unwrap_or_else(|| first_host(&pool.pool));
-        if let Some(stored) = state.pools.get_mut(&request.pool_id) {
-            stored.gateway = Some(gateway);
-        }
-        plugin.save(&state)?;
         return Ok(protocol::RequestAddressResponse { address: with_prefix(gateway), data: BTreeMap::new() });
     }
     let network = pool
@@ -127,16 +123,27 @@ pub(super) async fn request_address(plugin: &Plugin, body: &Bytes) -> Result<pro
     };
     let mut agent = plugin.agent.lock().await;
     let allocated = agent.allocate_address(&network, requested, &owner).await.map_err(|error| address_failure(&network, requested, error))?;
-    log::info!("Docker IPAM: {} of network {network} to {owner}", allocated.allocation.address);
+    drop(agent);
+    let address = allocated.allocation.address;
+    log::info!("Docker IPAM: {address} of network {network} to {owner}");
+    if let Some(stored) = state.pools.get_mut(&request.pool_id) {
+        stored.addresses.insert(address);
+    }
+    if let Err(failure) = plugin.save(&state) {
+        let _ = plugin.agent.lock().await.release_address(&network, address).await;
+        return Err(failure);
+    }
     Ok(protocol::RequestAddressResponse { address: with_prefix(allocated.allocation.address), data: BTreeMap::new() })
 }
 
 pub(super) async fn release_address(plugin: &Plugin, body: &Bytes) -> Result<Empty, Failure> {
     let request: protocol::ReleaseAddressRequest = parse("ReleaseAddress", body)?;
-    let state = plugin.state.lock().await;
+    let mut state = plugin.state.lock().await;
     let Some(address) = parse_address("Address", &request.address)? else { return Ok(Empty {}) };
     let Some(pool) = state.pools.get(&request.pool_id) else { return Ok(Empty {}) };
-    if pool.gateway == Some(address) {
+    // Only what this pool handed out: not the gateway's (never allocated),
+    // which may be a container's address too.
+    if !pool.addresses.contains(&address) {
         return Ok(Empty {});
     }
     let Some(network) = pool.network_id.as_ref().and_then(|id| state.networks.get(id)) else { return Ok(Empty {}) };
@@ -147,6 +154,10 @@ pub(super) async fn release_address(plugin: &Plugin, body: &Bytes) -> Result<Emp
         Err(AddressError::NotAllocated { .. } | AddressError::UnknownNetwork(_)) => {}
         Err(error) => return Err(Failure::internal(format!("releasing {address} of network {name}: {error}"))),
     }
+    if let Some(pool) = state.pools.get_mut(&request.pool_id) {
+        pool.addresses.remove(&address);
+    }
+    plugin.save(&state)?;
     Ok(Empty {})
 }
 

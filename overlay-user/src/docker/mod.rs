@@ -22,7 +22,9 @@
 //!   `docker_gwbridge`.
 //! - The IPAM answers the gateway's request (Docker asks one per network)
 //!   with the pool's first address without allocating it: nothing ever
-//!   uses it, since Join installs no gateway.
+//!   uses it, since Join installs no gateway, so the allocator may give it
+//!   to a container. ReleaseAddress gives back only the addresses the pool
+//!   handed out (kept in the plugin's state), never the gateway's.
 mod driver;
 mod ipam;
 pub mod protocol;

@@ -36,9 +36,12 @@ pub struct Pool {
     pub pool: Ipv4Net,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_pool: Option<Ipv4Net>,
-    /// The gateway address answered (not allocated: see the IPAM's docs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    /// The container addresses handed out from it (through the agent's
+    /// allocator), which ReleaseAddress gives back. The gateway's is not
+    /// one of them (answered, not allocated: see the IPAM's docs), and the
+    /// allocator may hand the same address to a container.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub addresses: std::collections::BTreeSet<Ipv4Addr>,
     /// The Docker network it serves, once CreateNetwork named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_id: Option<String>,
