@@ -166,8 +166,30 @@ impl Drop for Dockerd {
     }
 }
 
+/// `docker ARGS` for the teardown: given up after 60 s (a daemon whose
+/// plugin went away retries its calls for a long time).
 fn docker_at(socket: &Path, args: &[&str]) -> Option<String> {
-    let output = Command::new(DOCKER).args(args).env("DOCKER_HOST", format!("unix://{}", socket.display())).stdin(Stdio::null()).output().ok()?;
+    let mut child = Command::new(DOCKER)
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let output = child.wait_with_output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

@@ -152,9 +152,11 @@ fn remove_all_on_interrupt() {
         let _ = ctrlc::set_handler(|| {
             eprintln!("\ninterrupted: stopping this process's children, removing its namespaces and lab directories");
             let me = std::process::id();
-            // Daemons that need more than a signal (dockerd: containers, mounts) go first.
+            // Daemons that need more than a signal (dockerd: containers, mounts) go
+            // first, the latest registered first, as destructors run (a dockerd
+            // goes before the plugin socket it was started to use).
             let cleanups = std::mem::take(&mut *INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
-            for (_, cleanup) in cleanups {
+            for (_, cleanup) in cleanups.into_iter().rev() {
                 cleanup();
             }
             stop_children(me);
@@ -165,7 +167,8 @@ fn remove_all_on_interrupt() {
             if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
                 for dir in entries.flatten().map(|e| e.path()) {
                     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    if owner_pid(&format!("{name}-lab")) == Some(me) {
+                    // `ovl-<scope>-<pid>` and its siblings such as etcd's `ovl-<scope>-<pid>-etcd`.
+                    if owner_pid(&format!("{name}-lab")) == Some(me) || owner_pid(&name) == Some(me) {
                         let bpffs = dir.join("bpffs");
                         if bpffs.exists() {
                             let _ = run("umount", &["-l", &bpffs.to_string_lossy()]);
