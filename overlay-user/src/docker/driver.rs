@@ -214,7 +214,7 @@ pub(super) async fn create_endpoint(plugin: &Plugin, body: &Bytes) -> Result<pro
         return Err(Failure::bad(format!("Interface.Address {ipv4}: outside network {}'s subnet {}", network.name, network.subnet)));
     }
     let (mac, response) = if interface.mac_address.is_empty() {
-        let mac = crate::api::request::random_mac();
+        let mac = MacAddr::random_with_prefix(&[0x02]);
         (mac, Some(protocol::EndpointInterfaceResponse { mac_address: mac.to_string() }))
     } else {
         let mac: MacAddr = interface

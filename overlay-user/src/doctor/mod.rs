@@ -10,8 +10,8 @@
 //!   finding, named by its kind (`duplicate-ip`, `duplicate-mac`,
 //!   `duplicate-peer-name`, `duplicate-peer-vtep`, else `config`), with the
 //!   field and value. Checks that need the file are then skipped.
-//! - **kernel**: TCX links (probed; without them TC attaches as netlink filters), managed neighbour entries
-//!   5.16), BTF, that the `bpf(2)` syscall works (an array map is created
+//! - **kernel**: TCX links (probed; without them TC attaches as netlink
+//!   filters), managed neighbour entries (5.16), BTF, that the `bpf(2)` syscall works (an array map is created
 //!   and freed), and that the pin directory is, or can be, on bpffs.
 //! - **underlay**: the device and every port exist; the VTEP address is an
 //!   address of this host; the overlay MTU (underlay MTU - 50) is at least
@@ -230,7 +230,7 @@ fn problem_finding(path: &Path, problem: &Problem) -> Finding {
 }
 
 /// The kind of a validation problem, and its fix. Keyed on the messages
-/// config.rs writes (its tests and ours pin them).
+/// model::validate writes (its tests and ours pin them).
 fn classify_problem(problem: &Problem) -> (&'static str, &'static str) {
     let message = problem.message.as_str();
     let peer_duplicate = message.starts_with("already used by peers[");

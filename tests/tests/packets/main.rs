@@ -41,6 +41,7 @@ use overlay::{
     state::ipv4_be,
 };
 use overlay_common::{Direction, Reason};
+use overlay_lab::bpf_run::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use overlay_lab::frames::{
         self, Arp, BROADCAST, ETHERNET_LEN, ETHERTYPE_8021AD, ETHERTYPE_8021Q, ETHERTYPE_IPV4,
         ETHERTYPE_IPV6, Ethernet, ICMP_HOST_UNREACHABLE, ICMP_DESTINATION_UNREACHABLE, ICMPV6_DESTINATION_UNREACHABLE,
@@ -60,14 +61,6 @@ mod table;
 use crafted::*;
 use node::*;
 use table::*;
-
-// Hook return values (include/uapi/linux/bpf.h, pkt_cls.h).
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// IANA-assigned VXLAN port (RFC 7348 section 5).
 const VXLAN_PORT: u16 = 4789;

@@ -4,7 +4,7 @@ use std::{
     io,
     mem,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::{
         Once,
@@ -20,6 +20,7 @@ use overlay::{
     netdev,
 };
 use overlay_lab::{
+    bpf_run::{packet_socket, receive_queued},
     frames::Mac,
     netns::{self, InsideNetns, Netns},
 };
@@ -232,34 +233,9 @@ impl Captures {
 
     /// Opens the sockets; the calling thread must be in the node's namespace.
     pub(crate) fn open(ifindex: &HashMap<&'static str, u32>) -> anyhow::Result<Captures> {
-        let all_protocols = (libc::ETH_P_ALL as u16).to_be();
         let mut sockets = Vec::new();
         for device in CAPTURED {
-            // SAFETY: plain syscall; the descriptor is owned at once.
-            let fd = unsafe {
-                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, all_protocols.into())
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error()).with_context(|| format!("opening a packet socket for {device}"));
-            }
-            // SAFETY: fd is a fresh descriptor nobody else owns.
-            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: all-zero is a valid sockaddr_ll.
-            let mut address: libc::sockaddr_ll = unsafe { mem::zeroed() };
-            address.sll_family = libc::AF_PACKET as u16;
-            address.sll_protocol = all_protocols;
-            address.sll_ifindex = ifindex[device] as i32;
-            // SAFETY: address is a valid sockaddr_ll of the given size.
-            let bound = unsafe {
-                libc::bind(
-                    socket.as_raw_fd(),
-                    (&raw const address).cast(),
-                    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if bound != 0 {
-                return Err(io::Error::last_os_error()).with_context(|| format!("binding a packet socket to {device}"));
-            }
+            let socket = packet_socket(ifindex[device]).with_context(|| format!("capturing on {device}"))?;
             sockets.push((device, socket));
         }
         Ok(Captures { sockets })
@@ -309,36 +285,6 @@ impl Captures {
                     arrived.entry(device).or_default().extend(frames);
                 }
             }
-        }
-    }
-}
-
-/// Every frame queued on a packet socket that the device received (frames
-/// it sent itself are skipped).
-pub(crate) fn receive_queued(socket: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
-    let mut frames = Vec::new();
-    let mut buffer = vec![0u8; 65536];
-    loop {
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        let mut from_len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: buffer and from are valid for the sizes given.
-        let received = unsafe {
-            libc::recvfrom(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-                (&raw mut from).cast(),
-                &mut from_len,
-            )
-        };
-        if received < 0 {
-            let error = io::Error::last_os_error();
-            return if error.kind() == io::ErrorKind::WouldBlock { Ok(frames) } else { Err(error) };
-        }
-        if from.sll_pkttype != libc::PACKET_OUTGOING {
-            frames.push(buffer[..received as usize].to_vec());
         }
     }
 }
