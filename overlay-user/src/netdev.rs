@@ -79,11 +79,7 @@ impl ResolvedConfig {
         let mut lookup = |field: String, name: &str| {
             let index = ifindex(name);
             if index.is_none() {
-                problems.push(Problem {
-                    field,
-                    value: name.to_owned(),
-                    message: "no such network interface in this network namespace".to_owned(),
-                });
+                problems.push(Problem::in_file(&field, name, "no such network interface in this network namespace"));
             }
             index.unwrap_or(0)
         };
