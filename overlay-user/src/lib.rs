@@ -7,6 +7,7 @@ pub mod api;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod doctor;
 pub mod http;
 pub mod metrics;

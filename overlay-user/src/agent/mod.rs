@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub api_socket: Option<PathBuf>,
     /// Cluster mode: the registry in etcd.
     pub registry: Option<crate::registry::RegistrySettings>,
+    /// Serve Docker's network and IPAM plugin (`--docker-plugin NAME`).
+    pub docker_plugin: Option<crate::docker::PluginOptions>,
 }
 
 /// The shared agent state, as API handlers and the loop hold it.
@@ -117,6 +119,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         // Root only: the API changes what the node forwards.
         let api_socket = crate::http::bind_unix(&socket_path, 0o600)
             .with_context(|| format!("binding the local API socket {}", socket_path.display()))?;
+        let docker_socket = match &options.docker_plugin {
+            Some(plugin) => Some(
+                crate::http::bind_unix(&plugin.socket(), 0o600)
+                    .with_context(|| format!("binding the Docker plugin socket {}", plugin.socket().display()))?,
+            ),
+            None => None,
+        };
         let mut datapath = Datapath::load_pinned(log::max_level(), &pins, &node).context("loading the eBPF datapath")?;
         if datapath.adopted() {
             log::info!("adopting the datapath pinned in {} by an earlier agent; its maps are changed as a diff", pins.root().display());
@@ -181,7 +190,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         let (api_changed, mut api_changes) = tokio::sync::mpsc::channel::<()>(1);
         let registry_task = in_cluster.then(|| tokio::spawn(cluster_follow::follow(shared.clone(), node_record, api_changed.clone())));
-        let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed));
+        let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed.clone()));
+        let docker_server = match (&options.docker_plugin, docker_socket) {
+            (Some(plugin), Some(bound)) => {
+                let state = crate::docker::store::state_path(&options.run_dir, &node);
+                Some(crate::docker::serve(plugin, bound, shared.clone(), api_changed, state).context("starting the Docker plugin")?)
+            }
+            _ => None,
+        };
 
         let (file_changed, mut file_changes) = tokio::sync::mpsc::channel::<()>(1);
         let _watcher = sources::file::watch(&options.config, file_changed)
@@ -242,6 +258,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             status.last_reload = Some(Reload { at: status::now(), ok: outcome.is_ok(), message });
             refresh_status(&mut status, &agent, &options.run_dir);
         };
+        drop(docker_server);
         drop(api_server);
         if let Some(task) = registry_task {
             task.abort();
