@@ -30,7 +30,7 @@ fn churn_under_traffic_leaves_the_fixed_flow_whole_and_the_maps_exact() {
         endpoints_per_peer: 2,
         add_percent: 45,
         deadline: None,
-        restart_every: 0,
+        restart_every: 2,
     };
     let figures = Churn::run("hdchurn", size);
     println!("{figures}");

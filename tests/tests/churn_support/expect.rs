@@ -12,6 +12,11 @@ pub fn peer_vtep(peer: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 10 + peer as u8)
 }
 
+/// The VNI of peer `peer`'s containers.
+pub fn peer_vni(peer: usize) -> u32 {
+    FIXED_VNI + peer as u32 % super::PEER_VNIS
+}
+
 /// Container `j` behind peer `peer`: its MAC and address in the fixed VNI.
 pub fn peer_endpoint(peer: usize, j: usize) -> ([u8; 6], Ipv4Addr) {
     let mac = [0x02, 0xdd, 0, (peer >> 8) as u8, peer as u8, j as u8];
@@ -58,11 +63,14 @@ impl Expected {
             peers.insert(be(peer_vtep(peer)));
             for j in 0..churn.size.endpoints_per_peer {
                 let (mac, ip) = peer_endpoint(peer, j);
-                fdb.insert((FIXED_VNI, mac));
-                neighbours.insert((FIXED_VNI, be(ip)));
+                fdb.insert((peer_vni(peer), mac));
+                neighbours.insert((peer_vni(peer), be(ip)));
             }
         }
-        let peer_vnis = peers.iter().map(|p| (*p, FIXED_VNI)).collect();
+        // A peer is admitted for the VNIs of its containers this node carries.
+        let mut peer_vnis: BTreeSet<(u32, u32)> =
+            churn.peers.iter().filter(|&&p| vnis.contains(&peer_vni(p))).map(|&p| (be(peer_vtep(p)), peer_vni(p))).collect();
+        peer_vnis.insert((be(churn.lab.host("h2").vtep), FIXED_VNI));
         Expected { flood: vnis.clone(), vnis, ports, local_endpoints, fdb, peers, peer_vnis, neighbours }
     }
 

@@ -30,7 +30,12 @@ pub const C2_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
 /// The fixed flow's VNI (both containers, from the files).
 pub const FIXED_VNI: u32 = 100;
 /// The most API networks alive at once.
-const MAX_NETWORKS: usize = 6;
+const MAX_NETWORKS: usize = 12;
+/// Local ports a VNI's flood list holds (overlay-common's FLOOD_MAX_LOCAL_PORTS).
+const FLOOD_MAX_LOCAL_PORTS: usize = 32;
+/// VNIs the churned peers' containers are in (FIXED_VNI and the next
+/// ones): a VNI floods to at most 64 peers, so 200 peers need four.
+pub const PEER_VNIS: u32 = 4;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ChurnSize {
@@ -279,6 +284,9 @@ impl Churn {
         let names: Vec<String> = self.networks.keys().cloned().collect();
         let network = names[self.rng.below(names.len())].clone();
         let vni = self.networks[&network];
+        // A VNI's flood list holds 32 local ports (pending ones count: they
+        // are the VNI's once their interface appears): the 33rd is refused.
+        let full = self.endpoints.values().filter(|e| e.network == network).count() >= FLOOD_MAX_LOCAL_PORTS;
         self.counter += 1;
         let k = self.counter;
         // One in eight names an interface that does not exist: pending, never in the maps.
@@ -288,6 +296,13 @@ impl Churn {
         let ip = Ipv4Addr::new(10, 128, (k / 254 % 256) as u8, (k % 254 + 1) as u8);
         let id = format!("hd-ep-{k}");
         let body = json!({"network": network, "interface": interface, "id": id, "mac": overlay_lab::lab::format_mac(&mac), "ipv4": ip.to_string()});
+        if full {
+            let refusal = self.call(Method::POST, "/v1/endpoints", Some(body.clone())).expect_err(&format!("{body}: a 33rd port in {network}"));
+            assert_eq!((refusal.status, refusal.kind.as_str(), refusal.field.as_str()), (409, "limit", "interface"), "{body}: {refusal:?}");
+            self.free_ports.extend(port);
+            self.figures.refusals_checked += 1;
+            return;
+        }
         let answer = self.call(Method::POST, "/v1/endpoints", Some(body.clone())).unwrap_or_else(|refusal| panic!("{body} refused: {refusal:?}"));
         let view: Value = serde_json::from_slice(&answer).unwrap();
         let expected = if port.is_some() { "applied" } else { "pending" };
@@ -321,7 +336,14 @@ impl Churn {
         }
         self.counter += 1;
         let name = format!("hdnet{}", self.counter);
-        let vni = 3000 + (self.counter % 100_000) as u32;
+        // Half the time a VNI of the churned peers' containers, when free:
+        // the node's carrying it then admits those peers for it.
+        let peer_vni = FIXED_VNI + 1 + self.rng.below(PEER_VNIS as usize - 1) as u32;
+        let vni = if self.rng.below(2) == 0 && !self.networks.values().any(|v| *v == peer_vni) {
+            peer_vni
+        } else {
+            3000 + (self.counter % 100_000) as u32
+        };
         self.call(Method::POST, "/v1/networks", Some(json!({"name": name, "vni": vni})))
             .unwrap_or_else(|refusal| panic!("creating {name}: {refusal:?}"));
         self.networks.insert(name, vni);
@@ -366,7 +388,8 @@ impl Churn {
             text += &format!("[[peers]]\nname = \"hdpeer{peer}\"\nvtep_address = \"{}\"\n", expect::peer_vtep(peer));
             for j in 0..self.size.endpoints_per_peer {
                 let (mac, ip) = expect::peer_endpoint(peer, j);
-                text += &format!("  [[peers.endpoints]]\n  mac = \"{}\"\n  ip = \"{ip}\"\n  vni = {FIXED_VNI}\n", overlay_lab::lab::format_mac(&mac));
+                let vni = expect::peer_vni(peer);
+                text += &format!("  [[peers.endpoints]]\n  mac = \"{}\"\n  ip = \"{ip}\"\n  vni = {vni}\n", overlay_lab::lab::format_mac(&mac));
             }
         }
         let path = self.lab.hosts[0].config_path.clone().unwrap();
