@@ -7,6 +7,8 @@ pub mod config;
 pub mod datapath;
 pub mod doctor;
 pub mod http;
+#[cfg(test)]
+mod json_fuzz;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
