@@ -29,6 +29,7 @@ fn churn_under_traffic_leaves_the_fixed_flow_whole_and_the_maps_exact() {
         peers: 20,
         endpoints_per_peer: 2,
         add_percent: 45,
+        quiet_reference: None,
         deadline: None,
         restart_every: 2,
     };
@@ -55,6 +56,7 @@ fn soak() {
         peers: 200,
         endpoints_per_peer: 2,
         add_percent: 55,
+        quiet_reference: Some(Duration::from_secs(60)),
         deadline: Some((Instant::now() + Duration::from_secs(minutes * 60), 5_000)),
         restart_every,
     };

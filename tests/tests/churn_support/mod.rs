@@ -46,8 +46,12 @@ pub struct ChurnSize {
     /// Peers that come and go through h1's file (up to this many at once).
     pub peers: usize,
     pub endpoints_per_peer: usize,
-    /// Percent of changes that add an endpoint (35 remove one, the rest are networks and peers).
+    /// Percent of changes that add an endpoint; 80 less this remove one;
+    /// 6 create a network, 6 remove one, 8 change peers.
     pub add_percent: usize,
+    /// Run the fixed flow this long before the churn, for a reference
+    /// (retransmissions without churn); figures only, nothing is timed.
+    pub quiet_reference: Option<Duration>,
     /// Stop after the round in which this instant has passed and this many endpoints were added.
     pub deadline: Option<(Instant, u64)>,
     /// Kill -9 and restart h1's agent every this many rounds (0: never).
@@ -75,6 +79,9 @@ pub struct Figures {
     pub tcp_transfers: u64,
     pub tcp_bytes: u64,
     pub tcp_retransmitted_segments: u64,
+    /// The fixed flow alone before the churn: how long, and (pings sent,
+    /// answered, TCP bytes, segments retransmitted) in that time.
+    pub quiet_reference: Option<(Duration, (u64, u64, u64, u64))>,
     /// (round, rss KiB, open fds, agent life) at the end of each round (after its drain).
     pub usage: Vec<(usize, u64, usize, usize)>,
     pub elapsed: Duration,
@@ -96,6 +103,13 @@ impl fmt::Display for Figures {
             "  fixed flow: {} pings, {} answered; {} TCP transfers, {} bytes intact, {} segments retransmitted",
             self.pings_sent, self.pings_received, self.tcp_transfers, self.tcp_bytes, self.tcp_retransmitted_segments
         )?;
+        if let Some((quiet, (sent, received, bytes, retransmitted))) = self.quiet_reference {
+            writeln!(
+                f,
+                "  (of which before the churn, {} s of the flow alone: {sent} pings, {received} answered, {bytes} TCP bytes, {retransmitted} segments retransmitted)",
+                quiet.as_secs()
+            )?;
+        }
         let usage: Vec<String> = self.usage.iter().map(|(round, rss, fds, life)| format!("r{round}: {rss} KiB/{fds} fds (agent {life})")).collect();
         write!(f, "  agent after each round's drain: {}", usage.join(", "))
     }
@@ -161,6 +175,10 @@ impl Churn {
         let mut churn = Churn::new(scope, size);
         let baseline = churn.settled_state();
         let flow = FixedFlow::start(&churn.lab);
+        if let Some(quiet) = size.quiet_reference {
+            std::thread::sleep(quiet);
+            churn.figures.quiet_reference = Some((quiet, flow.counts_so_far(&churn.lab)));
+        }
         for round in 1..=size.rounds {
             for _ in 0..size.ops_per_round {
                 churn.step();
@@ -269,9 +287,9 @@ impl Churn {
         let add = self.size.add_percent;
         match roll {
             _ if roll < add => self.add_endpoint(),
-            _ if roll < add + 35 => self.remove_endpoint(),
-            _ if roll < add + 41 => self.create_network(),
-            _ if roll < add + 47 => self.remove_network(),
+            _ if roll < 80 => self.remove_endpoint(),
+            _ if roll < 86 => self.create_network(),
+            _ if roll < 92 => self.remove_network(),
             _ => self.change_peers(),
         }
         self.figures.most_endpoints = self.figures.most_endpoints.max(self.endpoints.len());

@@ -105,6 +105,13 @@ impl FixedFlow {
         }
     }
 
+    /// (pings sent, answered, TCP bytes, segments retransmitted) so far.
+    pub fn counts_so_far(&self, lab: &Lab) -> (u64, u64, u64, u64) {
+        let counts = self.counts.lock().unwrap();
+        let retransmitted = retransmitted(&lab.container("h1", "c").netns) - self.retransmitted_before;
+        (counts.pings_sent, counts.pings_received, counts.bytes, retransmitted)
+    }
+
     /// Stops after the current ping run and transfer, checks them, and adds the counts to `figures`.
     pub fn stop(&self, lab: &Lab, figures: &mut Figures) {
         self.stop.store(true, Ordering::Relaxed);
