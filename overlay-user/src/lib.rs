@@ -1,6 +1,7 @@
 //! The overlay agent's library: configuration, interface lookup, the map
 //! state and its diffs, and the datapath facade. The `overlay` CLI, the
 //! agent and the integration tests all go through this layer.
+pub mod addresses;
 pub mod agent;
 pub mod api;
 pub mod config;

@@ -12,7 +12,7 @@ use overlay::{
     api::{
         ApiError,
         client::{self, ClientError, Method},
-        views::{EndpointView, NetworkView},
+        views::{AllocationView, EndpointView, NetworkView},
     },
     datapath::Datapath,
     pinning::PinDir,
@@ -243,4 +243,68 @@ fn api_endpoints_survive_kill_9_without_loss_and_only_root_reaches_the_socket() 
     assert!(summary.contains("3000 packets transmitted, 3000 received"), "expected no loss across kill -9 and restart:\n{summary}\n{}", lab.agent_logs());
     let after = endpoints(&h1);
     assert!(after.iter().any(|e| e.id == port && e.state == "applied"), "the restarted agent should still carry the API endpoint: {after:?}");
+}
+
+fn allocate(socket: &Path, network: &str, body: Value) -> Result<AllocationView, ApiError> {
+    call(socket, Method::POST, &format!("/v1/networks/{network}/addresses"), Some(body)).map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+fn allocated(socket: &Path, network: &str) -> Vec<AllocationView> {
+    serde_json::from_slice(&call(socket, Method::GET, &format!("/v1/networks/{network}/addresses"), None).unwrap()).unwrap()
+}
+
+#[test]
+fn addresses_are_handed_out_once_within_the_range_and_survive_kill_9() {
+    let mut lab = lab("apialloc");
+    let bin = overlay_binary().unwrap();
+    lab.start_agents(&bin).expect("starting the agents");
+    let h1 = socket(&lab, "h1");
+    let ip = |last: u8| Ipv4Addr::new(10, 30, 0, last);
+    call(&h1, Method::POST, "/v1/networks", Some(json!({"name": "alloc", "vni": 300, "subnet": "10.30.0.0/24", "ip_range": "10.30.0.0/29"}))).unwrap();
+    let outside = call(&h1, Method::POST, "/v1/networks", Some(json!({"name": "bad", "vni": 301, "subnet": "10.31.0.0/24", "ip_range": "10.32.0.0/29"}))).unwrap_err();
+    assert_eq!((outside.status, outside.field.as_str(), outside.value.as_str()), (400, "ip_range", "10.32.0.0/29"), "{outside:?}");
+
+    // An endpoint (pending: its interface does not exist) holds 10.30.0.3.
+    call(&h1, Method::POST, "/v1/endpoints", Some(json!({"network": "alloc", "interface": "nosuchport", "id": "held", "ipv4": ip(3).to_string()}))).unwrap();
+
+    // The lowest free host addresses of the range, skipping the network address and the endpoint's.
+    let first = allocate(&h1, "alloc", json!({"owner": "test:a"})).unwrap();
+    assert_eq!((first.address, first.prefix_len, first.owner.as_str()), (ip(1), 24, "test:a"), "{first:?}");
+    let handed: Vec<Ipv4Addr> = (0..5).map(|n| allocate(&h1, "alloc", json!({"owner": format!("test:{n}")})).unwrap().address).collect();
+    assert_eq!(handed, vec![ip(2), ip(4), ip(5), ip(6), ip(7)], "allocation order within 10.30.0.0/29");
+    let full = allocate(&h1, "alloc", json!({})).unwrap_err();
+    assert_eq!((full.status, full.kind.as_str()), (409, "exhausted"), "{full:?}");
+
+    // Static requests: taken ones name the holder; outside the subnet is refused; inside but outside the range is fine.
+    let taken = allocate(&h1, "alloc", json!({"address": ip(2).to_string()})).unwrap_err();
+    assert_eq!((taken.status, taken.field.as_str(), taken.holder.as_deref()), (409, "address", Some("test:0")), "{taken:?}");
+    let by_endpoint = allocate(&h1, "alloc", json!({"address": ip(3).to_string()})).unwrap_err();
+    assert_eq!((by_endpoint.status, by_endpoint.holder.as_deref()), (409, Some("api endpoint held")), "{by_endpoint:?}");
+    let foreign = allocate(&h1, "alloc", json!({"address": "10.99.0.1"})).unwrap_err();
+    assert_eq!((foreign.status, foreign.field.as_str(), foreign.value.as_str()), (400, "address", "10.99.0.1"), "{foreign:?}");
+    let broadcast = allocate(&h1, "alloc", json!({"address": "10.30.0.255"})).unwrap_err();
+    assert_eq!((broadcast.status, broadcast.field.as_str()), (400, "address"), "{broadcast:?}");
+    assert_eq!(allocate(&h1, "alloc", json!({"address": "10.30.0.200", "owner": "test:static"})).unwrap().address, ip(200));
+    for (body, field) in [(json!({"address": 5}), "address"), (json!({"owner": 5}), "owner"), (json!({"colour": "red"}), "colour")] {
+        let refusal = allocate(&h1, "alloc", body.clone()).unwrap_err();
+        assert_eq!((refusal.status, refusal.field.as_str()), (400, field), "{body}: {refusal:?}");
+    }
+    let unknown = allocate(&h1, "nosuch", json!({})).unwrap_err();
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(allocated(&h1, "alloc").len(), 7, "the refusals should have allocated nothing");
+
+    // Release, twice; the address comes back.
+    call(&h1, Method::DELETE, &format!("/v1/networks/alloc/addresses/{}", ip(4)), None).unwrap();
+    let again = call(&h1, Method::DELETE, &format!("/v1/networks/alloc/addresses/{}", ip(4)), None).unwrap_err();
+    assert_eq!(again.status, 404, "{again:?}");
+    assert_eq!(allocate(&h1, "alloc", json!({"owner": "test:back"})).unwrap().address, ip(4));
+
+    // kill -9 and restart: the allocations are still there and still held.
+    let before = allocated(&h1, "alloc");
+    let index = lab.agents.iter().position(|a| a.host == "h1").unwrap();
+    lab.agents[index].kill();
+    lab.agents[index] = lab.start_agent(0, &bin).expect("restarting h1's agent");
+    assert_eq!(allocated(&h1, "alloc"), before, "allocations should survive kill -9");
+    let full = allocate(&h1, "alloc", json!({})).unwrap_err();
+    assert_eq!((full.status, full.kind.as_str()), (409, "exhausted"), "after the restart, the range is still full: {full:?}");
 }

@@ -40,16 +40,19 @@ pub struct Cluster {
     /// The revision of the snapshot applied last.
     pub revision: i64,
     pub snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
+    /// This node's share of the cluster-wide address allocator.
+    pub ipam: Arc<registry::Ipam>,
     /// Stops the watch when the agent goes.
     _watch: ClusterWatch,
 }
 
 impl Cluster {
     /// Connects (lazily: etcd may be down) and starts the watch.
-    pub async fn connect(settings: registry::RegistrySettings) -> Result<Cluster, RegistryError> {
+    pub async fn connect(settings: registry::RegistrySettings, node: &str) -> Result<Cluster, RegistryError> {
         let registry = Registry::connect(settings).await?;
         let watch = ClusterWatch::start(registry.clone());
-        Ok(Cluster { snapshots: watch.snapshots(), registry, session: None, refusal: None, dropped: Vec::new(), revision: 0, _watch: watch })
+        let ipam = Arc::new(registry::Ipam::new(registry.clone(), node));
+        Ok(Cluster { snapshots: watch.snapshots(), ipam, registry, session: None, refusal: None, dropped: Vec::new(), revision: 0, _watch: watch })
     }
 
     /// One line for `overlay status`.

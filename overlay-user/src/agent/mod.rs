@@ -3,6 +3,7 @@
 //! SIGHUP, on a change of the file, on an API call, and while an endpoint
 //! waits for its interface. SIGINT/SIGTERM detach (or leave the datapath
 //! pinned with `keep_datapath`).
+mod addresses;
 pub mod cluster;
 mod state;
 
@@ -14,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+pub use addresses::{AddressError, Allocated};
 pub use state::{AgentState, ChangeError, ReloadError, api_state_path, render_for_file};
 use tokio::{
     io::unix::AsyncFd,
@@ -137,7 +139,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             socket_path.display(),
         );
         let cluster = match options.registry.clone() {
-            Some(settings) => Some(cluster::Cluster::connect(settings).await.context("connecting to etcd")?),
+            Some(settings) => Some(cluster::Cluster::connect(settings, &node).await.context("connecting to etcd")?),
             None => None,
         };
         let node_record = crate::registry::NodeRecord {

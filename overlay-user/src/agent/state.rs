@@ -151,6 +151,13 @@ impl AgentState {
         self.reconciler.endpoint_states().get(origin)
     }
 
+    /// Saves and keeps `api`, a change that does not touch the model (address allocations).
+    pub(super) fn save_api(&mut self, api: ApiState) -> Result<(), ChangeError> {
+        api_store::save(&self.api_path, &api).map_err(|error| ChangeError::Persist { path: self.api_path.clone(), error })?;
+        self.api = api;
+        Ok(())
+    }
+
     /// Validates `api` as the API's new part, applies it, then keeps and saves it.
     async fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
         let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);

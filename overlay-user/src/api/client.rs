@@ -73,3 +73,24 @@ pub fn call_blocking(socket: &Path, method: Method, path: &str, body: Option<ser
         .map_err(|error| ClientError::Http { path: socket.to_owned(), message: error.to_string() })?;
     runtime.block_on(call(socket, method, path, body))
 }
+
+/// Asks the agent for an address in `network`: `requested`, or the lowest free one.
+pub async fn allocate_address(
+    socket: &Path,
+    network: &str,
+    requested: Option<std::net::Ipv4Addr>,
+    owner: &str,
+) -> Result<super::views::AllocationView, ClientError> {
+    let body = serde_json::json!({ "address": requested.map(|a| a.to_string()), "owner": owner });
+    let answer = call(socket, Method::POST, &format!("/v1/networks/{network}/addresses"), Some(body)).await?;
+    serde_json::from_slice(&answer.body).map_err(|error| ClientError::Http { path: socket.to_owned(), message: format!("reading the allocation: {error}") })
+}
+
+/// Gives `address` of `network` back; `Ok(false)` when it was not allocated.
+pub async fn release_address(socket: &Path, network: &str, address: std::net::Ipv4Addr) -> Result<bool, ClientError> {
+    match call(socket, Method::DELETE, &format!("/v1/networks/{network}/addresses/{address}"), None).await {
+        Ok(_) => Ok(true),
+        Err(ClientError::Refused(refusal)) if refusal.status == 404 && refusal.kind == "not-found" && refusal.error.contains("not allocated") => Ok(false),
+        Err(error) => Err(error),
+    }
+}

@@ -6,11 +6,14 @@
 //! |---|---|
 //! | `GET /v1/node` | the node: VTEP, underlay, decapsulation hook, attachments |
 //! | `GET /v1/networks` | every network, with its source |
-//! | `POST /v1/networks` | create one: `{name, vni, subnet?, subnet6?, mtu?, flood_limit?, options?}` |
+//! | `POST /v1/networks` | create one: `{name, vni, subnet?, subnet6?, ip_range?, mtu?, flood_limit?, options?}` |
 //! | `DELETE /v1/networks/{name}` | remove one the API created and no endpoint uses |
 //! | `GET /v1/endpoints` | every local endpoint with its state (applied, pending with why) |
 //! | `POST /v1/endpoints` | add one: `{network, interface, id?, mac?, ipv4?, ipv6?, owner?: {kind, container_id?}}` |
 //! | `DELETE /v1/endpoints/{id}` | remove one the API added |
+//! | `GET /v1/networks/{name}/addresses` | the addresses handed out in it (by this node) |
+//! | `POST /v1/networks/{name}/addresses` | hand one out: `{address?, owner?}` (see [`crate::addresses`]) |
+//! | `DELETE /v1/networks/{name}/addresses/{address}` | give one back |
 //! | `GET /v1/peers` | every peer and the networks it carries |
 //!
 //! A malformed or missing field answers 400 naming the field and value; a

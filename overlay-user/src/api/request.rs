@@ -102,6 +102,16 @@ pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
     }
     let subnet: Option<Ipv4Net> = fields.parsed("subnet", "not an IPv4 prefix (expected a form like 10.0.9.0/24)")?;
     let subnet6: Option<Ipv6Net> = fields.parsed("subnet6", "not an IPv6 prefix (expected a form like fd00:9::/64)")?;
+    let ip_range: Option<Ipv4Net> = fields.parsed("ip_range", "not an IPv4 prefix (expected a form like 10.0.9.64/26)")?;
+    if let Some(range) = ip_range {
+        match subnet {
+            None => return Err(ApiError::bad_request("ip_range", &range.to_string(), "needs a subnet to lie in")),
+            Some(subnet) if !subnet.contains(&range) => {
+                return Err(ApiError::bad_request("ip_range", &range.to_string(), &format!("is not inside the subnet {subnet}")));
+            }
+            Some(_) => {}
+        }
+    }
     let mtu = fields.number("mtu")?;
     let flood_limit = fields.number("flood_limit")?;
     if let Some(message) = flood_limit.and_then(flood_limit_problem) {
@@ -117,7 +127,7 @@ pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
         }
     }
     fields.finish()?;
-    Ok(ApiNetwork { name, vni, subnet, subnet6, mtu, flood_limit, options })
+    Ok(ApiNetwork { name, vni, subnet, subnet6, mtu, flood_limit, options, ip_range })
 }
 
 /// `POST /v1/endpoints`. A missing MAC is made up (locally administered,
@@ -170,6 +180,21 @@ pub fn endpoint(body: &[u8]) -> Result<ApiEndpoint, ApiError> {
     fields.finish()?;
     Ok(ApiEndpoint { id, network, interface, mac, ipv4, ipv6, owner })
 }
+
+/// `POST /v1/networks/{name}/addresses`: `{address?, owner?}`.
+pub fn allocation(body: &[u8]) -> Result<(Option<Ipv4Addr>, String), ApiError> {
+    let mut fields = if body.iter().all(u8::is_ascii_whitespace) { Fields { map: Map::new(), within: String::new() } } else { Fields::parse(body)? };
+    let address: Option<Ipv4Addr> = fields.parsed("address", "not an IPv4 address (expected dotted quad like 10.0.9.2)")?;
+    let owner = fields.string("owner")?.unwrap_or_default();
+    if owner.len() > OWNER_MAX || owner.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("owner", &owner, &format!("must be at most {OWNER_MAX} characters without control characters")));
+    }
+    fields.finish()?;
+    Ok((address, owner))
+}
+
+/// The longest owner label of an allocation.
+const OWNER_MAX: usize = 160;
 
 /// A random locally administered unicast MAC (first byte 0x02).
 fn random_mac() -> MacAddr {

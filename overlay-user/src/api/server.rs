@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 
 use super::{ApiError, request, views};
 use crate::{
-    agent::{ChangeError, Shared},
+    addresses::AllocationError,
+    agent::{AddressError, ChangeError, Shared},
     reconciler::EndpointState,
 };
 
@@ -31,6 +32,8 @@ pub fn router(shared: Shared, changed: mpsc::Sender<()>) -> Router {
         .route("/v1/networks/{name}", delete(delete_network))
         .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/v1/endpoints/{id}", delete(delete_endpoint))
+        .route("/v1/networks/{name}/addresses", get(list_addresses).post(allocate_address))
+        .route("/v1/networks/{name}/addresses/{address}", delete(release_address))
         .route("/v1/peers", get(list_peers))
         .fallback(|| async { ApiError::plain(404, "not-found", "no such API path (see `GET /v1/node`, `/v1/networks`, `/v1/endpoints`, `/v1/peers`)") })
         .with_state(ApiContext { shared, changed })
@@ -126,5 +129,44 @@ async fn delete_endpoint(State(context): State<ApiContext>, UrlPath(id): UrlPath
     let outcome = context.shared.lock().await.remove_endpoint(&id).await.map_err(change_error)?;
     log::info!("API: removed endpoint {id}: {}", outcome.maps);
     let _ = context.changed.try_send(());
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn address_error(error: AddressError) -> ApiError {
+    match error {
+        AddressError::UnknownNetwork(_) => ApiError::plain(404, "not-found", error.to_string()),
+        AddressError::NoSubnet(_) => ApiError::plain(409, "conflict", error.to_string()),
+        AddressError::NotAllocated { .. } => ApiError::plain(404, "not-found", error.to_string()),
+        AddressError::Allocation(AllocationError::NotAHost { address, ref why }) => {
+            ApiError::bad_request("address", &address.to_string(), &format!("{why}; nothing changed"))
+        }
+        AddressError::Allocation(AllocationError::Taken { address, ref holder }) => ApiError {
+            holder: Some(holder.clone()),
+            field: "address".into(),
+            value: address.to_string(),
+            ..ApiError::plain(409, "duplicate", format!("{error}; nothing changed"))
+        },
+        AddressError::Allocation(AllocationError::Exhausted { .. }) => ApiError::plain(409, "exhausted", error.to_string()),
+        AddressError::Change(error) => change_error(error),
+    }
+}
+
+async fn list_addresses(State(context): State<ApiContext>, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
+    let (subnet, allocations) = context.shared.lock().await.addresses(&name).map_err(address_error)?;
+    Ok(Json(allocations.into_iter().map(|a| views::AllocationView::new(a, subnet)).collect::<Vec<_>>()).into_response())
+}
+
+async fn allocate_address(State(context): State<ApiContext>, UrlPath(name): UrlPath<String>, body: Bytes) -> Result<Response, ApiError> {
+    let (requested, owner) = request::allocation(&body)?;
+    let allocated = context.shared.lock().await.allocate_address(&name, requested, &owner).await.map_err(address_error)?;
+    log::info!("API: allocated {} in network {name} to {owner:?}", allocated.allocation.address);
+    Ok((StatusCode::CREATED, Json(views::AllocationView::new(allocated.allocation, allocated.subnet))).into_response())
+}
+
+async fn release_address(State(context): State<ApiContext>, UrlPath((name, address)): UrlPath<(String, String)>) -> Result<Response, ApiError> {
+    let address: std::net::Ipv4Addr =
+        address.parse().map_err(|_| ApiError::bad_request("address", &address, "not an IPv4 address (expected dotted quad like 10.0.9.2)"))?;
+    context.shared.lock().await.release_address(&name, address).await.map_err(address_error)?;
+    log::info!("API: released {address} in network {name}");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

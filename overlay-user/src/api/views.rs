@@ -169,3 +169,20 @@ pub fn node(agent: &AgentState) -> NodeView {
         peers: model.peers.len(),
     }
 }
+
+/// An address handed out (`/v1/networks/{name}/addresses`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationView {
+    pub network: String,
+    pub address: Ipv4Addr,
+    /// The network's prefix length (the container's address is `address/prefix_len`).
+    pub prefix_len: u8,
+    #[serde(default)]
+    pub owner: String,
+}
+
+impl AllocationView {
+    pub fn new(allocation: crate::addresses::Allocation, subnet: Ipv4Net) -> AllocationView {
+        AllocationView { network: allocation.network, address: allocation.address, prefix_len: subnet.prefix_len(), owner: allocation.owner }
+    }
+}

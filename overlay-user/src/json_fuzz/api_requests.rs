@@ -1,5 +1,5 @@
 //! The local API's request bodies (`POST /v1/networks`, `POST
-//! /v1/endpoints`): each mutated body is accepted with a value that passes
+//! /v1/endpoints`, `POST /v1/networks/{name}/addresses`): each mutated body is accepted with a value that passes
 //! the same checks and reads back the same, or refused with HTTP 400 naming
 //! a field of the request (or the body) and the value as sent.
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -13,7 +13,8 @@ use crate::{
     },
 };
 
-const NETWORK_FIELDS: &[&str] = &["name", "vni", "subnet", "subnet6", "mtu", "flood_limit", "options"];
+const NETWORK_FIELDS: &[&str] = &["name", "vni", "subnet", "subnet6", "ip_range", "mtu", "flood_limit", "options"];
+const ALLOCATION_FIELDS: &[&str] = &["address", "owner"];
 const ENDPOINT_FIELDS: &[&str] = &["network", "interface", "id", "mac", "ipv4", "ipv6", "owner", "owner.kind", "owner.container_id"];
 
 /// Would the kernel take `name` for a network interface (net/core/dev.c
@@ -117,6 +118,23 @@ pub fn check_endpoint(body: &[u8], tally: &mut Tally) -> Option<String> {
     }
 }
 
+/// Checks one `POST /v1/networks/{name}/addresses` body; None if all is well.
+pub fn check_allocation(body: &[u8], tally: &mut Tally) -> Option<String> {
+    let outcome = std::panic::catch_unwind(|| request::allocation(body));
+    match outcome {
+        Err(_) => Some("request::allocation panicked".into()),
+        Ok(Ok((address, owner))) => {
+            tally.valid += 1;
+            let again = request::allocation(&serde_json::to_vec(&serde_json::json!({"address": address, "owner": owner})).unwrap());
+            (again.as_ref() != Ok(&(address, owner.clone()))).then(|| format!("the accepted allocation {address:?} {owner:?} does not read back the same: {again:?}"))
+        }
+        Ok(Err(error)) => {
+            count_refusal(tally, &error);
+            refusal_problem(body, &error, ALLOCATION_FIELDS)
+        }
+    }
+}
+
 fn count_refusal(tally: &mut Tally, error: &ApiError) {
     if error.field.is_empty() {
         tally.refused_as_not_json += 1;
@@ -125,12 +143,13 @@ fn count_refusal(tally: &mut Tally, error: &ApiError) {
     }
 }
 
-/// Runs `cases` mutated bodies of each kind; returns the tallies (networks, endpoints).
-pub fn fuzz(seed: u64, cases: u64) -> (Tally, Tally) {
+/// Runs `cases` mutated bodies of each kind; returns the tallies (networks, endpoints, allocations).
+pub fn fuzz(seed: u64, cases: u64) -> (Tally, Tally, Tally) {
     let values = interesting_values();
     let networks = corpus("api", "network-");
     let endpoints = corpus("api", "endpoint-");
-    let (mut network_tally, mut endpoint_tally) = (Tally::default(), Tally::default());
+    let allocations = corpus("api", "allocation-");
+    let (mut network_tally, mut endpoint_tally, mut allocation_tally) = (Tally::default(), Tally::default(), Tally::default());
     for case in 0..cases {
         let mut rng = Rng::for_case(seed, case);
         let (name, base) = &networks[rng.below(networks.len())];
@@ -145,8 +164,14 @@ pub fn fuzz(seed: u64, cases: u64) -> (Tally, Tally) {
         if let Some(problem) = check_endpoint(&body, &mut endpoint_tally) {
             panic!("POST /v1/endpoints case {case} (OVERLAY_JSON_FUZZ_SEED={seed:#x}, from {name}): {problem}\nbody: {}", shown(&body));
         }
+        let (name, base) = &allocations[rng.below(allocations.len())];
+        let body = mutate(&mut rng, base, ALLOCATION_FIELDS, &values);
+        allocation_tally.cases += 1;
+        if let Some(problem) = check_allocation(&body, &mut allocation_tally) {
+            panic!("POST /v1/networks/N/addresses case {case} (OVERLAY_JSON_FUZZ_SEED={seed:#x}, from {name}): {problem}\nbody: {}", shown(&body));
+        }
     }
-    (network_tally, endpoint_tally)
+    (network_tally, endpoint_tally, allocation_tally)
 }
 
 #[test]
@@ -162,15 +187,20 @@ fn every_api_corpus_body_is_accepted() {
         assert!(request::endpoint(&bytes).is_ok(), "{name} should be accepted: {:?}", request::endpoint(&bytes));
         assert_eq!(check_endpoint(&bytes, &mut tally), None, "{name}");
     }
+    for (name, body) in corpus("api", "allocation-") {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        assert!(request::allocation(&bytes).is_ok(), "{name} should be accepted: {:?}", request::allocation(&bytes));
+        assert_eq!(check_allocation(&bytes, &mut tally), None, "{name}");
+    }
 }
 
 #[test]
 fn mutated_api_bodies_are_accepted_whole_or_refused_naming_the_field() {
     let (seed, cases) = run_size();
-    let (networks, endpoints) = fuzz(seed, cases);
-    println!("POST /v1/networks: {networks:?}\nPOST /v1/endpoints: {endpoints:?}");
+    let (networks, endpoints, allocations) = fuzz(seed, cases);
+    println!("POST /v1/networks: {networks:?}\nPOST /v1/endpoints: {endpoints:?}\nPOST /v1/networks/N/addresses: {allocations:?}");
     // The mutations must reach past the JSON syntax to the fields' checks, and some must stay valid.
-    for (what, tally) in [("networks", &networks), ("endpoints", &endpoints)] {
+    for (what, tally) in [("networks", &networks), ("endpoints", &endpoints), ("allocations", &allocations)] {
         assert!(
             tally.valid * 50 > tally.cases && tally.refused_naming_a_field * 4 > tally.cases,
             "{what}: the mutations should give valid bodies and refusals of fields: {tally:?}"

@@ -31,6 +31,9 @@ pub struct ApiNetwork {
     pub flood_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// Where this node hands out addresses without a registry (inside `subnet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Ipv4Net>,
 }
 
 impl ApiNetwork {
@@ -90,6 +93,9 @@ pub fn endpoint_origin(id: &str) -> Origin {
 pub struct ApiState {
     pub networks: Vec<ApiNetwork>,
     pub endpoints: Vec<ApiEndpoint>,
+    /// Addresses handed out without a registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<crate::addresses::Allocation>,
 }
 
 impl ApiState {

@@ -1,0 +1,245 @@
+//! The checks of one file's fields, reporting every problem at once.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use overlay_common::{
+    DEFAULT_FLOOD_LIMIT, DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN,
+    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, VNI_MAX,
+};
+
+use crate::model::validate;
+
+use super::{Config, LocalEndpoint, Node, Peer, Problem, RemoteEndpoint, VniSettings, raw::*};
+
+pub use crate::model::MacAddr;
+
+#[derive(Default)]
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { field: field.into(), value: value.into(), message: message.into() });
+    }
+
+    fn non_empty(&mut self, field: &str, value: &str) -> Option<String> {
+        if value.trim().is_empty() {
+            self.problem(field, value, "must not be empty");
+            return None;
+        }
+        Some(value.to_owned())
+    }
+
+    fn ipv4(&mut self, field: &str, value: &str) -> Option<Ipv4Addr> {
+        match value.parse::<Ipv4Addr>() {
+            Ok(addr) if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() => {
+                self.problem(field, value, "must be a unicast IPv4 address");
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) if value.parse::<std::net::Ipv6Addr>().is_ok() => {
+                self.problem(field, value, "IPv6 is not supported here yet; use an IPv4 address");
+                None
+            }
+            Err(_) => {
+                self.problem(field, value, "not an IPv4 address (expected dotted quad like 192.0.2.1)");
+                None
+            }
+        }
+    }
+
+    /// An optional IPv6 address: `Some(None)` when absent, `None` when invalid.
+    fn ipv6(&mut self, field: &str, value: Option<&String>) -> Option<Option<Ipv6Addr>> {
+        let Some(value) = value else { return Some(None) };
+        match value.parse::<Ipv6Addr>() {
+            Ok(addr) if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() => {
+                self.problem(field, value, "must be a unicast IPv6 address");
+                None
+            }
+            Ok(addr) => Some(Some(addr)),
+            Err(_) => {
+                self.problem(field, value, "not an IPv6 address (expected a form like fd00::1)");
+                None
+            }
+        }
+    }
+
+    fn flood_limit(&mut self, field: &str, value: i64) -> Option<u32> {
+        if (0..=(FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS) as i64).contains(&value) {
+            Some(value as u32)
+        } else {
+            self.problem(
+                field,
+                value.to_string(),
+                format!("flood limit must be in 0..={} (copies per flooded frame; 0 turns flooding off)", FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS),
+            );
+            None
+        }
+    }
+
+    fn mac(&mut self, field: &str, value: &str) -> Option<MacAddr> {
+        match value.parse::<MacAddr>() {
+            Ok(mac) if mac.is_multicast() => {
+                self.problem(field, value, "must be a unicast MAC address (lowest bit of the first byte clear)");
+                None
+            }
+            Ok(mac) if mac.0 == [0; 6] => {
+                self.problem(field, value, "must not be the all-zero MAC address");
+                None
+            }
+            Ok(mac) => Some(mac),
+            Err(()) => {
+                self.problem(field, value, "not a MAC address (expected six hex pairs like 02:00:00:00:00:01)");
+                None
+            }
+        }
+    }
+
+    fn vni(&mut self, field: &str, value: i64) -> Option<u32> {
+        if (1..=VNI_MAX as i64).contains(&value) {
+            Some(value as u32)
+        } else {
+            self.problem(field, value.to_string(), format!("VNI must be in 1..={VNI_MAX} (24 bits, 0 is reserved here)"));
+            None
+        }
+    }
+
+    fn port(&mut self, field: &str, value: i64) -> Option<u16> {
+        if (1..=65535).contains(&value) {
+            Some(value as u16)
+        } else {
+            self.problem(field, value.to_string(), "UDP port must be in 1..=65535");
+            None
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: &RawConfig) -> Option<Config> {
+        let node = self.node(&raw.node);
+        let endpoints: Vec<_> = raw
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| self.local_endpoint(i, e))
+            .collect();
+        let peers: Vec<_> = raw.peers.iter().enumerate().map(|(i, p)| self.peer(i, p)).collect();
+        let mut vnis = BTreeMap::new();
+        let mut vnis_valid = true;
+        for (i, raw_vni) in raw.vnis.iter().enumerate() {
+            let vni = self.vni(&format!("vnis[{i}].vni"), raw_vni.vni);
+            let flood_limit = match raw_vni.flood_limit {
+                Some(limit) => self.flood_limit(&format!("vnis[{i}].flood_limit"), limit),
+                None => node.as_ref().map(|n| n.flood_limit),
+            };
+            match (vni, flood_limit) {
+                (Some(vni), Some(flood_limit)) => {
+                    if vnis.insert(vni, VniSettings { flood_limit, index: i }).is_some() {
+                        self.problem(format!("vnis[{i}].vni"), vni.to_string(), "VNI listed twice");
+                    }
+                }
+                _ => vnis_valid = false,
+            }
+        }
+        let node = node?;
+        let endpoints: Option<Vec<_>> = endpoints.into_iter().collect();
+        let peers: Option<Vec<_>> = peers.into_iter().collect();
+        if !vnis_valid {
+            return None;
+        }
+        let config = Config { node, endpoints: endpoints?, peers: peers?, vnis };
+        // Checks between items run on the model, as for every source.
+        for problem in validate::validate(&config.model()) {
+            self.problem(problem.path(), problem.value, problem.message);
+        }
+        let local = config.local_vnis();
+        for (i, raw_vni) in raw.vnis.iter().enumerate() {
+            if !local.contains(&(raw_vni.vni as u32)) {
+                self.problem(format!("vnis[{i}].vni"), raw_vni.vni.to_string(), "no local endpoint is in this VNI");
+            }
+        }
+        Some(config)
+    }
+
+    fn node(&mut self, raw: &RawNode) -> Option<Node> {
+        let name = self.non_empty("node.name", &raw.name).and_then(|name| {
+            // It names the node's pin directory on bpffs and its status file.
+            let safe = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !name.starts_with('.');
+            if safe {
+                Some(name)
+            } else {
+                self.problem("node.name", &name, "may hold only letters, digits, '-', '_' and '.', and not start with '.'");
+                None
+            }
+        });
+        let underlay_interface = self.non_empty("node.underlay_interface", &raw.underlay_interface);
+        let vtep_address = self.ipv4("node.vtep_address", &raw.vtep_address);
+        let vxlan_port = self.port("node.vxlan_port", raw.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT.into()));
+        let ttl = match raw.ttl {
+            None => Some(DEFAULT_OUTER_TTL),
+            Some(ttl @ 1..=255) => Some(ttl as u8),
+            Some(ttl) => {
+                self.problem("node.ttl", ttl.to_string(), "TTL must be in 1..=255");
+                None
+            }
+        };
+        let [min, max] = raw
+            .source_port_range
+            .unwrap_or([DEFAULT_SOURCE_PORT_MIN.into(), DEFAULT_SOURCE_PORT_MAX.into()]);
+        let range = match (self.port("node.source_port_range[0]", min), self.port("node.source_port_range[1]", max)) {
+            (Some(min), Some(max)) if min <= max => Some((min, max)),
+            (Some(_), Some(_)) => {
+                self.problem("node.source_port_range", format!("[{min}, {max}]"), "first port must not be above the second");
+                None
+            }
+            _ => None,
+        };
+        let (source_port_min, source_port_max) = range?;
+        let flood_limit = self.flood_limit("node.flood_limit", raw.flood_limit.unwrap_or(DEFAULT_FLOOD_LIMIT.into()));
+        Some(Node {
+            flood_limit: flood_limit?,
+            name: name?,
+            underlay_interface: underlay_interface?,
+            vtep_address: vtep_address?,
+            vxlan_port: vxlan_port?,
+            ttl: ttl?,
+            source_port_min,
+            source_port_max,
+        })
+    }
+
+    fn local_endpoint(&mut self, index: usize, raw: &RawLocalEndpoint) -> Option<LocalEndpoint> {
+        let at = format!("endpoints[{index}]");
+        let interface = self.non_empty(&format!("{at}.interface"), &raw.interface);
+        let mac = self.mac(&format!("{at}.mac"), &raw.mac);
+        let ip = self.ipv4(&format!("{at}.ip"), &raw.ip);
+        let ipv6 = self.ipv6(&format!("{at}.ipv6"), raw.ipv6.as_ref());
+        let vni = self.vni(&format!("{at}.vni"), raw.vni);
+        Some(LocalEndpoint { interface: interface?, mac: mac?, ip: ip?, ipv6: ipv6?, vni: vni? })
+    }
+
+    fn peer(&mut self, index: usize, raw: &RawPeer) -> Option<Peer> {
+        let at = format!("peers[{index}]");
+        let name = self.non_empty(&format!("{at}.name"), &raw.name);
+        let vtep_address = self.ipv4(&format!("{at}.vtep_address"), &raw.vtep_address);
+        let endpoints: Vec<_> = raw
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let at = format!("{at}.endpoints[{i}]");
+                let mac = self.mac(&format!("{at}.mac"), &e.mac);
+                let ip = self.ipv4(&format!("{at}.ip"), &e.ip);
+                let ipv6 = self.ipv6(&format!("{at}.ipv6"), e.ipv6.as_ref());
+                let vni = self.vni(&format!("{at}.vni"), e.vni);
+                Some(RemoteEndpoint { mac: mac?, ip: ip?, ipv6: ipv6?, vni: vni? })
+            })
+            .collect();
+        let endpoints: Option<Vec<_>> = endpoints.into_iter().collect();
+        let extra_vnis: Option<BTreeSet<u32>> =
+            raw.vnis.iter().enumerate().map(|(i, v)| self.vni(&format!("{at}.vnis[{i}]"), *v)).collect();
+        Some(Peer { name: name?, vtep_address: vtep_address?, endpoints: endpoints?, extra_vnis: extra_vnis? })
+    }
+
+}
