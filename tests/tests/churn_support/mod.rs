@@ -180,6 +180,12 @@ impl Churn {
             churn.figures.quiet_reference = Some((quiet, flow.counts_so_far(&churn.lab)));
         }
         for round in 1..=size.rounds {
+            // Every peer at once, in one reload; the round's changes then take them out and back.
+            churn.figures.peer_changes += (size.peers - churn.peers.len()) as u64;
+            churn.peers = (0..size.peers).collect();
+            churn.figures.most_peers = size.peers;
+            churn.write_file();
+            churn.wait_for_maps("every peer in one reload");
             for _ in 0..size.ops_per_round {
                 churn.step();
                 if churn.figures.operations % 50 == 0 {
