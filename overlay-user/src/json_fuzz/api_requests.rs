@@ -61,12 +61,19 @@ fn refusal_problem(body: &[u8], error: &ApiError, fields: &[&str]) -> Option<Str
     if !error.error.starts_with(&format!("{} = ", error.field)) {
         return Some(format!("the message should start with the field and value: {error:?}"));
     }
-    // A string field refused for its value names the value as sent.
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(serde_json::Value::String(text)) = map.get(&error.field)
-        && !same_value(&error.field, &error.value, text)
-    {
-        return Some(format!("the refusal's value {:?} is not the value sent {text:?}: {error:?}", error.value));
+    // A string field refused for its value names the value as sent: the
+    // field's path (`owner.kind`) is looked up nested, and at the top level
+    // too (a key spelled `owner.kind` is refused as unknown under that name).
+    if let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) {
+        let sent = if error.error.ends_with("unknown field") {
+            body.get(&error.field).or_else(|| error.field.split('.').try_fold(&body, |value, name| value.get(name)))
+        } else {
+            error.field.split('.').try_fold(&body, |value, name| value.get(name))
+        };
+        let sent: Vec<&str> = sent.and_then(|v| v.as_str()).into_iter().collect();
+        if !sent.is_empty() && !sent.iter().any(|text| same_value(&error.field, &error.value, text)) {
+            return Some(format!("the refusal's value {:?} is not the value sent {sent:?}: {error:?}", error.value));
+        }
     }
     None
 }
