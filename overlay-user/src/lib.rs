@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
 pub mod pinning;
+pub mod private_file;
 pub mod reconciler;
 pub mod registry;
 pub mod slots;

@@ -63,6 +63,20 @@ pub struct LabSpec {
     pub vxlan_port: u16,
 }
 
+impl LabSpec {
+    /// `hosts` overlay hosts `h1`, `h2`, ... on VXLAN port 4789, each with one
+    /// container `c` in VNI 100: host n's has MAC `02:00:00:00:<mac_byte>:n`
+    /// and IP `10.10.0.n`.
+    pub fn one_container_each(scope: &str, hosts: u8, mac_byte: u8) -> LabSpec {
+        let host = |n: u8| HostSpec {
+            name: format!("h{n}"),
+            kind: HostKind::Overlay,
+            containers: vec![ContainerSpec { name: "c".into(), mac: [2, 0, 0, 0, mac_byte, n], ip: Ipv4Addr::new(10, 10, 0, n), vni: 100 }],
+        };
+        LabSpec { scope: scope.into(), vxlan_port: 4789, hosts: (1..=hosts).map(host).collect() }
+    }
+}
+
 /// How the underlay's veth links are set up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UnderlayOffloads {

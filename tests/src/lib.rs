@@ -1,6 +1,7 @@
 //! The lab every integration test and `cargo xtask demo` stands on:
 //! namespaces as guards, a multi-host topology builder, agents as child
 //! processes, and traffic checks (ping, a byte-checked TCP transfer, names).
+pub mod bpf_run;
 pub mod etcd;
 pub mod frames;
 pub mod fuzz;

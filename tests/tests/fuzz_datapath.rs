@@ -25,13 +25,12 @@
 //!
 //! A failure prints the seed, the program and the frame's index: each frame
 //! has its own PRNG stream, so `OVERLAY_FUZZ_SEED=S OVERLAY_FUZZ_ONLY=program:index`
-//! replays exactly that frame. Found failures become rows of packets.rs.
+//! replays exactly that frame. Found failures become rows of the packets/ tables.
 //! Needs root.
 use std::{
     collections::{BTreeMap, HashMap},
-    io, mem,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
     time::{Duration, Instant},
 };
@@ -40,6 +39,7 @@ use anyhow::Context as _;
 use overlay::{Config, Counters, Datapath, MapState, ResolvedConfig, datapath::TestRunOutcome, netdev};
 use overlay_common::{Direction, Reason};
 use overlay_lab::{
+    bpf_run::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, packet_socket, receive_queued},
     frames::{self, Mac},
     fuzz::{
         Rng, World, generate,
@@ -47,13 +47,6 @@ use overlay_lab::{
     },
     netns::{InsideNetns, Netns},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// The fixed seed of `cargo xtask test`.
 const DEFAULT_SEED: u64 = 0x6f76_6572_6c61_7931;
@@ -238,52 +231,6 @@ impl Node {
                 return Ok(arrived);
             }
             std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-}
-
-fn packet_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
-    let all = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain syscall; the descriptor is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, all.into()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening a packet socket");
-    }
-    // SAFETY: fd is fresh and ours.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut address: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_protocol = all;
-    address.sll_ifindex = ifindex as i32;
-    // SAFETY: address is a valid sockaddr_ll of the size given.
-    let bound = unsafe {
-        libc::bind(socket.as_raw_fd(), (&raw const address).cast(), mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t)
-    };
-    if bound != 0 {
-        return Err(io::Error::last_os_error()).context("binding a packet socket");
-    }
-    Ok(socket)
-}
-
-/// Every frame queued on a packet socket that its device received.
-fn receive_queued(socket: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
-    let mut frames = Vec::new();
-    let mut buffer = vec![0u8; 65536];
-    loop {
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        let mut from_len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: buffer and from are valid for the sizes given.
-        let received = unsafe {
-            libc::recvfrom(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT, (&raw mut from).cast(), &mut from_len)
-        };
-        if received < 0 {
-            let error = io::Error::last_os_error();
-            return if error.kind() == io::ErrorKind::WouldBlock { Ok(frames) } else { Err(error) };
-        }
-        if from.sll_pkttype != libc::PACKET_OUTGOING {
-            frames.push(buffer[..received as usize].to_vec());
         }
     }
 }

@@ -20,9 +20,7 @@ const PINGS: u32 = 10;
 const TRANSFER_BYTES: u64 = 1024 * 1024;
 
 fn two_hosts(scope: &str) -> Lab {
-    let container = |o: u8| ContainerSpec { name: "c".into(), mac: [2, 0, 0, 0, 0x60, o], ip: Ipv4Addr::new(10, 10, 0, o), vni: 100 };
-    let host = |n: &str, o: u8| HostSpec { name: n.into(), kind: HostKind::Overlay, containers: vec![container(o)] };
-    Lab::build(LabSpec { scope: scope.into(), vxlan_port: 4789, hosts: vec![host("h1", 1), host("h2", 2)] }).expect("building the lab")
+    Lab::build(LabSpec::one_container_each(scope, 2, 0x60)).expect("building the lab")
 }
 
 fn bin() -> std::path::PathBuf {

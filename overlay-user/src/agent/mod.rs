@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 pub use addresses::{AddressError, Allocated};
-pub use state::{AgentState, ChangeError, ReloadError, api_state_path, render_for_file};
+pub use state::{AgentState, ChangeError, ReloadError, api_state_path};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -66,11 +66,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if crate::netdev::ifindex(&config.node.underlay_interface).is_none() {
         return Err(ConfigError::Invalid {
             path: options.config.clone(),
-            problems: vec![crate::config::Problem {
-                field: "node.underlay_interface".into(),
-                value: config.node.underlay_interface.clone(),
-                message: "no such network interface in this network namespace".into(),
-            }],
+            problems: vec![crate::config::Problem::in_file(
+                "node.underlay_interface",
+                &config.node.underlay_interface,
+                "no such network interface in this network namespace",
+            )],
         }
         .into());
     }
@@ -85,7 +85,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let (model, problems) = sources::candidate(config.node_settings(), [&api.fragment(), &config.fragment()]);
     let problems = sources::problems_of(problems, SourceKind::File);
     if !problems.is_empty() {
-        return Err(ConfigError::Invalid { path: options.config.clone(), problems: render_for_file(&problems) })
+        return Err(ConfigError::Invalid { path: options.config.clone(), problems })
             .context(format!("the file conflicts with endpoints or networks created through the API (kept in {})", api_path.display()));
     }
     // Bound before the kernel is touched: an address it cannot serve refuses the start.

@@ -73,7 +73,7 @@ impl AgentState {
         let (model, problems) = sources::candidate(config.node_settings(), [&self.api.fragment(), &self.registry, &config.fragment()]);
         let problems = sources::problems_of(problems, SourceKind::File);
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: self.config_path.clone(), problems: render_for_file(&problems) }.into());
+            return Err(ConfigError::Invalid { path: self.config_path.clone(), problems }.into());
         }
         let outcome = self.reconciler.reconcile(&model).await?;
         self.config = config;
@@ -187,18 +187,6 @@ pub enum ReloadError {
     Rename { from: String, to: String },
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
-}
-
-/// Problems in the file's terms: its own items by TOML path, others by source and key.
-pub fn render_for_file(problems: &[Problem]) -> Vec<crate::config::Problem> {
-    problems
-        .iter()
-        .map(|p| crate::config::Problem {
-            field: if p.subject.source == SourceKind::File { p.path() } else { format!("{} {}", p.subject.source, p.path()) },
-            value: p.value.clone(),
-            message: p.message.clone(),
-        })
-        .collect()
 }
 
 /// Where the agent of `node` keeps its API state in `run_dir`.

@@ -22,7 +22,7 @@ pub(super) struct Checker {
 
 impl Checker {
     fn problem(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { field: field.into(), value: value.into(), message: message.into() });
+        self.problems.push(Problem::in_file(&field.into(), value.into(), message.into()));
     }
 
     fn non_empty(&mut self, field: &str, value: &str) -> Option<String> {
@@ -150,9 +150,7 @@ impl Checker {
         }
         let config = Config { node, endpoints: endpoints?, peers: peers?, vnis };
         // Checks between items run on the model, as for every source.
-        for problem in validate::validate(&config.model()) {
-            self.problem(problem.path(), problem.value, problem.message);
-        }
+        self.problems.extend(validate::validate(&config.model()));
         let local = config.local_vnis();
         for (i, raw_vni) in raw.vnis.iter().enumerate() {
             if !local.contains(&(raw_vni.vni as u32)) {

@@ -141,7 +141,7 @@ const fn v6(last: u16) -> Ipv6Addr {
 }
 
 impl World {
-    /// The packets.rs near node, with a narrower source port range: two
+    /// The packets/ near node, with a narrower source port range: two
     /// tenants (VNI 100 on p1 and p2, VNI 200 on p3, with overlapping
     /// addresses) and four peers (the far node and a third node in VNI 100,
     /// a tenant-B node, and a VNI-100 node whose next hop is unresolved).
