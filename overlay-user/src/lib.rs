@@ -10,6 +10,8 @@ pub mod datapath;
 pub mod docker;
 pub mod doctor;
 pub mod http;
+#[cfg(test)]
+mod json_fuzz;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

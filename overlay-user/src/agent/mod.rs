@@ -113,6 +113,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     // Bound before the kernel is touched: an address it cannot serve refuses the start.
     let metrics = options.metrics_addr.map(crate::metrics::bind).transpose()?;
+    let metrics_addr = metrics.as_ref().and_then(|listener| listener.local_addr().ok());
+    if let Some(address) = metrics_addr.filter(|a| !a.ip().is_loopback()) {
+        log::warn!("{}", crate::metrics::exposure_warning(address));
+    }
     let socket_path = options.api_socket.clone().unwrap_or_else(|| default_api_socket(&options.run_dir, &node));
 
     runtime.block_on(async move {
@@ -154,6 +158,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             xdp_mode: outcome.hook.xdp_mode(),
             tc_attach: reconciler.datapath().tc_attachment().map_or("", |kind| kind.label()).to_owned(),
             api_socket: Some(socket_path.clone()),
+            metrics_addr,
             ..NodeStatus::default()
         };
         log::info!(
