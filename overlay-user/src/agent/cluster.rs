@@ -266,15 +266,38 @@ impl AgentState {
                 "a network of the cluster registry needs an IPv4 subnet (its addresses are allocated cluster-wide)",
             )]));
         };
-        let underlay_mtu = crate::netdev::mtu(&self.config.node.underlay_interface).unwrap_or(1500);
+        // The same checks as a local network's, before anything is written to etcd.
+        let mut api = self.api.clone();
+        api.networks.push(network.clone());
+        let (_, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
+        let problems = sources::problems_of(problems, SourceKind::Api);
+        if !problems.is_empty() {
+            return Err(ChangeError::Refused(problems));
+        }
+        let mtu = match network.mtu {
+            Some(mtu) => mtu,
+            // A guess would be written for every node: refuse instead.
+            None => crate::netdev::mtu(&self.config.node.underlay_interface)
+                .map(|mtu| mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32))
+                .map_err(|error| {
+                    ChangeError::Conflict(format!(
+                        "reading the MTU of underlay {}: {error}; give the network an mtu",
+                        self.config.node.underlay_interface
+                    ))
+                })?,
+        };
+        let mut options = network.options.clone();
+        if let Some(limit) = network.flood_limit {
+            options.insert(registry::fragment::OPTION_FLOOD_LIMIT.to_owned(), limit.to_string());
+        }
         let record = NetworkRecord {
             name: network.name.clone(),
             vni: network.vni,
             subnet,
             subnet6: network.subnet6,
-            mtu: network.mtu.unwrap_or(underlay_mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32)),
-            block_prefix_len: registry::records::DEFAULT_BLOCK_PREFIX_LEN,
-            options: network.options.clone(),
+            mtu,
+            block_prefix_len: registry::records::default_block_prefix_len(subnet),
+            options,
         };
         Ok(NetworkCreation { registry: cluster.registry.clone(), snapshots: cluster.snapshots.clone(), record })
     }

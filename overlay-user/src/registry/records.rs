@@ -18,10 +18,19 @@ use super::{
     keys::check_name,
     problem::{ConflictReport, RecordProblem},
 };
-use crate::model::MacAddr;
+use crate::model::{
+    MacAddr,
+    validate::{NETWORK_MTU_MAX, NETWORK_MTU_MIN},
+};
 
 /// Default IPAM block: 64 addresses per node at a time, as Calico's /26.
 pub const DEFAULT_BLOCK_PREFIX_LEN: u8 = 26;
+
+/// The block length of a network that names none: the default, or the
+/// whole subnet when it is smaller than a block.
+pub fn default_block_prefix_len(subnet: Ipv4Net) -> u8 {
+    DEFAULT_BLOCK_PREFIX_LEN.max(subnet.prefix_len())
+}
 
 /// One node (agent): `nodes/<name>`, on the node's lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,9 +137,10 @@ impl NetworkRecord {
             vni: fields.unsigned("vni", 1, VNI_MAX as u64)? as u32,
             subnet: fields.with("subnet", parse_v4)?,
             subnet6: fields.optional_with("subnet6", parse_v6)?,
-            mtu: fields.unsigned("mtu", 68, 65535)? as u32,
+            // The model's range: a record no agent would accept is refused here.
+            mtu: fields.unsigned("mtu", NETWORK_MTU_MIN.into(), NETWORK_MTU_MAX.into())? as u32,
             block_prefix_len: match fields.get("block_prefix_len") {
-                None | Some(Value::Null) => DEFAULT_BLOCK_PREFIX_LEN,
+                None | Some(Value::Null) => default_block_prefix_len(fields.with("subnet", parse_v4)?),
                 Some(_) => fields.unsigned("block_prefix_len", 0, 32)? as u8,
             },
             options: fields.string_map("options")?,
