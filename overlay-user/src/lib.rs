@@ -13,6 +13,7 @@ pub mod model;
 pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
+pub mod offload;
 pub mod pinning;
 pub mod reconciler;
 pub mod registry;
