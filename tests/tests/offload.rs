@@ -100,20 +100,20 @@ fn offloaded_admission_is_attached_to_a_netdevsim_nic() {
         println!("skipped: no netdevsim on this kernel ({NETDEVSIM_BUS} is missing; `cargo xtask vm-test --test offload` builds and loads it in the 6.1 guest)");
         return;
     }
-    let mut lab = Lab::build(LabSpec::one_container_each("offl", 1, 0x70)).expect("building the lab");
+    let lab = Lab::build(LabSpec::one_container_each("offl", 1, 0x70)).expect("building the lab");
     let nic_name = format!("ns{:x}", std::process::id());
     let nic = SimulatedNic::create(&lab.host("h1").netns, std::process::id(), &nic_name);
     move_underlay_to(&lab, &nic);
 
-    let agent = lab.start_agent_with_args(0, &bin(), &["--xdp-mode", "offload"]).expect("starting the agent with --xdp-mode offload");
-    lab.agents.push(agent);
+    // Declared after the lab: it stops before the lab's namespaces go.
+    let mut agent = lab.start_agent_with_args(0, &bin(), &["--xdp-mode", "offload"]).expect("starting the agent with --xdp-mode offload");
     let h1 = &lab.host("h1").netns;
     let details = link_details(h1, &nic.name);
     assert!(
         details.contains("xdpoffload") && details.contains("prog/xdp id"),
         "expected an XDP program attached in offload mode (`xdpoffload`, `prog/xdp id N`) on {}, saw:\n{details}\nagent log:\n{}",
         nic.name,
-        lab.agent_logs()
+        agent.log()
     );
     let filters = h1.exec("tc", &["filter", "show", "dev", &nic.name, "ingress"]).expect("tc filter show");
     let filters = String::from_utf8_lossy(&filters.stdout).into_owned();
@@ -122,7 +122,7 @@ fn offloaded_admission_is_attached_to_a_netdevsim_nic() {
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("offloaded to the NIC"), "overlay status should say the admission runs on the NIC:\n{status}");
 
-    let log = lab.agents.pop().expect("the agent").stop();
+    let log = agent.stop();
     let details = link_details(h1, &nic.name);
     assert!(!details.contains("xdpoffload"), "the stopped agent left the offloaded program on {}:\n{details}\nagent log:\n{log}", nic.name);
 }
