@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod agent;
 pub mod api;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod doctor;
@@ -15,6 +16,7 @@ pub mod neighbour;
 pub mod netdev;
 pub mod offload;
 pub mod pinning;
+pub mod private_file;
 pub mod reconciler;
 pub mod registry;
 pub mod slots;
@@ -22,6 +24,7 @@ pub mod sources;
 pub mod state;
 pub mod status;
 pub mod tc_legacy;
+pub mod veth;
 
 pub use config::{Config, ConfigError};
 pub use datapath::{AttachMode, Counters, Datapath, DatapathError, DecapHook, DecapMode, VniPeerCounters, XdpAttachMode};

@@ -439,6 +439,9 @@ fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
                 for item in &cluster.left_out {
                     println!("  registry item left out (conflicts with this node's own): {item}");
                 }
+                for conflict in &cluster.conflicts {
+                    println!("  cluster conflict: {conflict}");
+                }
             }
             match &status.last_reload {
                 Some(reload) => println!("  last reload at {} (unix time): {} {}", reload.at, if reload.ok { "applied:" } else { "REFUSED:" }, reload.message),

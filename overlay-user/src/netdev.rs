@@ -14,8 +14,9 @@ pub fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
 
-// include/uapi/linux/sockios.h: both take a struct ifreq.
+// include/uapi/linux/sockios.h: each takes a struct ifreq.
 nix::ioctl_readwrite_bad!(siocgifmtu, libc::SIOCGIFMTU, libc::ifreq);
+nix::ioctl_readwrite_bad!(siocgifhwaddr, libc::SIOCGIFHWADDR, libc::ifreq);
 nix::ioctl_readwrite_bad!(siocethtool, libc::SIOCETHTOOL, libc::ifreq);
 
 /// A struct ifreq naming `interface`, and a socket to ask about it.
@@ -45,38 +46,20 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
 /// The hardware address of interface `name` (SIOCGIFHWADDR ioctl), in the
 /// calling thread's network namespace.
 pub fn mac(name: &str) -> std::io::Result<[u8; 6]> {
-    // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    if bytes.len() >= request.ifr_name.len() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
+    let (mut request, socket) = interface_request(name)?;
+    // SAFETY: the ifreq names the interface and outlives the call.
+    unsafe { siocgifhwaddr(socket.as_raw_fd(), &mut request) }?;
+    // SAFETY: SIOCGIFHWADDR filled in the hardware address member of the union.
+    let address = unsafe { request.ifr_ifru.ifru_hwaddr };
+    if address.sa_family != libc::ARPHRD_ETHER {
+        return Err(std::io::Error::other(format!("{name} is not an Ethernet device (ARPHRD {})", address.sa_family)));
     }
-    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
+    // Its first six bytes are the Ethernet MAC.
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(address.sa_data.iter()) {
+        *dst = *src as u8;
     }
-    // SAFETY: plain syscalls on a socket we own; the ifreq outlives them;
-    // the kernel filled ifru_hwaddr, whose first 6 bytes are an Ethernet MAC.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if socket < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let rc = libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request);
-        let error = std::io::Error::last_os_error();
-        libc::close(socket);
-        if rc < 0 {
-            return Err(error);
-        }
-        let address = request.ifr_ifru.ifru_hwaddr;
-        if address.sa_family != libc::ARPHRD_ETHER {
-            return Err(std::io::Error::other(format!("{name} is not an Ethernet device (ARPHRD {})", address.sa_family)));
-        }
-        let mut mac = [0u8; 6];
-        for (dst, src) in mac.iter_mut().zip(address.sa_data.iter()) {
-            *dst = *src as u8;
-        }
-        Ok(mac)
-    }
+    Ok(mac)
 }
 
 /// A configuration whose interfaces all exist, with their indexes.
@@ -96,11 +79,7 @@ impl ResolvedConfig {
         let mut lookup = |field: String, name: &str| {
             let index = ifindex(name);
             if index.is_none() {
-                problems.push(Problem {
-                    field,
-                    value: name.to_owned(),
-                    message: "no such network interface in this network namespace".to_owned(),
-                });
+                problems.push(Problem::in_file(&field, name, "no such network interface in this network namespace"));
             }
             index.unwrap_or(0)
         };
@@ -125,13 +104,18 @@ impl ResolvedConfig {
 /// the underlay device only, and [`ForwardingGuard`] restores the previous
 /// value when dropped.
 pub fn enable_ipv4_forwarding(interface: &str) -> std::io::Result<ForwardingGuard> {
-    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"));
+    let path = ipv4_forwarding_path(interface);
     let previous = std::fs::read_to_string(&path)?.trim().to_owned();
     if previous != "1" {
         std::fs::write(&path, "1")?;
         log::info!("enabled IPv4 forwarding on underlay {interface} (was {previous}); it is restored at exit");
     }
     Ok(ForwardingGuard { path, restore: (previous != "1").then_some(previous) })
+}
+
+/// The sysctl that turns IPv4 forwarding on and off for `interface`.
+pub fn ipv4_forwarding_path(interface: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"))
 }
 
 /// Puts the underlay's forwarding setting back as it was.
@@ -160,6 +144,7 @@ impl Drop for ForwardingGuard {
 // struct ethtool_value / ethtool_drvinfo commands (include/uapi/linux/ethtool.h).
 const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 /// Runs one SIOCETHTOOL command on `interface` with `buffer` (whose first
 /// u32 is the command).
@@ -186,4 +171,12 @@ pub fn tx_checksum_offload(interface: &str) -> std::io::Result<bool> {
     let mut buffer = [ETHTOOL_GTXCSUM, 0];
     ethtool(interface, &mut buffer)?;
     Ok(buffer[1] != 0)
+}
+
+/// Turns GRO on or off on `interface` (ETHTOOL_SGRO): on at the container
+/// end of a veth, the kernel accepts native XDP redirects into it (its peer
+/// then runs NAPI).
+pub fn set_gro(interface: &str, on: bool) -> std::io::Result<()> {
+    let mut buffer = [ETHTOOL_SGRO, u32::from(on)];
+    ethtool(interface, &mut buffer)
 }

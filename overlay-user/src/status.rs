@@ -55,6 +55,9 @@ pub struct Cluster {
     pub summary: String,
     /// Registry items left out: they conflict with this node's own.
     pub left_out: Vec<String>,
+    /// Refused claims between this node and another (either side).
+    #[serde(default)]
+    pub conflicts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,13 +86,7 @@ impl NodeStatus {
     /// The file and the run directory it creates are root's only (0600,
     /// 0700): they name the node's interfaces, peers and API socket.
     pub fn write(&self, run_dir: &Path) -> io::Result<()> {
-        use std::{io::Write as _, os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _}};
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(run_dir)?;
-        let target = path(run_dir, &self.node);
-        let temporary = target.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
-        std::fs::rename(temporary, target)
+        crate::private_file::write_json(&path(run_dir, &self.node), self)
     }
 
     pub fn read(run_dir: &Path, node: &str) -> io::Result<NodeStatus> {

@@ -73,6 +73,12 @@ impl EtcdCluster {
         Self::try_start_at(scope, 1, None, host, Some(netns.to_owned()))
     }
 
+    /// `size` members listening on `host` (each on its own ports) inside
+    /// the network namespace `netns`.
+    pub fn start_members_in_netns(scope: &str, size: usize, netns: &str, host: std::net::Ipv4Addr) -> anyhow::Result<EtcdCluster> {
+        Self::try_start_at(scope, size, None, host, Some(netns.to_owned()))
+    }
+
     /// As [`EtcdCluster::start`], with clients required to use TLS and a
     /// client certificate when `tls` is given.
     pub fn start_with(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {

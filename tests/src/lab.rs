@@ -645,6 +645,21 @@ pub fn overlay_binary() -> anyhow::Result<PathBuf> {
     bail!("no overlay binary: build with `cargo xtask build` or set OVERLAY_BIN")
 }
 
+/// The `overlay-cni` plugin to test: `$OVERLAY_CNI_BIN`, else the one
+/// built beside the `overlay` binary (`cargo xtask build` builds both).
+pub fn cni_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OVERLAY_CNI_BIN") {
+        let path = PathBuf::from(path);
+        return path.canonicalize().with_context(|| format!("OVERLAY_CNI_BIN={}", path.display()));
+    }
+    let overlay = overlay_binary()?;
+    let candidate = overlay.with_file_name("overlay-cni");
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    bail!("no overlay-cni binary beside {}: build with `cargo xtask build` or set OVERLAY_CNI_BIN", overlay.display())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,16 +151,21 @@ fn remove_all_on_interrupt() {
     INSTALL.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             eprintln!("\ninterrupted: stopping this process's children, removing its namespaces and lab directories");
+            // First what the agents must still see (a runtime's DEL calls them).
+            for cleanup in INTERRUPT_CLEANUPS.lock().map(|mut list| std::mem::take(&mut *list)).unwrap_or_default() {
+                cleanup();
+            }
             let me = std::process::id();
             stop_children(me);
             for name in of_process(me) {
                 let _ = ip(&["netns", "del", &name]);
             }
-            // Lab directories `ovl-<scope>-<pid>`, with the lab's bpffs mounted inside.
+            // Lab directories `ovl-<scope>-<pid>`, with the lab's bpffs mounted
+            // inside, and etcd's data directories `ovl-<scope>-<pid>-etcd`.
             if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
                 for dir in entries.flatten().map(|e| e.path()) {
                     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    if owner_pid(&format!("{name}-lab")) == Some(me) {
+                    if owner_pid(&format!("{name}-lab")) == Some(me) || owner_pid(&name) == Some(me) {
                         let bpffs = dir.join("bpffs");
                         if bpffs.exists() {
                             let _ = run("umount", &["-l", &bpffs.to_string_lossy()]);
@@ -172,6 +177,20 @@ fn remove_all_on_interrupt() {
             std::process::exit(130);
         });
     });
+}
+
+type Cleanup = Box<dyn FnOnce() + Send>;
+static INTERRUPT_CLEANUPS: std::sync::Mutex<Vec<Cleanup>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `cleanup` if the process is interrupted, before its children stop
+/// and its namespaces go: for what a guard's destructor would have removed
+/// that is neither (a container runtime's containers, mounts and cgroups).
+/// It must be harmless when the guard has already cleaned up.
+pub fn at_interrupt(cleanup: impl FnOnce() + Send + 'static) {
+    remove_all_on_interrupt();
+    if let Ok(mut list) = INTERRUPT_CLEANUPS.lock() {
+        list.push(Box::new(cleanup));
+    }
 }
 
 /// SIGTERM to every child of `parent` (agents, daemons: they detach and

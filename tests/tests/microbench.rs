@@ -1,6 +1,9 @@
 //! BPF_PROG_TEST_RUN micro-benchmark of the datapath programs: per-packet
-//! time of decapsulation (XDP) and encapsulation (TC) on a 64-byte and a
-//! 1450-byte inner frame. `cargo xtask bench` runs it and parses the
+//! time of decapsulation (XDP and TC) and encapsulation (TC) on a 64-byte
+//! and a 1450-byte inner frame, against a floor (empty programs through the
+//! same harness, `floor.rs`), optionally beside other builds of the
+//! datapath (`variants.rs`), and cost curves as the work grows
+//! (`curves.rs`). `cargo xtask bench` runs it and parses the
 //! `MICROBENCH {json}` lines it prints; it is `#[ignore]`d so the test suite
 //! does not spend its time here.
 //!
@@ -12,28 +15,37 @@
 //! frame to an unknown MAC (dropped at once). Averages over those measure
 //! the cheap paths, not the real one. So:
 //!
-//! - decap runs in XDP live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) with
+//! - XDP decap runs in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) with
 //!   repeat = N: every repetition gets a fresh copy of the frame (the
 //!   kernel recycles pages and resets the frame pointers), the redirect
 //!   the program asks for is carried out (into a veth port whose peer runs
 //!   no NAPI, where the frame is freed: the inner packet's delivery is not
 //!   decapsulation's cost), and the reported time per frame covers program,
 //!   redirect and flush;
-//! - encap (TC has no live mode) and, for comparison, decap run as N calls
-//!   with repeat = 1, each on a fresh copy; the figure is the median of the
-//!   N reported durations (each includes one clock read, about 10-20 ns);
+//! - encap and TC decap (TC has no live mode) and, for comparison, XDP
+//!   decap run as N calls with repeat = 1, each on a fresh copy; the figure
+//!   is the median of the N reported durations (each includes one clock
+//!   read, about 10-20 ns);
 //! - for every method the kernel's BPF statistics (run_time_ns / run_cnt,
 //!   enabled for the run) give the program's own time per packet, without
 //!   any harness around it;
 //! - every run checks that the datapath counted exactly N forwarded packets,
 //!   i.e. that each repetition took the real path.
 //!
-//! Needs root. Parameters: `OVERLAY_MICROBENCH_RUNS` (default 1,000,000)
-//! and `OVERLAY_MICROBENCH_REPETITIONS` (default 3).
+//! Needs root. Parameters: `OVERLAY_MICROBENCH_RUNS` (default 1,000,000),
+//! `OVERLAY_MICROBENCH_REPETITIONS` (default 3), `OVERLAY_MICROBENCH_CURVES`
+//! (0 skips the curves), `OVERLAY_MICROBENCH_OBJECTS` (see `variants.rs`).
+#[path = "microbench/curves.rs"]
+mod curves;
+#[path = "microbench/floor.rs"]
+mod floor;
+#[path = "microbench/variants.rs"]
+mod variants;
+
 use std::{
     borrow::Cow,
     net::Ipv4Addr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Instant,
 };
@@ -43,7 +55,7 @@ use aya::programs::{
     ProgramInfo, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, loaded_programs,
 };
 use aya_obj::programs::XdpAttachType;
-use overlay::{Config, Datapath, MapState, ResolvedConfig, netdev};
+use overlay::{Config, Datapath, MapState, ResolvedConfig, netdev, pinning::PinDir};
 use overlay_common::{Direction, Reason, programs};
 use overlay_lab::{
     frames::{ETHERTYPE_IPV4, Ethernet, IPPROTO_UDP, IPV4_LEN, Ipv4, Mac, UDP_LEN, Udp, Vxlan},
@@ -57,6 +69,8 @@ const LIVE_BATCH: u32 = 64;
 /// Inner Ethernet frame sizes measured (a container's frame, headers
 /// included): a minimum-size frame and a near-MTU one.
 const FRAME_SIZES: [usize; 2] = [64, 1450];
+/// Runs per curve point at most: nine points of three programs.
+const CURVE_RUNS_MAX: u32 = 200_000;
 
 const VNI: u32 = 100;
 const VXLAN_PORT: u16 = 4789;
@@ -70,19 +84,34 @@ const FAR_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
 
 static NEXT_NODE: AtomicU32 = AtomicU32::new(0);
 
+/// Removes the micro-benchmark's bpffs directory (the datapath removes the
+/// pins inside it when it goes).
+struct PinParent(PathBuf);
+
+impl Drop for PinParent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0.join("near"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// One node: an underlay veth `ul0` with our VTEP address and the peer VTEP
 /// as a permanent neighbour (so the FIB lookup in encapsulation succeeds
 /// without queueing), forwarding on, and the endpoint port `p1` (peer `q1`,
-/// no NAPI: redirected frames are freed there). The datapath is loaded and
-/// its maps filled from a two-node configuration; nothing is attached.
+/// no NAPI: redirected frames are freed there). The datapath is loaded with
+/// its maps pinned (so that variants can share them) and filled from a
+/// two-node configuration; nothing is attached.
 struct Node {
     datapath: Datapath,
+    pins: PinDir,
     decap: Xdp,
+    decap_tc: SchedClassifier,
     encap: SchedClassifier,
     underlay_mac: Mac,
     underlay_ifindex: u32,
     port_ifindex: u32,
     // Last: the namespace goes after everything that lives in it.
+    _pin_parent: PinParent,
     netns: Netns,
 }
 
@@ -106,30 +135,44 @@ impl Node {
              [[peers]]\nname = \"far\"\nvtep_address = \"{FAR_VTEP}\"\n\n\
              [[peers.endpoints]]\nmac = \"{FAR_MAC}\"\nip = \"{FAR_IP}\"\nvni = {VNI}\n"
         );
+        let pin_parent = PinParent(PathBuf::from(format!("/sys/fs/bpf/overlay-microbench-{}", std::process::id())));
+        let pins = PinDir::new(&pin_parent.0, "near");
         let inside = InsideNetns::enter(&netns)?;
         let path = Path::new("microbench.toml");
         let resolved = ResolvedConfig::resolve(Config::parse(&config_text, path)?, path)?;
         let known_before = program_ids()?;
-        let mut datapath = Datapath::load(log::LevelFilter::Info)?;
+        let mut datapath = Datapath::load_pinned(log::LevelFilter::Info, &pins, "near")?;
         datapath.apply(&MapState::from_config(&resolved, &MapState::default())?)?;
         let underlay_ifindex = netdev::ifindex("ul0").context("no ul0")?;
         let port_ifindex = netdev::ifindex("p1").context("no p1")?;
-        let decap = our_program(
-            &datapath,
-            &known_before,
-            programs::DECAP_XDP,
-            |info| Xdp::from_program_info(info, Cow::Borrowed(programs::DECAP_XDP), XdpAttachType::Interface),
-        )?;
+        let decap = our_program(&datapath, &known_before, programs::DECAP_XDP, |info| {
+            Xdp::from_program_info(info, Cow::Borrowed(programs::DECAP_XDP), XdpAttachType::Interface)
+        })?;
+        let decap_tc = our_program(&datapath, &known_before, programs::DECAP_TC, |info| {
+            SchedClassifier::from_program_info(info, Cow::Borrowed(programs::DECAP_TC))
+        })?;
         let encap = our_program(&datapath, &known_before, programs::ENDPOINT_TC, |info| {
             SchedClassifier::from_program_info(info, Cow::Borrowed(programs::ENDPOINT_TC))
         })?;
         drop(inside);
-        Ok(Node { datapath, decap, encap, underlay_mac, underlay_ifindex, port_ifindex, netns })
+        Ok(Node {
+            datapath,
+            pins,
+            decap,
+            decap_tc,
+            encap,
+            underlay_mac,
+            underlay_ifindex,
+            port_ifindex,
+            _pin_parent: pin_parent,
+            netns,
+        })
     }
 
-    /// A VXLAN frame from the far VTEP to us carrying `inner`.
-    fn vxlan_frame(&self, inner: &[u8]) -> Vec<u8> {
-        let udp = Udp { src_port: 51234, dst_port: VXLAN_PORT }.datagram(&Vxlan::new(VNI).packet(inner));
+    /// A VXLAN frame of `vni` from the far VTEP (outer UDP source port
+    /// `source_port`) to us carrying `inner`.
+    fn vxlan_frame(&self, vni: u32, source_port: u16, inner: &[u8]) -> Vec<u8> {
+        let udp = Udp { src_port: source_port, dst_port: VXLAN_PORT }.datagram(&Vxlan::new(vni).packet(inner));
         Ethernet { dst: self.underlay_mac, src: FAR_UNDERLAY_MAC, ethertype: ETHERTYPE_IPV4 }
             .frame(&Ipv4::new(IPPROTO_UDP, FAR_VTEP, NEAR_VTEP).packet(&udp))
     }
@@ -151,7 +194,7 @@ fn program_ids() -> anyhow::Result<Vec<u32>> {
 /// The datapath does not hand out its programs, so find them among the
 /// loaded programs: new since `known_before`, named `name`, and (another
 /// process may be loading the same object meanwhile) the one whose test
-/// run moves this datapath's counters (both programs count every packet).
+/// run moves this datapath's counters (every program counts every packet).
 fn our_program<P>(
     datapath: &Datapath,
     known_before: &[u32],
@@ -183,9 +226,14 @@ where
 }
 
 /// What one measurement gives, printed as a `MICROBENCH` JSON line.
-struct Measurement {
+struct Measurement<'a> {
+    /// `current` (this build) or a variant's label.
+    object: &'a str,
     program: &'static str,
     method: &'static str,
+    /// Empty, or the cost curve (`fdb`, `vnis`, `flows`) and its point.
+    curve: &'a str,
+    size: u32,
     frame_bytes: usize,
     wire_bytes: usize,
     runs: u64,
@@ -197,12 +245,16 @@ struct Measurement {
     elapsed_s: f64,
 }
 
-impl Measurement {
+impl Measurement<'_> {
     fn json(&self) -> String {
         format!(
-            "{{\"program\":\"{}\",\"method\":\"{}\",\"frame_bytes\":{},\"wire_bytes\":{},\"runs\":{},\"test_run_ns\":{:.2},\"program_ns\":{:.2},\"repetition\":{},\"elapsed_s\":{:.3}}}",
+            "{{\"object\":\"{}\",\"program\":\"{}\",\"method\":\"{}\",\"curve\":\"{}\",\"size\":{},\"frame_bytes\":{},\"wire_bytes\":{},\"runs\":{},\
+             \"test_run_ns\":{:.2},\"program_ns\":{:.2},\"repetition\":{},\"elapsed_s\":{:.3}}}",
+            self.object,
             self.program,
             self.method,
+            self.curve,
+            self.size,
             self.frame_bytes,
             self.wire_bytes,
             self.runs,
@@ -225,17 +277,16 @@ fn program_ns(before: (u128, u64), after: (u128, u64)) -> f64 {
     if runs == 0 { 0.0 } else { (after.0 - before.0) as f64 / runs as f64 }
 }
 
-/// Decapsulation in live-frames mode, `runs` repetitions in one call.
-fn decap_live(node: &Node, frame: &[u8], runs: u32) -> anyhow::Result<(f64, f64)> {
+/// XDP in live-frames mode, `runs` repetitions in one call.
+fn xdp_live(program: &Xdp, underlay_ifindex: u32, frame: &[u8], runs: u32) -> anyhow::Result<(f64, f64)> {
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
     // rx_queue_index, egress_ifindex. The kernel wants data = 0 and
     // data_end = the frame length; the ingress device is the underlay.
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&node.underlay_ifindex.to_ne_bytes());
-    let before = stats(node.decap.info().map_err(Into::into))?;
-    let result = node
-        .decap
+    ctx[12..16].copy_from_slice(&underlay_ifindex.to_ne_bytes());
+    let before = stats(program.info().map_err(Into::into))?;
+    let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(&ctx),
@@ -244,19 +295,20 @@ fn decap_live(node: &Node, frame: &[u8], runs: u32) -> anyhow::Result<(f64, f64)
             ..Default::default()
         })
         .context("XDP live-frames test run")?;
-    let after = stats(node.decap.info().map_err(Into::into))?;
+    let after = stats(program.info().map_err(Into::into))?;
     Ok((result.duration.as_nanos() as f64, program_ns(before, after)))
 }
 
-/// `runs` calls of one repetition each; returns the median reported
-/// duration and the program time from BPF statistics.
-fn single_runs<P>(program: &P, info: impl Fn() -> anyhow::Result<ProgramInfo>, frame: &[u8], ctx: &[u8], expected_action: u32, runs: u32) -> anyhow::Result<(f64, f64)>
+/// `runs` calls of one repetition each, going round `frames`; returns the
+/// median reported duration and the program time from BPF statistics.
+fn single_runs<P>(program: &P, frames: &[Vec<u8>], ctx: &[u8], expected_action: u32, runs: u32) -> anyhow::Result<(f64, f64)>
 where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult> + HasInfo,
 {
     let mut durations: Vec<u32> = Vec::with_capacity(runs as usize);
-    let before = stats(info())?;
-    for _ in 0..runs {
+    let before = stats(program.program_info())?;
+    for run in 0..runs as usize {
+        let frame = &frames[run % frames.len()];
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(ctx), ..Default::default() })
             .context("test run")?;
@@ -265,9 +317,26 @@ where
         }
         durations.push(result.duration.as_nanos() as u32);
     }
-    let after = stats(info())?;
+    let after = stats(program.program_info())?;
     durations.sort_unstable();
     Ok((f64::from(durations[durations.len() / 2]), program_ns(before, after)))
+}
+
+/// Both program types give their kernel info the same way.
+trait HasInfo {
+    fn program_info(&self) -> anyhow::Result<ProgramInfo>;
+}
+
+impl HasInfo for Xdp {
+    fn program_info(&self) -> anyhow::Result<ProgramInfo> {
+        Ok(self.info()?)
+    }
+}
+
+impl HasInfo for SchedClassifier {
+    fn program_info(&self) -> anyhow::Result<ProgramInfo> {
+        Ok(self.info()?)
+    }
 }
 
 fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
@@ -277,11 +346,148 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
+/// The programs of one build of the datapath.
+struct Programs<'a> {
+    object: &'a str,
+    decap: &'a Xdp,
+    decap_tc: &'a SchedClassifier,
+    encap: &'a SchedClassifier,
+}
+
+/// One measured case: which program, how, on which frames.
+#[derive(Clone, Copy)]
+enum Case {
+    DecapLive,
+    DecapSingle,
+    DecapTcSingle,
+    EncapSingle,
+    FloorXdpLive,
+    FloorXdpSingle,
+    FloorTcSingle,
+}
+
+impl Case {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Case::DecapLive => ("decap", "live-frames"),
+            Case::DecapSingle => ("decap", "single-runs"),
+            Case::DecapTcSingle => ("decap-tc", "single-runs"),
+            Case::EncapSingle => ("encap", "single-runs"),
+            Case::FloorXdpLive => ("floor-xdp", "live-frames"),
+            Case::FloorXdpSingle => ("floor-xdp", "single-runs"),
+            Case::FloorTcSingle => ("floor-tc", "single-runs"),
+        }
+    }
+
+    /// The datapath direction whose forwarded count each run moves (none for the floor).
+    fn direction(self) -> Option<Direction> {
+        match self {
+            Case::DecapLive | Case::DecapSingle | Case::DecapTcSingle => Some(Direction::FROM_UNDERLAY),
+            Case::EncapSingle => Some(Direction::FROM_ENDPOINT),
+            Case::FloorXdpLive | Case::FloorXdpSingle | Case::FloorTcSingle => None,
+        }
+    }
+}
+
+/// The frames of one measurement: what the port sends, what the far VTEP sends.
+struct Frames {
+    to_far: Vec<Vec<u8>>,
+    vxlan: Vec<Vec<u8>>,
+}
+
+struct Bench<'a> {
+    node: &'a Node,
+    floor: &'a floor::Floor,
+    repetitions: u32,
+    /// struct __sk_buff up to ifindex (offset 40): the device the frame arrives on.
+    port_ctx: [u8; 44],
+    underlay_ctx: [u8; 44],
+}
+
+impl Bench<'_> {
+    /// Measures `case` of `programs` (the floor ignores them) on `frames`:
+    /// a pass with statistics off for the test-run time, one with them on
+    /// for the program time. Prints the result line.
+    #[allow(clippy::too_many_arguments)]
+    fn measure(&self, programs: &Programs, case: Case, frames: &Frames, curve: &str, size: u32, runs: u32, repetition: u32) -> anyhow::Result<()> {
+        let node = self.node;
+        let (program, method) = case.names();
+        let frame_bytes = frames.to_far[0].len();
+        let wire_bytes = frames.vxlan[0].len();
+        let mut xdp_ctx = [0u8; 24];
+        xdp_ctx[4..8].copy_from_slice(&(wire_bytes as u32).to_ne_bytes());
+        xdp_ctx[12..16].copy_from_slice(&node.underlay_ifindex.to_ne_bytes());
+        let measure = |with_stats: bool| -> anyhow::Result<(f64, f64)> {
+            // Held for this pass only: the kernel turns statistics off
+            // again when the last holder closes it (also if this process
+            // is killed).
+            let _stats = if with_stats {
+                Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?)
+            } else {
+                None
+            };
+            let forwarded_before = match case.direction() {
+                Some(direction) => node.forwarded(direction)?,
+                None => 0,
+            };
+            let result = match case {
+                Case::DecapLive => xdp_live(programs.decap, node.underlay_ifindex, &frames.vxlan[0], runs)?,
+                Case::DecapSingle => single_runs(programs.decap, &frames.vxlan, &xdp_ctx, XDP_REDIRECT, runs)?,
+                Case::DecapTcSingle => single_runs(programs.decap_tc, &frames.vxlan, &self.underlay_ctx, TC_ACT_REDIRECT, runs)?,
+                Case::EncapSingle => single_runs(programs.encap, &frames.to_far, &self.port_ctx, TC_ACT_REDIRECT, runs)?,
+                Case::FloorXdpLive => xdp_live(&self.floor.xdp, node.underlay_ifindex, &frames.vxlan[0], runs)?,
+                Case::FloorXdpSingle => single_runs(&self.floor.xdp, &frames.vxlan, &xdp_ctx, floor::FLOOR_XDP_ACTION, runs)?,
+                Case::FloorTcSingle => single_runs(&self.floor.tc, &frames.to_far, &self.port_ctx, floor::FLOOR_TC_ACTION, runs)?,
+            };
+            if let Some(direction) = case.direction() {
+                let forwarded = node.forwarded(direction)? - forwarded_before;
+                ensure!(
+                    forwarded == u64::from(runs),
+                    "{} {program} ({method}, {frame_bytes}-byte frame{}): expected {runs} packets counted as forwarded, counted {forwarded}: \
+                     the runs did not all take the real path",
+                    programs.object,
+                    if curve.is_empty() { String::new() } else { format!(", {curve} = {size}") }
+                );
+            }
+            Ok(result)
+        };
+        let started = Instant::now();
+        // Two passes: statistics cost two clock reads per run, which the
+        // test-run time should not include.
+        let (test_run_ns, _) = measure(false)?;
+        let (_, program_ns) = measure(true)?;
+        let object = if case.direction().is_none() { "floor" } else { programs.object };
+        let measurement = Measurement {
+            object,
+            program,
+            method,
+            curve,
+            size,
+            frame_bytes,
+            wire_bytes,
+            runs: u64::from(runs),
+            test_run_ns,
+            program_ns,
+            repetition,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        };
+        let point = if curve.is_empty() { String::new() } else { format!(" [{curve} = {size}]") };
+        eprintln!(
+            "microbench {}/{}: {object} {program} {method} {frame_bytes} B{point}: {test_run_ns:.1} ns per test run, {program_ns:.1} ns in the program",
+            repetition + 1,
+            self.repetitions,
+        );
+        println!("MICROBENCH {}", measurement.json());
+        Ok(())
+    }
+}
+
 #[test]
 #[ignore = "a benchmark, run by `cargo xtask bench`"]
 fn prog_test_run_microbench() -> anyhow::Result<()> {
     let runs = u32::try_from(env_number("OVERLAY_MICROBENCH_RUNS", 1_000_000)?).context("too many runs")?;
     let repetitions = env_number("OVERLAY_MICROBENCH_REPETITIONS", 3)? as u32;
+    let with_curves = env_number("OVERLAY_MICROBENCH_CURVES", 1)? != 0;
     ensure!(runs > 0 && repetitions > 0, "runs and repetitions must be above zero");
     for name in netns::sweep_stale() {
         eprintln!("removed namespace {name} left by a killed run");
@@ -290,14 +496,27 @@ fn prog_test_run_microbench() -> anyhow::Result<()> {
     if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() != "0") {
         eprintln!("warning: kernel.bpf_stats_enabled is on: test-run times include the statistics' own clock reads");
     }
-    let decap_info = || node.decap.info().map_err(anyhow::Error::from);
-    let encap_info = || node.encap.info().map_err(anyhow::Error::from);
-    // struct __sk_buff up to ifindex (offset 40): the port the frame arrives on.
-    let mut skb_ctx = [0u8; 44];
-    skb_ctx[40..44].copy_from_slice(&node.port_ifindex.to_ne_bytes());
-    let mut xdp_ctx = [0u8; 24];
-    xdp_ctx[12..16].copy_from_slice(&node.underlay_ifindex.to_ne_bytes());
+    let floor = floor::Floor::load()?;
+    let pinned: Vec<&'static str> = overlay::datapath::tables::pinned_maps().map(|layout| layout.name).collect();
+    let variants = variants::requested()?
+        .iter()
+        .map(|(label, path)| variants::Variant::load(label, path, &node.pins, &pinned))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut builds = vec![Programs { object: "current", decap: &node.decap, decap_tc: &node.decap_tc, encap: &node.encap }];
+    for variant in &variants {
+        builds.push(Programs { object: &variant.label, decap: variant.decap()?, decap_tc: variant.decap_tc()?, encap: variant.encap()? });
+    }
+    let mut port_ctx = [0u8; 44];
+    port_ctx[40..44].copy_from_slice(&node.port_ifindex.to_ne_bytes());
+    let mut underlay_ctx = [0u8; 44];
+    underlay_ctx[40..44].copy_from_slice(&node.underlay_ifindex.to_ne_bytes());
+    let bench = Bench { node: &node, floor: &floor, repetitions, port_ctx, underlay_ctx };
 
+    // Redirect targets and the ports' ifindexes resolve in the namespace of
+    // the calling thread.
+    let _inside = InsideNetns::enter(&node.netns)?;
+    let program_cases = [Case::DecapLive, Case::DecapSingle, Case::DecapTcSingle, Case::EncapSingle];
+    let floor_cases = [Case::FloorXdpLive, Case::FloorXdpSingle, Case::FloorTcSingle];
     for repetition in 0..repetitions {
         for frame_bytes in FRAME_SIZES {
             let payload = frame_bytes - 14 - IPV4_LEN - UDP_LEN;
@@ -306,66 +525,57 @@ fn prog_test_run_microbench() -> anyhow::Result<()> {
                 .frame(&Ipv4::new(IPPROTO_UDP, NEAR_IP, FAR_IP).packet(&datagram));
             let to_near = Ethernet { dst: NEAR_MAC, src: FAR_MAC, ethertype: ETHERTYPE_IPV4 }
                 .frame(&Ipv4::new(IPPROTO_UDP, FAR_IP, NEAR_IP).packet(&datagram));
-            let vxlan = node.vxlan_frame(&to_near);
-            xdp_ctx[4..8].copy_from_slice(&(vxlan.len() as u32).to_ne_bytes());
-
-            // Redirect targets and the port's ifindex resolve in the
-            // namespace of the calling thread.
-            let _inside = InsideNetns::enter(&node.netns)?;
-            let cases: [(&str, &str, Direction, usize, usize); 3] = [
-                ("decap", "live-frames", Direction::FROM_UNDERLAY, frame_bytes, vxlan.len()),
-                ("decap", "single-runs", Direction::FROM_UNDERLAY, frame_bytes, vxlan.len()),
-                ("encap", "single-runs", Direction::FROM_ENDPOINT, frame_bytes, to_far.len() + 50),
-            ];
-            for (program, method, direction, frame_bytes, wire_bytes) in cases {
-                let measure = |with_stats: bool| -> anyhow::Result<(f64, f64)> {
-                    // Held for this pass only: the kernel turns statistics off
-                    // again when the last holder closes it (also if this
-                    // process is killed).
-                    let _stats = if with_stats {
-                        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?)
-                    } else {
-                        None
-                    };
-                    let forwarded_before = node.forwarded(direction)?;
-                    let result = match (program, method) {
-                        ("decap", "live-frames") => decap_live(&node, &vxlan, runs)?,
-                        ("decap", _) => single_runs(&node.decap, decap_info, &vxlan, &xdp_ctx, XDP_REDIRECT, runs)?,
-                        _ => single_runs(&node.encap, encap_info, &to_far, &skb_ctx, TC_ACT_REDIRECT, runs)?,
-                    };
-                    let forwarded = node.forwarded(direction)? - forwarded_before;
-                    ensure!(
-                        forwarded == u64::from(runs),
-                        "{program} ({method}, {frame_bytes}-byte frame): expected {runs} packets counted as forwarded, counted {forwarded}: \
-                         the runs did not all take the real path"
-                    );
-                    Ok(result)
-                };
-                let started = Instant::now();
-                // Two passes: statistics cost two clock reads per run, which
-                // the test-run time should not include.
-                let (test_run_ns, _) = measure(false)?;
-                let (_, program_ns) = measure(true)?;
-                let elapsed_s = started.elapsed().as_secs_f64();
-                let measurement = Measurement {
-                    program,
-                    method,
-                    frame_bytes,
-                    wire_bytes,
-                    runs: u64::from(runs),
-                    test_run_ns,
-                    program_ns,
-                    repetition,
-                    elapsed_s,
-                };
-                eprintln!(
-                    "microbench {}/{repetitions}: {program} {method} {frame_bytes} B: {test_run_ns:.1} ns per test run, {program_ns:.1} ns in the program",
-                    repetition + 1
-                );
-                println!("MICROBENCH {}", measurement.json());
+            let frames = Frames { vxlan: vec![node.vxlan_frame(VNI, 51234, &to_near)], to_far: vec![to_far] };
+            // The floor before and after the builds' programs: drift shows
+            // as a difference between the two (both are reported).
+            for case in floor_cases {
+                bench.measure(&builds[0], case, &frames, "", 0, runs, repetition)?;
+            }
+            // Builds in a rotated order, so no build always runs first.
+            for index in 0..builds.len() {
+                let programs = &builds[(index + repetition as usize) % builds.len()];
+                for case in program_cases {
+                    bench.measure(programs, case, &frames, "", 0, runs, repetition)?;
+                }
             }
         }
+    }
+    if with_curves {
+        measure_curves(&bench, &builds[0], runs.min(CURVE_RUNS_MAX))?;
     }
     Ok(())
 }
 
+/// Every point of every curve, for the current build, with the TC floor
+/// measured beside each point.
+fn measure_curves(bench: &Bench, programs: &Programs, runs: u32) -> anyhow::Result<()> {
+    let node = bench.node;
+    let base = node.datapath.applied().clone();
+    // The datapath is borrowed by the programs' handles only through the
+    // kernel; applying states goes through a second handle on the same maps.
+    let mut datapath = Datapath::load_pinned(log::LevelFilter::Info, &node.pins, "near")?;
+    for (curve, sizes) in curves::CURVES {
+        for size in sizes {
+            let point = curves::point(&base, curve, size, node.port_ifindex);
+            datapath.apply(&point.state).with_context(|| format!("filling the maps for {curve} = {size}"))?;
+            let frames = Frames {
+                to_far: point.to_far,
+                vxlan: point
+                    .to_near
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (vni, inner))| node.vxlan_frame(*vni, 49152 + (i % 16384) as u16, inner))
+                    .collect(),
+            };
+            for repetition in 0..bench.repetitions {
+                for case in [Case::FloorTcSingle, Case::EncapSingle, Case::DecapTcSingle, Case::DecapSingle] {
+                    bench.measure(programs, case, &frames, curve, size, runs, repetition)?;
+                }
+            }
+        }
+        datapath.apply(&base).context("restoring the base maps")?;
+    }
+    // The second handle adopted the pins: it must not remove them, the node's does.
+    datapath.keep_pins();
+    Ok(())
+}

@@ -131,7 +131,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         Command::new("cargo")
             .current_dir(&root)
             .env("OVERLAY_EBPF_OBJECT", &object)
-            .args(["test", "--workspace", "--exclude", "overlay-tests", "--"])
+            .args(["test", "--workspace", "--exclude", "overlay-tests", "--no-fail-fast", "--"])
             .args(&filter_args),
     );
     println!("== lab, packet and namespace tests (one at a time: they share the kernel)");
@@ -140,7 +140,8 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
             .current_dir(&root)
             .env("OVERLAY_EBPF_OBJECT", &object)
             .env("OVERLAY_BIN", &binary)
-            .args(["test", "-p", "overlay-tests", "--", "--test-threads=1"])
+            // Every test file runs even after one fails, so a run reports them all.
+            .args(["test", "-p", "overlay-tests", "--no-fail-fast", "--", "--test-threads=1"])
             .args(&filter_args),
     );
     let stale = overlay_lab::netns::sweep_stale();

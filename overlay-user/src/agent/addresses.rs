@@ -41,23 +41,33 @@ impl From<RegistryError> for AddressError {
 impl AgentState {
     /// Hands out `requested`, or the lowest free address, in `network` to `owner`.
     pub async fn allocate_address(&mut self, network: &str, requested: Option<Ipv4Addr>, owner: &str) -> Result<Allocated, AddressError> {
+        if let Some(allocator) = self.cluster_allocator(network)? {
+            return allocator.allocate(requested, owner).await;
+        }
+        self.allocate_here(network, requested, owner)
+    }
+
+    /// Cluster mode, a registry network: its allocator (used without the
+    /// agent's lock: it may claim a block or flush, round trips to etcd).
+    pub(super) fn cluster_allocator(&self, network: &str) -> Result<Option<ClusterAllocator>, AddressError> {
         let model = self.model();
         let (subnet, source) = subnet_of(&model, network)?;
-        if source == SourceKind::Registry
-            && let Some(cluster) = &self.cluster
-        {
-            let ipam = cluster.ipam.clone();
-            let address = match requested {
-                Some(address) => {
-                    addresses::check_static(subnet, address, &endpoint_holders(&model, network))?;
-                    ipam.allocate_static(network, address, owner).await?;
-                    address
-                }
-                None => allocate_unused(&ipam, &model, network, owner).await?,
-            };
-            ipam.flush().await?;
-            return Ok(Allocated { allocation: Allocation { network: network.into(), address, owner: owner.into() }, subnet });
-        }
+        Ok(match &self.cluster {
+            Some(cluster) if source == SourceKind::Registry => Some(ClusterAllocator {
+                ipam: cluster.ipam.clone(),
+                timeout: cluster.registry.settings().request_timeout,
+                network: network.into(),
+                subnet,
+                used: endpoint_holders(&model, network),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Node-local allocation (the API's state).
+    pub(super) fn allocate_here(&mut self, network: &str, requested: Option<Ipv4Addr>, owner: &str) -> Result<Allocated, AddressError> {
+        let model = self.model();
+        let (subnet, _) = subnet_of(&model, network)?;
         let holders = self.local_holders(&model, network);
         let address = match requested {
             Some(address) => addresses::check_static(subnet, address, &holders).map(|()| address)?,
@@ -75,18 +85,14 @@ impl AgentState {
 
     /// Gives `address` of `network` back.
     pub async fn release_address(&mut self, network: &str, address: Ipv4Addr) -> Result<(), AddressError> {
-        let model = self.model();
-        let (_, source) = subnet_of(&model, network)?;
-        if source == SourceKind::Registry
-            && let Some(cluster) = &self.cluster
-        {
-            let ipam = cluster.ipam.clone();
-            if !ipam.release(network, address).await? {
-                return Err(AddressError::NotAllocated { network: network.into(), address });
-            }
-            ipam.flush().await?;
-            return Ok(());
+        if let Some(allocator) = self.cluster_allocator(network)? {
+            return allocator.release(address).await;
         }
+        self.release_here(network, address)
+    }
+
+    /// Node-local release (the API's state).
+    pub(super) fn release_here(&mut self, network: &str, address: Ipv4Addr) -> Result<(), AddressError> {
         if !self.api.allocations.iter().any(|a| a.network == network && a.address == address) {
             return Err(AddressError::NotAllocated { network: network.into(), address });
         }
@@ -150,10 +156,64 @@ fn endpoint_holders(model: &Model, network: &str) -> Holders {
     holders
 }
 
+/// The cluster-wide allocator of one registry network, with what the
+/// model says its endpoints use.
+pub(super) struct ClusterAllocator {
+    ipam: std::sync::Arc<crate::registry::Ipam>,
+    /// Longest wait for etcd to have a change (its request timeout).
+    timeout: std::time::Duration,
+    network: String,
+    subnet: Ipv4Net,
+    used: Holders,
+}
+
+impl ClusterAllocator {
+    /// Hands out `requested`, or a free address of this node's blocks, and
+    /// waits until etcd has it.
+    pub(super) async fn allocate(self, requested: Option<Ipv4Addr>, owner: &str) -> Result<Allocated, AddressError> {
+        let network = self.network.as_str();
+        let address = match requested {
+            Some(address) => {
+                addresses::check_static(self.subnet, address, &self.used)?;
+                self.ipam.allocate_static(network, address, owner).await?;
+                address
+            }
+            None => allocate_unused(&self.ipam, &self.used, network, owner).await?,
+        };
+        if let Err(error) = self.flush().await {
+            // Not durable: handed back, so that a retry does not leak it.
+            self.ipam.release(network, address).await?;
+            return Err(error);
+        }
+        Ok(Allocated { allocation: Allocation { network: network.into(), address, owner: owner.into() }, subnet: self.subnet })
+    }
+
+    /// Gives `address` back and waits until etcd has it.
+    pub(super) async fn release(self, address: Ipv4Addr) -> Result<(), AddressError> {
+        if !self.ipam.release(&self.network, address).await? {
+            return Err(AddressError::NotAllocated { network: self.network, address });
+        }
+        // (Not durable yet on a timeout: the flusher writes it when etcd answers.)
+        self.flush().await
+    }
+
+    /// Waits until etcd has every change, within the request timeout: the
+    /// flusher waits for an unreachable etcd for as long as it takes, a
+    /// caller (and the API changes queued behind it) must not.
+    async fn flush(&self) -> Result<(), AddressError> {
+        match tokio::time::timeout(self.timeout, self.ipam.flush()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                let message = format!("writing the allocation: no answer within {:?}", self.timeout);
+                Err(RegistryError::Etcd(etcd_client::Error::IoError(std::io::Error::new(std::io::ErrorKind::TimedOut, message))).into())
+            }
+        }
+    }
+}
+
 /// Cluster mode: an address of this node's blocks no endpoint uses; one an
 /// endpoint uses (a static address given by hand) stays allocated to it.
-async fn allocate_unused(ipam: &crate::registry::Ipam, model: &Model, network: &str, owner: &str) -> Result<Ipv4Addr, AddressError> {
-    let used = endpoint_holders(model, network);
+async fn allocate_unused(ipam: &crate::registry::Ipam, used: &Holders, network: &str, owner: &str) -> Result<Ipv4Addr, AddressError> {
     loop {
         let address = ipam.allocate(network, owner).await?;
         match used.get(&address) {

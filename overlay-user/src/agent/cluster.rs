@@ -6,21 +6,33 @@
 //! node from forwarding what its file and API state say; while etcd is
 //! unreachable the last snapshot stays applied.
 //!
+//! The last snapshot applied is kept on disk (`<run dir>/<node>.registry.json`)
+//! and the node's lease id beside it (`<node>.lease`): an agent restarted
+//! (after a crash, say) starts from that snapshot, so its API endpoints in
+//! registry networks are valid before etcd answers, and takes its lease
+//! over while it lives, so no other node sees it go.
+//!
 //! A refused registration (another live node holds the name or VTEP) is
-//! final for this run: it is logged and shown in `overlay status`, and the
-//! agent keeps running with the registry's view only (it learns the others
-//! but publishes nothing), so a misconfigured node never takes down the
-//! containers it already serves.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+//! logged and shown in `overlay status`, and the agent keeps running with
+//! the registry's view only (it learns the others but publishes nothing),
+//! so a misconfigured node never takes down the containers it already
+//! serves; it tries again at half the lease TTL (keeping the refusal
+//! recorded for the holder's side) and registers once the holder is gone.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::watch;
 
-use super::{AgentState, ChangeError, Shared};
+use super::{AgentState, ChangeError};
 use crate::{
     model::{Fragment, MacAddr, Model, NetworkRef, NodeSettings, Origin, Problem, ProblemKind, SourceKind},
     reconciler::Outcome,
     registry::{
-        self, ClusterSnapshot, ClusterWatch, EndpointRecord, NetworkRecord, NodeRecord, NodeSession, Registry, RegistryError, SessionState,
+        self, ClusterProblem, ClusterSnapshot, ClusterWatch, EndpointRecord, NetworkRecord, NodeSession, Registry, RegistryError, SessionState,
     },
     sources::{
         self,
@@ -37,22 +49,68 @@ pub struct Cluster {
     pub refusal: Option<String>,
     /// Registry items left out of the model: they conflict with local ones.
     pub dropped: Vec<Problem>,
+    /// Refused claims this node made or holds (either side reports them).
+    pub conflicts: Vec<String>,
     /// The revision of the snapshot applied last.
     pub revision: i64,
     pub snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
+    /// Where the last applied snapshot is kept (`<run dir>/<node>.registry.json`).
+    pub cache_path: PathBuf,
+    /// Where this node's lease id is kept (`<run dir>/<node>.lease`), so
+    /// that an agent restarted within the TTL takes its registration over.
+    pub lease_path: PathBuf,
     /// This node's share of the cluster-wide address allocator.
     pub ipam: Arc<registry::Ipam>,
+    /// Taken by every change that goes through etcd (API calls, publishing
+    /// rounds) for its whole length, so that they never interleave, while
+    /// the agent's lock is held only for the local steps.
+    pub changes: Arc<tokio::sync::Mutex<()>>,
     /// Stops the watch when the agent goes.
     _watch: ClusterWatch,
 }
 
 impl Cluster {
     /// Connects (lazily: etcd may be down) and starts the watch.
-    pub async fn connect(settings: registry::RegistrySettings, node: &str) -> Result<Cluster, RegistryError> {
+    pub async fn connect(settings: registry::RegistrySettings, run_dir: &Path, node: &str) -> Result<Cluster, RegistryError> {
         let registry = Registry::connect(settings).await?;
         let watch = ClusterWatch::start(registry.clone());
-        let ipam = Arc::new(registry::Ipam::new(registry.clone(), node));
-        Ok(Cluster { snapshots: watch.snapshots(), ipam, registry, session: None, refusal: None, dropped: Vec::new(), revision: 0, _watch: watch })
+        Ok(Cluster {
+            snapshots: watch.snapshots(),
+            registry: registry.clone(),
+            session: None,
+            refusal: None,
+            dropped: Vec::new(),
+            conflicts: Vec::new(),
+            revision: 0,
+            ipam: Arc::new(registry::Ipam::new(registry.clone(), node)),
+            changes: Arc::default(),
+            cache_path: run_dir.join(format!("{node}.registry.json")),
+            lease_path: run_dir.join(format!("{node}.lease")),
+            _watch: watch,
+        })
+    }
+
+    /// The snapshot to start from: the one the previous run applied last
+    /// (kept on disk), else the first etcd answers within the request
+    /// timeout, else none (an empty registry part).
+    pub async fn initial_snapshot(&self) -> Arc<ClusterSnapshot> {
+        match registry::cache::load(&self.cache_path, self.registry.layout()) {
+            Ok(Some(snapshot)) => {
+                log::info!("starting from the registry snapshot of revision {} kept in {}", snapshot.revision, self.cache_path.display());
+                return Arc::new(snapshot);
+            }
+            Ok(None) => {}
+            Err(error) => log::warn!("reading the registry snapshot kept in {}: {error}; waiting for etcd instead", self.cache_path.display()),
+        }
+        let mut snapshots = self.snapshots.clone();
+        let first = snapshots.wait_for(|snapshot| snapshot.revision > 0);
+        match tokio::time::timeout(self.registry.settings().request_timeout, first).await {
+            Ok(Ok(snapshot)) => Arc::clone(&snapshot),
+            _ => {
+                log::warn!("etcd gave no snapshot within {:?}: starting without the registry's part", self.registry.settings().request_timeout);
+                Arc::default()
+            }
+        }
     }
 
     /// One line for `overlay status`.
@@ -68,6 +126,26 @@ impl Cluster {
         };
         format!("etcd {}; {registration}; snapshot revision {}", self.registry.settings().endpoints.join(","), self.revision)
     }
+}
+
+/// The conflicts of `snapshot` that concern node `me`: claims it made that
+/// were refused, and claims refused because it holds the thing claimed
+/// (as each claimant recorded them), and hand-written records in conflict.
+pub fn conflicts_of(snapshot: &ClusterSnapshot, me: &str) -> Vec<String> {
+    let mine = |name: &str| name == me;
+    snapshot
+        .problems
+        .iter()
+        .filter(|problem| match problem {
+            ClusterProblem::RefusedClaim(report) => mine(&report.claimant) || report.holder_node.as_deref().is_some_and(mine),
+            ClusterProblem::VtepConflict { holder, claimant, .. } => mine(holder) || mine(claimant),
+            ClusterProblem::AddressConflict { network, holder, claimant, .. } => [holder, claimant]
+                .iter()
+                .any(|mac| snapshot.endpoints.get(&(network.clone(), **mac)).is_some_and(|endpoint| mine(&endpoint.node))),
+            _ => false,
+        })
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// The registry's fragment less its items that conflict with the local
@@ -108,9 +186,20 @@ impl AgentState {
         }
         cluster.dropped = dropped;
         cluster.revision = snapshot.revision;
+        let conflicts = conflicts_of(snapshot, &node.name);
+        for conflict in conflicts.iter().filter(|c| !cluster.conflicts.contains(c)) {
+            log::warn!("cluster conflict: {conflict}");
+        }
+        cluster.conflicts = conflicts;
+        let (cache_path, layout) = (cluster.cache_path.clone(), cluster.registry.layout().clone());
         let before = std::mem::replace(&mut self.registry, fragment);
         match self.reconcile().await {
-            Ok(outcome) => log::info!("registry revision {}: {}", snapshot.revision, outcome.maps),
+            Ok(outcome) => {
+                log::info!("registry revision {}: {}", snapshot.revision, outcome.maps);
+                if let Err(error) = registry::cache::save(&cache_path, &layout, snapshot) {
+                    log::warn!("keeping the registry snapshot on disk: {error}");
+                }
+            }
             Err(error) => {
                 log::error!("applying registry revision {} refused, the previous one stays: {error}", snapshot.revision);
                 self.registry = before;
@@ -120,7 +209,7 @@ impl AgentState {
 
     /// The endpoint records this node should have in the registry: its
     /// local endpoints in networks the registry knows.
-    fn local_endpoint_records(&self) -> Vec<EndpointRecord> {
+    pub(super) fn local_endpoint_records(&self) -> Vec<EndpointRecord> {
         let model = self.model();
         let node = model.node.name.clone();
         model
@@ -156,94 +245,17 @@ pub fn network_name(reference: &NetworkRef) -> Option<&str> {
     }
 }
 
-/// Runs the registry side of the agent: registers this node (retrying
-/// while etcd is unreachable), applies each new snapshot, and keeps this
-/// node's endpoints published.
-pub async fn follow(shared: Shared, record: NodeRecord, changed: tokio::sync::mpsc::Sender<()>) {
-    let (registry, mut snapshots) = {
-        let agent = shared.lock().await;
-        let Some(cluster) = agent.cluster.as_ref() else { return };
-        (cluster.registry.clone(), cluster.snapshots.clone())
-    };
-    tokio::spawn(register(shared.clone(), registry, record, changed.clone()));
-    let mut publish_ticker = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            result = snapshots.changed() => {
-                if result.is_err() {
-                    return;
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
-                let mut agent = shared.lock().await;
-                agent.apply_snapshot(&snapshot).await;
-                publish(&agent).await;
-            }
-            _ = publish_ticker.tick() => {
-                publish(&*shared.lock().await).await;
-            }
-        }
-        let _ = changed.try_send(());
-    }
-}
-
-/// Starts the node's session, retrying while etcd does not answer.
-async fn register(shared: Shared, registry: Registry, record: NodeRecord, changed: tokio::sync::mpsc::Sender<()>) {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match NodeSession::start(registry.clone(), record.clone()).await {
-            Ok(session) => {
-                log::info!("node {} registered in etcd (VTEP {}, lease {:x})", record.name, record.vtep, session.lease());
-                let mut agent = shared.lock().await;
-                if let Some(cluster) = agent.cluster.as_mut() {
-                    cluster.session = Some(Arc::new(session));
-                }
-                publish(&agent).await;
-                break;
-            }
-            Err(RegistryError::Etcd(error)) => {
-                log::warn!("registering node {} in etcd: {error}; retrying in {wait:?} (forwarding goes on)", record.name);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => {
-                log::error!(
-                    "etcd refused to register node {}: {error}; this agent keeps running with the registry's view only and publishes nothing",
-                    record.name
-                );
-                if let Some(cluster) = shared.lock().await.cluster.as_mut() {
-                    cluster.refusal = Some(error.to_string());
-                }
-                break;
-            }
-        }
-    }
-    let _ = changed.try_send(());
-}
-
-/// Brings this node's endpoint records in the registry in line with its
-/// local endpoints: registers the missing ones, removes the gone ones.
-/// Failures are logged and retried at the next round.
-async fn publish(agent: &AgentState) {
-    let Some(session) = agent.cluster.as_ref().and_then(|c| c.session.clone()) else { return };
-    let wanted = agent.local_endpoint_records();
-    let held = session.endpoints();
-    for record in held.iter().filter(|r| !wanted.contains(r)) {
-        if let Err(error) = session.remove_endpoint(&record.network, record.mac).await {
-            log::warn!("removing endpoint {} of network {} from etcd: {error}", record.mac, record.network);
-        }
-    }
-    for record in wanted.into_iter().filter(|r| !held.contains(r)) {
-        match session.register_endpoint(record.clone()).await {
-            Ok(()) => log::info!("published endpoint {} ({}) of network {} in etcd", record.mac, record.owner, record.network),
-            Err(error) => log::warn!("publishing endpoint {} of network {} in etcd: {error}", record.mac, record.network),
-        }
-    }
-}
-
 impl AgentState {
     /// Cluster mode: creates an API network in the registry (so every node
     /// sees it) and applies the snapshot that has it.
     pub(super) async fn create_registry_network(&mut self, network: ApiNetwork) -> Result<Outcome, ChangeError> {
+        let creation = self.network_creation(network)?;
+        let snapshot = creation.create().await?;
+        self.finish_network_creation(snapshot).await
+    }
+
+    /// Cluster mode: what creating `network` in the registry takes.
+    pub(super) fn network_creation(&self, network: ApiNetwork) -> Result<NetworkCreation, ChangeError> {
         let Some(cluster) = self.cluster.as_ref() else { return Err(ChangeError::Conflict("not in cluster mode".into())) };
         let Some(subnet) = network.subnet else {
             return Err(ChangeError::Refused(vec![Problem::new(
@@ -264,50 +276,112 @@ impl AgentState {
             block_prefix_len: registry::records::DEFAULT_BLOCK_PREFIX_LEN,
             options: network.options.clone(),
         };
-        let (registry, mut snapshots) = (cluster.registry.clone(), cluster.snapshots.clone());
-        registry.create_network(&record).await?;
-        // The watch brings it within a round trip; apply it here so that the
-        // caller can use the network as soon as this returns.
-        let wait = snapshots.wait_for(|snapshot| snapshot.networks.get(&record.name) == Some(&record));
+        Ok(NetworkCreation { registry: cluster.registry.clone(), snapshots: cluster.snapshots.clone(), record })
+    }
+
+    /// Applies the snapshot that brought a network this node created.
+    pub(super) async fn finish_network_creation(&mut self, snapshot: Option<Arc<ClusterSnapshot>>) -> Result<Outcome, ChangeError> {
+        if let Some(snapshot) = snapshot {
+            self.apply_snapshot(&snapshot).await;
+        }
+        Ok(self.reconcile().await?)
+    }
+
+    /// Cluster mode: the registry claim the endpoint `origin` of the
+    /// candidate API state `api` needs before it is applied (its network
+    /// is the registry's and this node is registered), so that a claim
+    /// another node holds refuses the change with nothing applied.
+    pub(super) fn endpoint_claim(&self, api: &ApiState, origin: &Origin) -> Option<EndpointClaim> {
+        let session = self.cluster.as_ref().and_then(|c| c.session.clone())?;
+        let model = Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
+        let endpoint = model.endpoints.iter().find(|e| &e.origin == origin)?;
+        let network = model.network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry)?;
+        Some(EndpointClaim { session, record: endpoint_record(&model.node.name, &network.name, endpoint), key: origin.key.clone() })
+    }
+
+    /// Cluster mode: the registry record of API endpoint `id`, to take out
+    /// when it goes.
+    pub(super) fn endpoint_registration(&self, id: &str) -> Option<Registered> {
+        let session = self.cluster.as_ref().and_then(|c| c.session.clone())?;
+        let endpoint = self.api.endpoint(id)?.to_model();
+        let network = self.model().network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry)?.name.clone();
+        Some(Registered { session, network, mac: endpoint.mac })
+    }
+}
+
+/// A network to create in the registry (taken under the agent's lock,
+/// created without it).
+pub(super) struct NetworkCreation {
+    registry: Registry,
+    snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
+    record: NetworkRecord,
+}
+
+impl NetworkCreation {
+    /// Creates the network in etcd and waits (up to 10 s) for the snapshot
+    /// that has it, so that the caller can use the network as soon as the
+    /// change returns.
+    pub(super) async fn create(mut self) -> Result<Option<Arc<ClusterSnapshot>>, ChangeError> {
+        self.registry.create_network(&self.record).await?;
+        let record = &self.record;
+        let wait = self.snapshots.wait_for(|snapshot| snapshot.networks.get(&record.name) == Some(record));
         // (The watch's guard is not Send: only the snapshot leaves this statement.)
         let snapshot = match tokio::time::timeout(Duration::from_secs(10), wait).await {
             Ok(Ok(snapshot)) => Some(Arc::clone(&snapshot)),
             _ => None,
         };
-        match snapshot {
-            Some(snapshot) => self.apply_snapshot(&snapshot).await,
-            None => log::warn!("network {} was created in etcd but the watch has not brought it yet", record.name),
+        if snapshot.is_none() {
+            log::warn!("network {} was created in etcd but the watch has not brought it yet", record.name);
         }
-        Ok(self.reconcile().await?)
+        Ok(snapshot)
     }
+}
 
-    /// Cluster mode: registers the endpoint `origin` of the candidate API
-    /// state `api` before it is applied, so that a claim another node holds
-    /// refuses the change with nothing applied. Returns what to unregister
-    /// if the local change fails. While etcd is unreachable the endpoint is
-    /// applied locally and published later.
-    pub(super) async fn register_first(&self, api: &ApiState, origin: &Origin) -> Result<Option<(String, MacAddr)>, ChangeError> {
-        let Some(session) = self.cluster.as_ref().and_then(|c| c.session.clone()) else { return Ok(None) };
-        let model = Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
-        let Some(endpoint) = model.endpoints.iter().find(|e| &e.origin == origin) else { return Ok(None) };
-        let Some(network) = model.network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry) else { return Ok(None) };
-        let record = endpoint_record(&model.node.name, &network.name, endpoint);
-        match session.register_endpoint(record.clone()).await {
-            Ok(()) => Ok(Some((record.network, record.mac))),
+/// An endpoint record to register before the endpoint is applied.
+pub(super) struct EndpointClaim {
+    session: Arc<NodeSession>,
+    record: EndpointRecord,
+    /// The endpoint's key in its source (for the log).
+    key: String,
+}
+
+impl EndpointClaim {
+    /// Registers the record. A refusal (MAC or address held by another
+    /// endpoint) is the change's refusal; while etcd is unreachable the
+    /// endpoint goes ahead locally and is published when etcd answers.
+    pub(super) async fn register(self) -> Result<Option<Registered>, ChangeError> {
+        if let SessionState::Unreachable { error } = &*self.session.state().borrow() {
+            // Known down: no request to wait out (the keep-alive probes it).
+            log::info!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", self.key);
+            return Ok(None);
+        }
+        match self.session.register_endpoint(self.record.clone()).await {
+            Ok(()) => Ok(Some(Registered { session: self.session, network: self.record.network, mac: self.record.mac })),
             Err(RegistryError::Etcd(error)) => {
-                log::warn!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", origin.key);
+                log::warn!("etcd unreachable ({error}): endpoint {} is applied here and published when etcd answers", self.key);
                 Ok(None)
             }
-            Err(error) => Err(error.into()),
+            Err(error) => {
+                log::warn!("endpoint {} refused by the cluster registry, nothing applied: {error}", self.key);
+                Err(error.into())
+            }
         }
     }
+}
 
-    /// Cluster mode: takes an endpoint out of the registry (errors are
-    /// retried by the publishing round).
-    pub(super) async fn unregister(&self, network: &str, mac: MacAddr) {
-        let Some(session) = self.cluster.as_ref().and_then(|c| c.session.clone()) else { return };
-        if let Err(error) = session.remove_endpoint(network, mac).await {
-            log::warn!("removing endpoint {mac} of network {network} from etcd: {error}; retried later");
+/// An endpoint record this node holds in the registry.
+pub(super) struct Registered {
+    session: Arc<NodeSession>,
+    network: String,
+    mac: MacAddr,
+}
+
+impl Registered {
+    /// Takes the record out of the registry (a failure is retried by the
+    /// publishing rounds).
+    pub(super) async fn undo(self) {
+        if let Err(error) = self.session.remove_endpoint(&self.network, self.mac).await {
+            log::warn!("removing endpoint {} of network {} from etcd: {error}; retried later", self.mac, self.network);
         }
     }
 }

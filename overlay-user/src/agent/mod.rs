@@ -4,7 +4,9 @@
 //! waits for its interface. SIGINT/SIGTERM detach (or leave the datapath
 //! pinned with `keep_datapath`).
 mod addresses;
+pub mod changes;
 pub mod cluster;
+mod cluster_follow;
 mod state;
 
 use std::{
@@ -16,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 pub use addresses::{AddressError, Allocated};
-pub use state::{AgentState, ChangeError, ReloadError, api_state_path, render_for_file};
+pub use state::{AgentState, ChangeError, ReloadError, api_state_path};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -66,11 +68,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if crate::netdev::ifindex(&config.node.underlay_interface).is_none() {
         return Err(ConfigError::Invalid {
             path: options.config.clone(),
-            problems: vec![crate::config::Problem {
-                field: "node.underlay_interface".into(),
-                value: config.node.underlay_interface.clone(),
-                message: "no such network interface in this network namespace".into(),
-            }],
+            problems: vec![crate::config::Problem::in_file(
+                "node.underlay_interface",
+                &config.node.underlay_interface,
+                "no such network interface in this network namespace",
+            )],
         }
         .into());
     }
@@ -82,17 +84,35 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let api_path = api_state_path(&options.run_dir, &node);
     let api = api_store::load(&api_path).with_context(|| format!("reading the API state of node {node}"))?;
-    let (model, problems) = sources::candidate(config.node_settings(), [&api.fragment(), &config.fragment()]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    // Cluster mode: the registry's part is known before the check, so that
+    // API endpoints in registry networks are valid at a restart (from the
+    // snapshot kept on disk, else etcd's first answer).
+    let (mut cluster, registry_part, snapshot) = match options.registry.clone() {
+        Some(settings) => {
+            let cluster = runtime.block_on(cluster::Cluster::connect(settings, &options.run_dir, &node)).context("connecting to etcd")?;
+            let snapshot = runtime.block_on(cluster.initial_snapshot());
+            let fragment = crate::registry::fragment(&snapshot, &node);
+            let (fragment, dropped) = cluster::admit(&config.node_settings(), [&config.fragment(), &api.fragment()], fragment);
+            (Some(cluster), fragment, Some((snapshot, dropped)))
+        }
+        None => (None, Default::default(), None),
+    };
+    let (model, problems) = sources::candidate(config.node_settings(), [&api.fragment(), &registry_part, &config.fragment()]);
     let problems = sources::problems_of(problems, SourceKind::File);
     if !problems.is_empty() {
-        return Err(ConfigError::Invalid { path: options.config.clone(), problems: render_for_file(&problems) })
+        return Err(ConfigError::Invalid { path: options.config.clone(), problems })
             .context(format!("the file conflicts with endpoints or networks created through the API (kept in {})", api_path.display()));
+    }
+    if let (Some(cluster), Some((snapshot, dropped))) = (cluster.as_mut(), snapshot) {
+        cluster.revision = snapshot.revision;
+        cluster.conflicts = cluster::conflicts_of(&snapshot, &node);
+        cluster.dropped = dropped;
     }
     // Bound before the kernel is touched: an address it cannot serve refuses the start.
     let metrics = options.metrics_addr.map(crate::metrics::bind).transpose()?;
     let socket_path = options.api_socket.clone().unwrap_or_else(|| default_api_socket(&options.run_dir, &node));
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         // Root only: the API changes what the node forwards.
         let api_socket = crate::http::bind_unix(&socket_path, 0o600)
@@ -138,10 +158,6 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             outcome.maps,
             socket_path.display(),
         );
-        let cluster = match options.registry.clone() {
-            Some(settings) => Some(cluster::Cluster::connect(settings, &node).await.context("connecting to etcd")?),
-            None => None,
-        };
         let node_record = crate::registry::NodeRecord {
             name: node.clone(),
             vtep: config.node.vtep_address.into(),
@@ -155,7 +171,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             api,
             api_path,
             reconciler,
-            registry: Default::default(),
+            registry: registry_part,
             cluster,
         }));
         refresh_status(&mut status, &*shared.lock().await, &options.run_dir);
@@ -164,7 +180,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             crate::metrics::spawn(listener, source);
         }
         let (api_changed, mut api_changes) = tokio::sync::mpsc::channel::<()>(1);
-        let registry_task = in_cluster.then(|| tokio::spawn(cluster::follow(shared.clone(), node_record, api_changed.clone())));
+        let registry_task = in_cluster.then(|| tokio::spawn(cluster_follow::follow(shared.clone(), node_record, api_changed.clone())));
         let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed));
 
         let (file_changed, mut file_changes) = tokio::sync::mpsc::channel::<()>(1);
@@ -302,6 +318,7 @@ fn refresh_status(status: &mut NodeStatus, agent: &AgentState, run_dir: &Path) {
     status.cluster = agent.cluster.as_ref().map(|cluster| status::Cluster {
         summary: cluster.summary(),
         left_out: cluster.dropped.iter().map(ToString::to_string).collect(),
+        conflicts: cluster.conflicts.iter().cloned().chain(cluster.refusal.iter().map(|r| format!("registration refused: {r}"))).collect(),
     });
     if let Err(error) = status.write(run_dir) {
         log::warn!("writing the status file in {}: {error}", run_dir.display());

@@ -73,7 +73,7 @@ impl AgentState {
         let (model, problems) = sources::candidate(config.node_settings(), [&self.api.fragment(), &self.registry, &config.fragment()]);
         let problems = sources::problems_of(problems, SourceKind::File);
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: self.config_path.clone(), problems: render_for_file(&problems) }.into());
+            return Err(ConfigError::Invalid { path: self.config_path.clone(), problems }.into());
         }
         let outcome = self.reconciler.reconcile(&model).await?;
         self.config = config;
@@ -111,39 +111,55 @@ impl AgentState {
         self.change_api(api).await
     }
 
-    /// Adds a local endpoint (the API's).
+    /// Adds a local endpoint (the API's). In cluster mode it is registered
+    /// in etcd first (see [`super::changes`] for the same without holding
+    /// the agent's lock across the request).
     pub async fn add_endpoint(&mut self, endpoint: ApiEndpoint) -> Result<Outcome, ChangeError> {
+        let origin = endpoint.origin();
+        let api = self.with_endpoint(endpoint)?;
+        let registered = match self.endpoint_claim(&api, &origin) {
+            Some(claim) => claim.register().await?,
+            None => None,
+        };
+        let outcome = self.change_api(api).await;
+        if let (Err(_), Some(registered)) = (&outcome, registered) {
+            registered.undo().await;
+        }
+        outcome
+    }
+
+    /// The API's state with `endpoint` added, unless its id is taken.
+    pub(super) fn with_endpoint(&self, endpoint: ApiEndpoint) -> Result<ApiState, ChangeError> {
         if let Some(existing) = self.api.endpoint(&endpoint.id) {
             return Err(ChangeError::Conflict(format!(
                 "endpoint id {} exists already (interface {}, MAC {}); remove it first or choose another id",
                 existing.id, existing.interface, existing.mac
             )));
         }
-        let origin = endpoint.origin();
         let mut api = self.api.clone();
         api.endpoints.push(endpoint);
-        let registered = self.register_first(&api, &origin).await?;
-        let outcome = self.change_api(api).await;
-        if let (Err(_), Some((network, mac))) = (&outcome, registered) {
-            self.unregister(&network, mac).await;
-        }
-        outcome
+        Ok(api)
     }
 
-    /// Removes an API endpoint.
+    /// Removes an API endpoint (and, in cluster mode, its registry record).
     pub async fn remove_endpoint(&mut self, id: &str) -> Result<Outcome, ChangeError> {
+        let (outcome, registered) = self.remove_endpoint_here(id).await?;
+        if let Some(registered) = registered {
+            registered.undo().await;
+        }
+        Ok(outcome)
+    }
+
+    /// Removes an API endpoint here; returns what to take out of the registry.
+    pub(super) async fn remove_endpoint_here(&mut self, id: &str) -> Result<(Outcome, Option<super::cluster::Registered>), ChangeError> {
         if self.api.endpoint(id).is_none() {
             return Err(ChangeError::NotFound(format!("no endpoint with id {id}")));
         }
-        let removed = self.api.endpoint(id).map(|e| e.to_model());
-        let registry_network = removed.as_ref().and_then(|e| self.model().network(&e.network).filter(|n| n.origin.source == SourceKind::Registry).map(|n| n.name.clone()));
+        let registered = self.endpoint_registration(id);
         let mut api = self.api.clone();
         api.endpoints.retain(|e| e.id != id);
         let outcome = self.change_api(api).await?;
-        if let (Some(endpoint), Some(network)) = (removed, registry_network) {
-            self.unregister(&network, endpoint.mac).await;
-        }
-        Ok(outcome)
+        Ok((outcome, registered))
     }
 
     /// The state of the endpoint from `origin`, after the last reconciliation.
@@ -159,7 +175,7 @@ impl AgentState {
     }
 
     /// Validates `api` as the API's new part, applies it, then keeps and saves it.
-    async fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
+    pub(super) async fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
         let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
         let problems = sources::problems_of(problems, SourceKind::Api);
         if !problems.is_empty() {
@@ -187,18 +203,6 @@ pub enum ReloadError {
     Rename { from: String, to: String },
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
-}
-
-/// Problems in the file's terms: its own items by TOML path, others by source and key.
-pub fn render_for_file(problems: &[Problem]) -> Vec<crate::config::Problem> {
-    problems
-        .iter()
-        .map(|p| crate::config::Problem {
-            field: if p.subject.source == SourceKind::File { p.path() } else { format!("{} {}", p.subject.source, p.path()) },
-            value: p.value.clone(),
-            message: p.message.clone(),
-        })
-        .collect()
 }
 
 /// Where the agent of `node` keeps its API state in `run_dir`.

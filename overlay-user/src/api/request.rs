@@ -142,7 +142,7 @@ pub fn endpoint(body: &[u8]) -> Result<ApiEndpoint, ApiError> {
             }
             mac
         }
-        None => random_mac(),
+        None => MacAddr::random_with_prefix(&[0x02]),
     };
     let ipv4: Option<Ipv4Addr> = fields.parsed("ipv4", "not an IPv4 address (expected dotted quad like 10.0.9.2)")?;
     if let Some(message) = ipv4.and_then(ipv4_problem) {
@@ -187,14 +187,3 @@ pub fn allocation(body: &[u8]) -> Result<(Option<Ipv4Addr>, String), ApiError> {
 
 /// The longest owner label of an allocation.
 const OWNER_MAX: usize = 160;
-
-/// A random locally administered unicast MAC (first byte 0x02).
-fn random_mac() -> MacAddr {
-    let mut bytes = [0u8; 6];
-    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = random.read_exact(&mut bytes);
-    }
-    bytes[0] = 0x02;
-    MacAddr(bytes)
-}

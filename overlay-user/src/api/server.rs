@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{ApiError, request, views};
 use crate::{
     addresses::AllocationError,
-    agent::{AddressError, ChangeError, Shared},
+    agent::{AddressError, ChangeError, Shared, changes},
     reconciler::EndpointState,
 };
 
@@ -93,8 +93,8 @@ async fn list_peers(State(context): State<ApiContext>) -> Response {
 async fn create_network(State(context): State<ApiContext>, body: Bytes) -> Result<Response, ApiError> {
     let network = request::network(&body)?;
     let name = network.name.clone();
-    let mut agent = context.shared.lock().await;
-    let outcome = agent.add_network(network).await.map_err(change_error)?;
+    let outcome = changes::add_network(&context.shared, network).await.map_err(change_error)?;
+    let agent = context.shared.lock().await;
     log::info!("API: created network {name}: {}", outcome.maps);
     let view = views::networks(&agent).into_iter().find(|n| n.name == name);
     drop(agent);
@@ -113,8 +113,8 @@ async fn create_endpoint(State(context): State<ApiContext>, body: Bytes) -> Resu
     let endpoint = request::endpoint(&body)?;
     let origin = endpoint.origin();
     let id = endpoint.id.clone();
-    let mut agent = context.shared.lock().await;
-    let outcome = agent.add_endpoint(endpoint).await.map_err(change_error)?;
+    let outcome = changes::add_endpoint(&context.shared, endpoint).await.map_err(change_error)?;
+    let agent = context.shared.lock().await;
     match agent.endpoint_state(&origin) {
         Some(EndpointState::Pending(why)) => log::info!("API: endpoint {id} is pending: {why}"),
         _ => log::info!("API: added endpoint {id}: {}", outcome.maps),
@@ -126,7 +126,7 @@ async fn create_endpoint(State(context): State<ApiContext>, body: Bytes) -> Resu
 }
 
 async fn delete_endpoint(State(context): State<ApiContext>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
-    let outcome = context.shared.lock().await.remove_endpoint(&id).await.map_err(change_error)?;
+    let outcome = changes::remove_endpoint(&context.shared, &id).await.map_err(change_error)?;
     log::info!("API: removed endpoint {id}: {}", outcome.maps);
     let _ = context.changed.try_send(());
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -158,7 +158,7 @@ async fn list_addresses(State(context): State<ApiContext>, UrlPath(name): UrlPat
 
 async fn allocate_address(State(context): State<ApiContext>, UrlPath(name): UrlPath<String>, body: Bytes) -> Result<Response, ApiError> {
     let (requested, owner) = request::allocation(&body)?;
-    let allocated = context.shared.lock().await.allocate_address(&name, requested, &owner).await.map_err(address_error)?;
+    let allocated = changes::allocate_address(&context.shared, &name, requested, &owner).await.map_err(address_error)?;
     log::info!("API: allocated {} in network {name} to {owner:?}", allocated.allocation.address);
     Ok((StatusCode::CREATED, Json(views::AllocationView::new(allocated.allocation, allocated.subnet))).into_response())
 }
@@ -166,7 +166,7 @@ async fn allocate_address(State(context): State<ApiContext>, UrlPath(name): UrlP
 async fn release_address(State(context): State<ApiContext>, UrlPath((name, address)): UrlPath<(String, String)>) -> Result<Response, ApiError> {
     let address: std::net::Ipv4Addr =
         address.parse().map_err(|_| ApiError::bad_request("address", &address, "not an IPv4 address (expected dotted quad like 10.0.9.2)"))?;
-    context.shared.lock().await.release_address(&name, address).await.map_err(address_error)?;
+    changes::release_address(&context.shared, &name, address).await.map_err(address_error)?;
     log::info!("API: released {address} in network {name}");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

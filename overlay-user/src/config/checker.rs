@@ -6,7 +6,7 @@ use std::{
 
 use overlay_common::{
     DEFAULT_FLOOD_LIMIT, DEFAULT_OUTER_TTL, DEFAULT_SOURCE_PORT_MAX, DEFAULT_SOURCE_PORT_MIN,
-    DEFAULT_VXLAN_PORT, FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, VNI_MAX,
+    DEFAULT_VXLAN_PORT,
 };
 
 use crate::model::validate;
@@ -22,7 +22,7 @@ pub(super) struct Checker {
 
 impl Checker {
     fn problem(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { field: field.into(), value: value.into(), message: message.into() });
+        self.problems.push(Problem::in_file(&field.into(), value.into(), message.into()));
     }
 
     fn non_empty(&mut self, field: &str, value: &str) -> Option<String> {
@@ -35,11 +35,13 @@ impl Checker {
 
     fn ipv4(&mut self, field: &str, value: &str) -> Option<Ipv4Addr> {
         match value.parse::<Ipv4Addr>() {
-            Ok(addr) if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() => {
-                self.problem(field, value, "must be a unicast IPv4 address");
-                None
-            }
-            Ok(addr) => Some(addr),
+            Ok(addr) => match validate::ipv4_problem(addr) {
+                Some(message) => {
+                    self.problem(field, value, message);
+                    None
+                }
+                None => Some(addr),
+            },
             Err(_) if value.parse::<std::net::Ipv6Addr>().is_ok() => {
                 self.problem(field, value, "IPv6 is not supported here yet; use an IPv4 address");
                 None
@@ -55,11 +57,13 @@ impl Checker {
     fn ipv6(&mut self, field: &str, value: Option<&String>) -> Option<Option<Ipv6Addr>> {
         let Some(value) = value else { return Some(None) };
         match value.parse::<Ipv6Addr>() {
-            Ok(addr) if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() => {
-                self.problem(field, value, "must be a unicast IPv6 address");
-                None
-            }
-            Ok(addr) => Some(Some(addr)),
+            Ok(addr) => match validate::ipv6_problem(addr) {
+                Some(message) => {
+                    self.problem(field, value, message);
+                    None
+                }
+                None => Some(Some(addr)),
+            },
             Err(_) => {
                 self.problem(field, value, "not an IPv6 address (expected a form like fd00::1)");
                 None
@@ -68,29 +72,26 @@ impl Checker {
     }
 
     fn flood_limit(&mut self, field: &str, value: i64) -> Option<u32> {
-        if (0..=(FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS) as i64).contains(&value) {
-            Some(value as u32)
-        } else {
-            self.problem(
-                field,
-                value.to_string(),
-                format!("flood limit must be in 0..={} (copies per flooded frame; 0 turns flooding off)", FLOOD_MAX_LOCAL_PORTS + FLOOD_MAX_REMOTE_VTEPS),
-            );
-            None
+        // Negative or beyond u32: as far out of range as u32::MAX.
+        let limit = u32::try_from(value).unwrap_or(u32::MAX);
+        match validate::flood_limit_problem(limit) {
+            Some(message) => {
+                self.problem(field, value.to_string(), message);
+                None
+            }
+            None => Some(limit),
         }
     }
 
     fn mac(&mut self, field: &str, value: &str) -> Option<MacAddr> {
         match value.parse::<MacAddr>() {
-            Ok(mac) if mac.is_multicast() => {
-                self.problem(field, value, "must be a unicast MAC address (lowest bit of the first byte clear)");
-                None
-            }
-            Ok(mac) if mac.0 == [0; 6] => {
-                self.problem(field, value, "must not be the all-zero MAC address");
-                None
-            }
-            Ok(mac) => Some(mac),
+            Ok(mac) => match mac.endpoint_problem() {
+                Some(message) => {
+                    self.problem(field, value, message);
+                    None
+                }
+                None => Some(mac),
+            },
             Err(()) => {
                 self.problem(field, value, "not a MAC address (expected six hex pairs like 02:00:00:00:00:01)");
                 None
@@ -99,11 +100,13 @@ impl Checker {
     }
 
     fn vni(&mut self, field: &str, value: i64) -> Option<u32> {
-        if (1..=VNI_MAX as i64).contains(&value) {
-            Some(value as u32)
-        } else {
-            self.problem(field, value.to_string(), format!("VNI must be in 1..={VNI_MAX} (24 bits, 0 is reserved here)"));
-            None
+        let vni = u32::try_from(value).unwrap_or(0);
+        match validate::vni_problem(vni) {
+            Some(message) => {
+                self.problem(field, value.to_string(), message);
+                None
+            }
+            None => Some(vni),
         }
     }
 
@@ -150,9 +153,7 @@ impl Checker {
         }
         let config = Config { node, endpoints: endpoints?, peers: peers?, vnis };
         // Checks between items run on the model, as for every source.
-        for problem in validate::validate(&config.model()) {
-            self.problem(problem.path(), problem.value, problem.message);
-        }
+        self.problems.extend(validate::validate(&config.model()));
         let local = config.local_vnis();
         for (i, raw_vni) in raw.vnis.iter().enumerate() {
             if !local.contains(&(raw_vni.vni as u32)) {
@@ -165,11 +166,10 @@ impl Checker {
     fn node(&mut self, raw: &RawNode) -> Option<Node> {
         let name = self.non_empty("node.name", &raw.name).and_then(|name| {
             // It names the node's pin directory on bpffs and its status file.
-            let safe = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !name.starts_with('.');
-            if safe {
+            if validate::safe_name(&name) {
                 Some(name)
             } else {
-                self.problem("node.name", &name, "may hold only letters, digits, '-', '_' and '.', and not start with '.'");
+                self.problem("node.name", &name, "may hold only letters, digits, '-', '_' and '.' (at most 64), and not start with '.'");
                 None
             }
         });

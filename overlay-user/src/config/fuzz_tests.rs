@@ -211,7 +211,7 @@ fn check(text: &str) -> Option<String> {
         Ok(Err(ConfigError::Invalid { problems, .. })) if problems.is_empty() => Some("refused with no problem named".to_owned()),
         Ok(Err(ConfigError::Invalid { problems, .. })) => problems
             .iter()
-            .find(|p| p.field.is_empty() || p.message.is_empty())
+            .find(|p| p.path().is_empty() || p.message.is_empty())
             .map(|p| format!("a problem without a field or message: {p:?}")),
         // toml's errors say where: "TOML parse error at line L, column C".
         Ok(Err(ConfigError::Syntax { message, .. })) if message.contains("line") => None,

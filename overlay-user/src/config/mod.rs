@@ -6,7 +6,6 @@
 //! the kernel (interfaces are resolved later, see [`crate::netdev`]).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
@@ -94,21 +93,9 @@ pub struct RemoteEndpoint {
     pub vni: u32,
 }
 
-/// One thing wrong in a configuration: the field, its value as written, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Path of the field, e.g. `peers[1].endpoints[0].mac`.
-    pub field: String,
-    /// The offending value as written (empty when the field is missing).
-    pub value: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {:?}: {}", self.field, self.value, self.message)
-    }
-}
+/// One thing wrong in a configuration, as for every source; the file's
+/// own problems name their TOML path ([`Problem::for_file`]).
+pub use crate::model::Problem;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +115,7 @@ pub enum ConfigError {
 }
 
 fn format_problems(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    problems.iter().map(|p| format!("  - {}", p.for_file())).collect::<Vec<_>>().join("\n")
 }
 
 impl ConfigError {

@@ -50,27 +50,27 @@ fn good_config_parses_with_defaults() {
 #[test]
 fn malformed_mac_names_field_and_value() {
     let p = only_problem(&GOOD.replace("02:00:00:00:01:01", "02:00:zz:00:01:01"));
-    assert_eq!(p.field, "endpoints[0].mac");
+    assert_eq!(p.path(), "endpoints[0].mac");
     assert_eq!(p.value, "02:00:zz:00:01:01");
     let p = only_problem(&GOOD.replace("02:00:00:00:02:01", "02:00:00:00:02"));
-    assert_eq!(p.field, "peers[0].endpoints[0].mac");
+    assert_eq!(p.path(), "peers[0].endpoints[0].mac");
 }
 
 #[test]
 fn multicast_mac_is_rejected() {
     let p = only_problem(&GOOD.replace("02:00:00:00:01:01", "01:00:5e:00:00:01"));
-    assert_eq!(p.field, "endpoints[0].mac");
+    assert_eq!(p.path(), "endpoints[0].mac");
     assert!(p.message.contains("unicast"), "{p}");
 }
 
 #[test]
 fn malformed_ip_names_field_and_value() {
     let p = only_problem(&GOOD.replace("\"10.10.0.1\"", "\"10.10.0.300\""));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[0].ip", "10.10.0.300"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("endpoints[0].ip", "10.10.0.300"));
     let p = only_problem(&GOOD.replace("\"192.0.2.2\"", "\"not-an-ip\""));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].vtep_address", "not-an-ip"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("peers[0].vtep_address", "not-an-ip"));
     let p = only_problem(&GOOD.replace("\"192.0.2.1\"", "\"2001:db8::1\""));
-    assert_eq!(p.field, "node.vtep_address");
+    assert_eq!(p.path(), "node.vtep_address");
     assert!(p.message.contains("IPv6"), "{p}");
 }
 
@@ -78,7 +78,7 @@ fn malformed_ip_names_field_and_value() {
 fn vni_out_of_range_is_rejected() {
     for bad in ["0", "16777216", "-5"] {
         let p = only_problem(&GOOD.replacen("vni = 100", &format!("vni = {bad}"), 1));
-        assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[0].vni", bad));
+        assert_eq!((p.path().as_str(), p.value.as_str()), ("endpoints[0].vni", bad));
     }
     let ok = parse(&GOOD.replace("vni = 100", "vni = 16777215")).unwrap();
     assert_eq!(ok.endpoints[0].vni, 16_777_215);
@@ -87,14 +87,14 @@ fn vni_out_of_range_is_rejected() {
 #[test]
 fn same_mac_twice_in_one_vni_is_rejected() {
     let p = only_problem(&GOOD.replace("02:00:00:00:02:01", "02:00:00:00:01:01"));
-    assert_eq!(p.field, "peers[0].endpoints[0].mac");
+    assert_eq!(p.path(), "peers[0].endpoints[0].mac");
     assert!(p.message.contains("endpoints[0]"), "{p}");
 }
 
 #[test]
 fn same_ip_twice_in_one_vni_is_rejected() {
     let p = only_problem(&GOOD.replace("\"10.10.0.2\"", "\"10.10.0.1\""));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].endpoints[0].ip", "10.10.0.1"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("peers[0].endpoints[0].ip", "10.10.0.1"));
 }
 
 #[test]
@@ -109,14 +109,14 @@ fn same_mac_and_ip_in_different_vnis_are_allowed() {
 #[test]
 fn peer_with_our_own_vtep_is_rejected() {
     let p = only_problem(&GOOD.replace("\"192.0.2.2\"", "\"192.0.2.1\""));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].vtep_address", "192.0.2.1"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("peers[0].vtep_address", "192.0.2.1"));
 }
 
 #[test]
 fn duplicate_peers_are_rejected() {
     let text = format!("{GOOD}\n[[peers]]\nname = \"host-b\"\nvtep_address = \"192.0.2.2\"\n");
     let problems = parse(&text).unwrap_err().problems().to_vec();
-    let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+    let fields: Vec<_> = problems.iter().map(|p| p.path()).collect();
     assert_eq!(fields, ["peers[1].vtep_address", "peers[1].name"], "{problems:?}");
 }
 
@@ -126,15 +126,15 @@ fn port_with_two_vnis_is_rejected() {
         "{GOOD}\n[[endpoints]]\ninterface = \"veth-a1\"\nmac = \"02:00:00:00:01:02\"\nip = \"10.20.0.1\"\nvni = 200\n"
     );
     let p = only_problem(&text);
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[1].vni", "200"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("endpoints[1].vni", "200"));
 }
 
 #[test]
 fn bad_port_ttl_and_range_are_rejected() {
     let with = |line: &str| GOOD.replace("vtep_address = \"192.0.2.1\"", &format!("vtep_address = \"192.0.2.1\"\n{line}"));
-    assert_eq!(only_problem(&with("vxlan_port = 70000")).field, "node.vxlan_port");
-    assert_eq!(only_problem(&with("ttl = 0")).field, "node.ttl");
-    assert_eq!(only_problem(&with("source_port_range = [60000, 50000]")).field, "node.source_port_range");
+    assert_eq!(only_problem(&with("vxlan_port = 70000")).path(), "node.vxlan_port");
+    assert_eq!(only_problem(&with("ttl = 0")).path(), "node.ttl");
+    assert_eq!(only_problem(&with("source_port_range = [60000, 50000]")).path(), "node.source_port_range");
     assert_eq!(parse(&with("vxlan_port = 8472")).unwrap().node.vxlan_port, 8472);
 }
 
@@ -166,11 +166,11 @@ fn ipv6_addresses_parse_and_must_be_unique_per_vni() {
     assert_eq!(config.endpoints[0].ipv6, Some("fd00::1".parse().unwrap()));
     assert_eq!(config.peers[0].endpoints[0].ipv6, Some("fd00::2".parse().unwrap()));
     let p = only_problem(&with_v6.replace("fd00::2", "fd00::1"));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("peers[0].endpoints[0].ipv6", "fd00::1"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("peers[0].endpoints[0].ipv6", "fd00::1"));
     let p = only_problem(&with_v6.replace("fd00::1", "ff02::1"));
-    assert_eq!(p.field, "endpoints[0].ipv6");
+    assert_eq!(p.path(), "endpoints[0].ipv6");
     let p = only_problem(&with_v6.replace("fd00::1", "fd00::zz"));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("endpoints[0].ipv6", "fd00::zz"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("endpoints[0].ipv6", "fd00::zz"));
 }
 
 #[test]
@@ -182,9 +182,9 @@ fn flood_limits_default_and_override_per_vni() {
     let text = format!("{GOOD}\n[[vnis]]\nvni = 100\nflood_limit = 2\n");
     assert_eq!(parse(&text).unwrap().flood_limit(100), 2);
     let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 100\nflood_limit = 1000\n"));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("vnis[0].flood_limit", "1000"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("vnis[0].flood_limit", "1000"));
     let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 300\n"));
-    assert_eq!((p.field.as_str(), p.value.as_str()), ("vnis[0].vni", "300"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("vnis[0].vni", "300"));
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn peer_vnis_include_extra_ones() {
     let config = parse(&text).unwrap();
     assert_eq!(config.peers[0].vnis().into_iter().collect::<Vec<_>>(), vec![100, 300]);
     let p = only_problem(&GOOD.replace("vtep_address = \"192.0.2.2\"", "vtep_address = \"192.0.2.2\"\nvnis = [0]"));
-    assert_eq!(p.field, "peers[0].vnis[0]");
+    assert_eq!(p.path(), "peers[0].vnis[0]");
 }
 
 #[test]
@@ -205,7 +205,7 @@ fn too_many_ports_in_one_vni_is_rejected() {
         ));
     }
     let p = only_problem(&text);
-    assert!(p.field.ends_with(".interface") && p.message.contains("VNI 100"), "{p}");
+    assert!(p.path().ends_with(".interface") && p.message.contains("VNI 100"), "{p}");
 }
 
 #[test]
@@ -226,7 +226,7 @@ fn more_vnis_or_peers_than_counter_slots_is_rejected() {
     parse(&format!("{GOOD}{}", endpoints(VNI_COUNTER_SLOTS - 1))).unwrap();
     let p = only_problem(&format!("{GOOD}{}", endpoints(VNI_COUNTER_SLOTS)));
     let last = VNI_COUNTER_SLOTS as usize;
-    assert_eq!((p.field.as_str(), p.value.as_str()), (format!("endpoints[{last}].vni").as_str(), (1000 + VNI_COUNTER_SLOTS - 1).to_string().as_str()));
+    assert_eq!((p.path().as_str(), p.value.as_str()), (format!("endpoints[{last}].vni").as_str(), (1000 + VNI_COUNTER_SLOTS - 1).to_string().as_str()));
     assert!(p.message.contains(&format!("{VNI_COUNTER_SLOTS} VNIs")), "{p}");
 
     let peers = |count: u32| {
@@ -236,7 +236,7 @@ fn more_vnis_or_peers_than_counter_slots_is_rejected() {
     };
     parse(&format!("{GOOD}{}", peers(PEER_COUNTER_SLOTS - 1))).unwrap();
     let p = only_problem(&format!("{GOOD}{}", peers(PEER_COUNTER_SLOTS)));
-    assert_eq!((p.field.as_str(), p.value.as_str()), (format!("peers[{}]", PEER_COUNTER_SLOTS).as_str(), format!("extra{}", PEER_COUNTER_SLOTS - 1).as_str()));
+    assert_eq!((p.path().as_str(), p.value.as_str()), (format!("peers[{}]", PEER_COUNTER_SLOTS).as_str(), format!("extra{}", PEER_COUNTER_SLOTS - 1).as_str()));
     assert!(p.message.contains(&format!("{PEER_COUNTER_SLOTS} peers")), "{p}");
 }
 

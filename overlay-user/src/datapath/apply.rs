@@ -9,7 +9,7 @@ use aya::{
 };
 use overlay_common::{Counter, NodeConfig, SlotCounterKey, maps};
 
-use super::{Datapath, DatapathError, map_error, tables::CONFIG_TABLES};
+use super::{Datapath, DatapathError, map_error, open_map_mut, tables::CONFIG_TABLES};
 use crate::{slots, state::MapState};
 
 /// What `apply` changed, map by map (for logs and status).
@@ -107,8 +107,7 @@ impl Datapath {
 fn set_node(ebpf: &mut Ebpf, value: Option<NodeConfig>, undo: &mut Vec<Undo>, previous: Option<NodeConfig>) -> Result<(), DatapathError> {
     fn write(ebpf: &mut Ebpf, value: Option<NodeConfig>) -> Result<(), DatapathError> {
         let name = maps::NODE;
-        let map = ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-        let mut array: Array<&mut MapData, NodeConfig> = Array::try_from(map).map_err(|source| map_error(name, "open", source))?;
+        let mut array: Array<&mut MapData, NodeConfig> = open_map_mut(ebpf, name)?;
         // An all-zero entry has `configured == 0`: the programs pass everything.
         // SAFETY: NodeConfig is plain data; all-zero is valid.
         let value = value.unwrap_or(unsafe { std::mem::zeroed() });
@@ -144,9 +143,7 @@ fn zero_slots(ebpf: &mut Ebpf, name: &'static str, slots: &BTreeSet<u32>) -> Res
     if slots.is_empty() {
         return Ok(());
     }
-    let map = ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-    let mut hash: PerCpuHashMap<&mut MapData, SlotCounterKey, Counter> =
-        PerCpuHashMap::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    let mut hash: PerCpuHashMap<&mut MapData, SlotCounterKey, Counter> = open_map_mut(ebpf, name)?;
     let doomed: Vec<SlotCounterKey> = hash
         .keys()
         .filter(|key| key.as_ref().map_or(true, |key| slots.contains(&key.slot)))

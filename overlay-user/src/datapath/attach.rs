@@ -15,7 +15,7 @@ use aya::{
 };
 use overlay_common::{NodeConfig, UnderlayMac, maps, programs};
 
-use super::{Attachment, Datapath, DatapathError, HeldLink, map_error};
+use super::{Attachment, Datapath, DatapathError, HeldLink, map_error, open_map_mut};
 use crate::tc_legacy::TcAttachKind;
 use crate::pinning;
 
@@ -266,8 +266,7 @@ impl Datapath {
     /// from the skb's pkt_type; `None` turns the check off.
     pub fn set_underlay_mac(&mut self, mac: Option<[u8; 6]>) -> Result<(), DatapathError> {
         let name = maps::UNDERLAY_MAC;
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-        let mut array: Array<&mut MapData, UnderlayMac> = Array::try_from(map).map_err(|source| map_error(name, "open", source))?;
+        let mut array: Array<&mut MapData, UnderlayMac> = open_map_mut(&mut self.ebpf, name)?;
         array.set(0, UnderlayMac { mac: mac.unwrap_or_default(), _pad: [0; 2] }, 0).map_err(|source| map_error(name, "write", source))
     }
 
@@ -459,7 +458,8 @@ impl Datapath {
     /// adopted one is pinned already).
     fn hold(&mut self, name: String, link: Option<FdLink>, already_pinned: bool) -> Result<(), DatapathError> {
         let Some(link) = link else {
-            // Only netlink-attached (pre-6.6 TC, pre-5.9 XDP) links are not fd links.
+            // Only netlink-attached links (pre-5.9 XDP) are not fd links; TC
+            // without TCX (pre-6.6) goes through tc_legacy and never comes here.
             return Err(DatapathError::Link { name, message: "the kernel attached it without a BPF link, which cannot be held or pinned".into() });
         };
         let (link, pin) = match &self.pins {

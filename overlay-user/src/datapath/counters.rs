@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use overlay_common::{Counter, Direction, PeerInfo, Reason, SlotCounterKey, VniInfo, counter_index, maps, reason};
 
-use super::{Datapath, DatapathError, map_error};
+use super::{Datapath, DatapathError, map_error, open_map};
 
 /// One counter row: packets and bytes for a direction and reason, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,12 +32,14 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The row of `direction` and `reason`, if anything was counted there.
+    pub fn row(&self, direction: Direction, reason: Reason) -> Option<&CounterRow> {
+        self.rows.iter().find(|row| row.direction == direction && row.reason == reason)
+    }
+
     /// Packets counted for `direction` and `reason`.
     pub fn packets(&self, direction: Direction, reason: Reason) -> u64 {
-        self.rows
-            .iter()
-            .find(|row| row.direction == direction && row.reason == reason)
-            .map_or(0, |row| row.packets)
+        self.row(direction, reason).map_or(0, |row| row.packets)
     }
 
     /// Counts since `earlier` (rows present in both). A counter that went
@@ -49,13 +51,7 @@ impl Counters {
             .iter()
             .map(|row| CounterRow {
                 packets: row.packets.saturating_sub(earlier.packets(row.direction, row.reason)),
-                bytes: row.bytes.saturating_sub(
-                    earlier
-                        .rows
-                        .iter()
-                        .find(|r| r.direction == row.direction && r.reason == row.reason)
-                        .map_or(0, |r| r.bytes),
-                ),
+                bytes: row.bytes.saturating_sub(earlier.row(row.direction, row.reason).map_or(0, |r| r.bytes)),
                 ..*row
             })
             .filter(|row| row.packets > 0)
@@ -121,8 +117,7 @@ impl fmt::Display for VniPeerCounters {
 impl Datapath {
     /// Reads all counters, summed over CPUs; rows with no packets are left out.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        let array: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.map(maps::COUNTERS)?).map_err(|source| map_error(maps::COUNTERS, "open", source))?;
+        let array: PerCpuArray<&MapData, Counter> = open_map(&self.ebpf, maps::COUNTERS)?;
         read_counters(&array)
     }
 

@@ -7,7 +7,7 @@ use aya::{
 use overlay_common::{NodeConfig, maps, programs};
 
 use super::{
-    Datapath, DatapathError, EBPF_OBJECT, map_error,
+    Datapath, DatapathError, EBPF_OBJECT, map_error, open_map,
     tables::{self, CONFIG_TABLES},
 };
 use crate::{pinning::PinDir, slots::Owners, state::MapState};
@@ -113,8 +113,7 @@ impl Datapath {
     /// What the maps hold now (for adopting an earlier agent's datapath).
     pub fn read_state(&self) -> Result<MapState, DatapathError> {
         let node = {
-            let array: Array<&MapData, NodeConfig> =
-                Array::try_from(self.map(maps::NODE)?).map_err(|source| map_error(maps::NODE, "open", source))?;
+            let array: Array<&MapData, NodeConfig> = open_map(&self.ebpf, maps::NODE)?;
             Some(array.get(&0, 0).map_err(|source| map_error(maps::NODE, "read", source))?).filter(|n| n.configured != 0)
         };
         let mut state = MapState { node, ..MapState::default() };

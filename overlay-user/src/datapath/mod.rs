@@ -12,8 +12,8 @@
 //! - [`view`]: what other processes read from a pinned datapath;
 //! - [`testrun`]: running the programs on test frames (BPF_PROG_TEST_RUN).
 use aya::{
-    Ebpf, Pod,
-    maps::{HashMap, MapData, MapError},
+    Ebpf,
+    maps::MapError,
     programs::{ProgramError, SchedClassifier, Xdp, links::FdLink},
 };
 
@@ -186,7 +186,14 @@ fn map_error(map: &'static str, operation: &'static str, error: MapError) -> Dat
     DatapathError::Map { map, operation, error }
 }
 
-fn open_hash<'a, K: Pod, V: Pod>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<HashMap<&'a mut MapData, K, V>, DatapathError> {
+/// The map `name` of `ebpf` as a `T` (a typed aya map), to change.
+fn open_map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, DatapathError> {
     let map = ebpf.map_mut(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-    HashMap::try_from(map).map_err(|source| map_error(name, "open", source))
+    T::try_from(map).map_err(|source| map_error(name, "open", source))
+}
+
+/// The map `name` of `ebpf` as a `T` (a typed aya map), to read.
+fn open_map<'a, T: TryFrom<&'a aya::maps::Map, Error = MapError>>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, DatapathError> {
+    let map = ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(|source| map_error(name, "open", source))
 }

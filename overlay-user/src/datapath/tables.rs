@@ -14,7 +14,7 @@ use overlay_common::{
     Counter, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounterKey, UnderlayMac, maps,
 };
 
-use super::{DatapathError, apply::Undo, map_error, open_hash};
+use super::{DatapathError, apply::Undo, map_error, open_map, open_map_mut};
 use crate::state::{MapDiff, MapState, diff};
 
 /// A map's name and the key and value sizes this agent expects of it.
@@ -146,8 +146,7 @@ pub fn pinned_maps() -> impl Iterator<Item = MapLayout> {
 }
 
 pub(super) fn read_hash<K: Pod + Ord, V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<BTreeMap<K, V>, DatapathError> {
-    let map = ebpf.map(name).ok_or(DatapathError::Missing { kind: "map", name })?;
-    let hash: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(|source| map_error(name, "open", source))?;
+    let hash: HashMap<&MapData, K, V> = open_map(ebpf, name)?;
     hash.iter().collect::<Result<_, _>>().map_err(|source| map_error(name, "read", source))
 }
 
@@ -156,13 +155,13 @@ where
     K: Pod + Ord + Copy + 'static,
     V: Pod + Copy + 'static,
 {
-    let mut map = open_hash::<K, V>(ebpf, name)?;
+    let mut map = open_map_mut::<HashMap<_, K, V>>(ebpf, name)?;
     for (key, value) in &changes.upserts {
         map.insert(key, value, 0).map_err(|source| map_error(name, "insert", source))?;
         let previous = old.get(key).copied();
         let key = *key;
         undo.push(Box::new(move |ebpf| {
-            let mut map = open_hash::<K, V>(ebpf, name)?;
+            let mut map = open_map_mut::<HashMap<_, K, V>>(ebpf, name)?;
             match previous {
                 Some(value) => map.insert(key, value, 0).map_err(|source| map_error(name, "restore", source)),
                 None => map.remove(&key).map_err(|source| map_error(name, "remove", source)),
@@ -177,13 +176,13 @@ where
     K: Pod + Ord + Copy + 'static,
     V: Pod + Copy + 'static,
 {
-    let mut map = open_hash::<K, V>(ebpf, name)?;
+    let mut map = open_map_mut::<HashMap<_, K, V>>(ebpf, name)?;
     for key in &changes.deletes {
         map.remove(key).map_err(|source| map_error(name, "delete", source))?;
         if let Some(value) = old.get(key).copied() {
             let key = *key;
             undo.push(Box::new(move |ebpf| {
-                let mut map = open_hash::<K, V>(ebpf, name)?;
+                let mut map = open_map_mut::<HashMap<_, K, V>>(ebpf, name)?;
                 map.insert(key, value, 0).map_err(|source| map_error(name, "restore", source))
             }));
         }

@@ -148,8 +148,8 @@ pub(super) fn vtep_finding(config: &Config) -> Finding {
     }
 }
 
-/// Smallest MTU IPv6 allows (RFC 8200 section 5).
-const IPV6_MIN_MTU: u32 = 1280;
+/// Smallest MTU IPv6 allows (RFC 8200 section 5), the smallest a network may have.
+const IPV6_MIN_MTU: u32 = crate::model::validate::NETWORK_MTU_MIN;
 
 pub(super) fn mtu_finding(underlay: &str) -> Finding {
     let encap = VXLAN_ENCAP_LEN as u32;
@@ -174,7 +174,7 @@ pub(super) fn mtu_finding(underlay: &str) -> Finding {
 }
 
 pub(super) fn forwarding_finding(underlay: &str, datapath_running: bool) -> Finding {
-    let path = format!("/proc/sys/net/ipv4/conf/{underlay}/forwarding");
+    let path = netdev::ipv4_forwarding_path(underlay).display().to_string();
     let value = std::fs::read_to_string(&path).map(|v| v.trim().to_owned());
     match value {
         Ok(value) if value == "1" => Finding::ok("forwarding", format!("IPv4 forwarding is on for {underlay}")),

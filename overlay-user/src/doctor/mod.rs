@@ -10,8 +10,8 @@
 //!   finding, named by its kind (`duplicate-ip`, `duplicate-mac`,
 //!   `duplicate-peer-name`, `duplicate-peer-vtep`, else `config`), with the
 //!   field and value. Checks that need the file are then skipped.
-//! - **kernel**: TCX links (probed; without them TC attaches as netlink filters), managed neighbour entries
-//!   5.16), BTF, that the `bpf(2)` syscall works (an array map is created
+//! - **kernel**: TCX links (probed; without them TC attaches as netlink
+//!   filters), managed neighbour entries (5.16), BTF, that the `bpf(2)` syscall works (an array map is created
 //!   and freed), and that the pin directory is, or can be, on bpffs.
 //! - **underlay**: the device and every port exist; the VTEP address is an
 //!   address of this host; the overlay MTU (underlay MTU - 50) is at least
@@ -68,6 +68,7 @@ use std::{
 
 use crate::{
     config::{Config, ConfigError, Problem},
+    model::ProblemKind,
     netdev,
     pinning::PinDir,
     status::NodeStatus,
@@ -200,12 +201,27 @@ pub fn diagnose(options: &Options) -> Vec<Finding> {
     }
     let datapath = DatapathState::read(&config, options);
     findings.extend(datapath.findings(&config, options));
+    findings.extend(cluster_findings(datapath.status.as_ref().filter(|_| datapath.agent_running)));
     if underlay_exists {
         findings.extend(offload_findings(underlay, datapath.xdp_mode.as_deref()));
         findings.push(forwarding_finding(underlay, datapath.running()));
     }
     findings.extend(firewall_findings(config.node.vxlan_port));
     findings.extend(peer_findings(&config, &datapath, options));
+    findings
+}
+
+/// Cluster mode, as the running agent reports it: each conflict between
+/// this node and another, and each registry item left out, is a warning
+/// (the later claim is refused and nothing was overwritten).
+fn cluster_findings(status: Option<&NodeStatus>) -> Vec<Finding> {
+    let Some(cluster) = status.and_then(|status| status.cluster.as_ref()) else { return Vec::new() };
+    let fix = "give one of the two another name, VTEP address, MAC or IP address (the later claim stays refused until then)";
+    let mut findings: Vec<Finding> = cluster.conflicts.iter().map(|conflict| Finding::warn("cluster-conflict", conflict.clone(), fix)).collect();
+    findings.extend(cluster.left_out.iter().map(|item| Finding::warn("cluster-conflict", format!("registry item left out: {item}"), fix)));
+    if findings.is_empty() {
+        findings.push(Finding::ok("cluster", cluster.summary.clone()));
+    }
     findings
 }
 
@@ -226,24 +242,27 @@ fn config_findings(error: &ConfigError) -> Vec<Finding> {
 
 fn problem_finding(path: &Path, problem: &Problem) -> Finding {
     let (check, fix) = classify_problem(problem);
-    Finding::fail(check, format!("{}: {problem}", path.display()), fix)
+    Finding::fail(check, format!("{}: {}", path.display(), problem.for_file()), fix)
 }
 
-/// The kind of a validation problem, and its fix. Keyed on the messages
-/// config.rs writes (its tests and ours pin them).
+/// The kind of a validation problem, and its fix: a duplicate by the
+/// field it is in, anything else `config`.
 fn classify_problem(problem: &Problem) -> (&'static str, &'static str) {
-    let message = problem.message.as_str();
-    let peer_duplicate = message.starts_with("already used by peers[");
-    if message.contains("IP already used") || message.contains("IPv6 address already used") {
-        ("duplicate-ip", "two endpoints of one VNI cannot share an IP address: give one of them another address, or put it in another VNI")
-    } else if message.contains("MAC already used") {
-        ("duplicate-mac", "two endpoints of one VNI cannot share a MAC address: give one of them another MAC (the container's and the file's must agree)")
-    } else if peer_duplicate && problem.field.ends_with(".name") {
-        ("duplicate-peer-name", "peer names must be unique: rename one, or merge the two entries if they are one node")
-    } else if peer_duplicate && problem.field.ends_with(".vtep_address") {
-        ("duplicate-peer-vtep", "one VTEP address is one node: merge the two peer entries, or correct the address of one")
-    } else {
-        ("config", "correct the field as the message says (`overlay validate --config FILE` rechecks)")
+    let peer = problem.subject.key.starts_with("peers[") && !problem.subject.key.contains(".endpoints[");
+    match (problem.kind, problem.field.as_str()) {
+        (ProblemKind::Duplicate, "ip" | "ipv6") => {
+            ("duplicate-ip", "two endpoints of one VNI cannot share an IP address: give one of them another address, or put it in another VNI")
+        }
+        (ProblemKind::Duplicate, "mac") => {
+            ("duplicate-mac", "two endpoints of one VNI cannot share a MAC address: give one of them another MAC (the container's and the file's must agree)")
+        }
+        (ProblemKind::Duplicate, "name") if peer => {
+            ("duplicate-peer-name", "peer names must be unique: rename one, or merge the two entries if they are one node")
+        }
+        (ProblemKind::Duplicate, "vtep_address") if peer => {
+            ("duplicate-peer-vtep", "one VTEP address is one node: merge the two peer entries, or correct the address of one")
+        }
+        _ => ("config", "correct the field as the message says (`overlay validate --config FILE` rechecks)"),
     }
 }
 

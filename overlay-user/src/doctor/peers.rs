@@ -43,18 +43,6 @@ pub fn probe_datagram(vni: u32, probe_mac: MacAddr, target_mac: MacAddr, target_
     datagram
 }
 
-fn random_probe_mac() -> MacAddr {
-    let mut bytes = [0u8; 3];
-    // SAFETY: writing at most 3 bytes into our buffer.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if got != bytes.len() as isize {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        bytes = (nanos ^ std::process::id()).to_be_bytes()[1..].try_into().unwrap();
-    }
-    let [a, b, c] = PROBE_MAC_PREFIX;
-    MacAddr([a, b, c, bytes[0], bytes[1], bytes[2]])
-}
-
 /// One peer's probe: where it goes and what it asks.
 struct PeerProbe<'a> {
     peer: &'a Peer,
@@ -78,7 +66,7 @@ pub(super) fn peer_findings(config: &Config, datapath: &DatapathState, options: 
     }
     let mut findings = Vec::new();
     let local_vnis = config.local_vnis();
-    let probe_mac = random_probe_mac();
+    let probe_mac = MacAddr::random_with_prefix(&PROBE_MAC_PREFIX);
     let mut probes = Vec::new();
     let destinations: Vec<std::net::IpAddr> = config.peers.iter().map(|peer| peer.vtep_address.into()).collect();
     // Without a netlink socket the routes are not checked; the probes still run.

@@ -167,7 +167,7 @@ fn counter_labels(direction: Direction, reason: Reason) -> CounterLabels {
 /// The series of one VNI or peer: `forwarded` in both directions always
 /// (so `rate()` sees a new VNI's first packets), every other reason once
 /// it has counted something. Every reason for every VNI and peer would be
-/// 2 x 41 series each, mostly zero.
+/// 2 x `REASONS.len()` series each, mostly zero.
 fn breakdown_series(counters: &Counters) -> Vec<CounterSeries> {
     let mut counted: Vec<(Direction, Reason, u64, u64)> = Direction::ALL
         .into_iter()
@@ -184,13 +184,7 @@ impl Snapshot {
     /// series that appears only at its first packet hides that packet from
     /// `rate()`), then any code this agent has no name for.
     fn counter_series(&self) -> Vec<CounterSeries> {
-        let counted = |direction: Direction, reason: Reason| {
-            self.counters
-                .rows
-                .iter()
-                .find(|row| row.direction == direction && row.reason == reason)
-                .map_or((0, 0), |row| (row.packets, row.bytes))
-        };
+        let counted = |direction, reason| self.counters.row(direction, reason).map_or((0, 0), |row| (row.packets, row.bytes));
         let mut series = Vec::new();
         for direction in Direction::ALL {
             for info in REASONS {
@@ -247,26 +241,17 @@ impl Collector for Snapshot {
         let series = self.counter_series();
         let by_reason = "by direction (from-underlay: XDP or TC on the underlay device; from-endpoint: TC on a container port) \
                          and numbered reason (overlay reasons lists them; kind is drop for drops, outcome otherwise).";
-        let mut packets = encoder.encode_descriptor(
-            "overlay_packets",
-            &format!("Packets the datapath handled, {by_reason}"),
-            None,
-            MetricType::Counter,
-        )?;
-        for (labels, count, _) in &series {
-            ConstCounter::new(*count).encode(packets.encode_family(labels)?)?;
-        }
+        counter_family(&mut encoder, "overlay_packets", None, &format!("Packets the datapath handled, {by_reason}"), &series, |(_, packets, _)| *packets)?;
         // Registered as `overlay` with the unit bytes: the encoder appends
         // the unit, giving `overlay_bytes` and its sample `overlay_bytes_total`.
-        let mut bytes = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "overlay",
-            &format!("Bytes of the packets the datapath handled (Ethernet frames as the hook saw them), {by_reason}"),
             Some(&Unit::Bytes),
-            MetricType::Counter,
+            &format!("Bytes of the packets the datapath handled (Ethernet frames as the hook saw them), {by_reason}"),
+            &series,
+            |(_, _, bytes)| *bytes,
         )?;
-        for (labels, _, count) in &series {
-            ConstCounter::new(*count).encode(bytes.encode_family(labels)?)?;
-        }
 
         let by_vni = "by VNI, direction and numbered reason, as overlay_packets (forwarded in both directions always, other reasons once counted). \
                       Packets dropped before their VNI was known (unknown peer, malformed outer headers) are only in overlay_packets.";
@@ -318,6 +303,14 @@ impl Collector for Snapshot {
             "When the configuration file was last loaded (at start, on SIGHUP or on a change), in seconds since the Unix epoch.",
             Some(&Unit::Seconds),
             at as i64,
+        )?;
+        let Some(cluster) = &status.cluster else { return Ok(()) };
+        gauge(
+            &mut encoder,
+            "overlay_cluster_conflicts",
+            "Cluster mode: refused claims between this node and another (either side), and registry items left out because they conflict with this node's own.",
+            None,
+            (cluster.conflicts.len() + cluster.left_out.len()) as i64,
         )
     }
 }

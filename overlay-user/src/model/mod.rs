@@ -1,6 +1,6 @@
 //! What this node should carry, whichever source said it: node settings,
 //! networks, local endpoints and peers. No TOML and no kernel here: the
-//! file, the local API and (next) the cluster registry each produce a
+//! file, the local API and the cluster registry each produce a
 //! [`Fragment`]; [`Model::merge`] joins them, [`validate`](validate::validate)
 //! checks the whole, and the [reconciler](crate::reconciler) turns it into
 //! kernel state.

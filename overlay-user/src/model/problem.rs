@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::Origin;
+use super::{Origin, SourceKind};
 
 /// What kind of problem: decides how front ends answer it (the API: 400
 /// for [`Invalid`](ProblemKind::Invalid) and
@@ -48,6 +48,20 @@ impl Problem {
             message: message.into(),
             holder: None,
         }
+    }
+
+    /// A wrong value at `path` in the configuration file (`peers[0].mac`:
+    /// the item `peers[0]`, its field `mac`).
+    pub fn in_file(path: &str, value: impl fmt::Display, message: impl Into<String>) -> Problem {
+        let (key, field) = path.rsplit_once('.').unwrap_or((path, ""));
+        Problem::new(ProblemKind::Invalid, &Origin::new(SourceKind::File, key), field, value, message)
+    }
+
+    /// The problem as the file's reader wants it: the file's own items by
+    /// TOML path, other sources' by source and key.
+    pub fn for_file(&self) -> String {
+        let place = if self.subject.source == SourceKind::File { self.path() } else { format!("{} {}", self.subject.source, self.path()) };
+        format!("{place} = {:?}: {}", self.value, self.message)
     }
 
     pub fn held_by(mut self, holder: &Origin) -> Problem {

@@ -14,6 +14,9 @@ use super::{
     snapshot::{KeyValue, RegistryStore},
 };
 
+/// The HTTP/2 ping interval: above etcd's default `--grpc-keepalive-min-time` of 5 s.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+
 /// How to reach etcd and where the registry lives in it.
 #[derive(Clone)]
 pub struct RegistrySettings {
@@ -106,11 +109,14 @@ impl Registry {
                 reason: "must be 1 s to 1 day (whole seconds)".into(),
             });
         }
-        // HTTP/2 pings find a dead server or path within a few seconds even
-        // when no request is in flight (a watch only ever waits).
+        // HTTP/2 pings find a dead server or path within seconds even when
+        // no request is in flight (a watch only ever waits). Not more often
+        // than etcd's --grpc-keepalive-min-time (5 s by default): etcd answers
+        // faster pings with GOAWAY "too_many_pings" and closes the connection,
+        // which broke every watch about every 8 s.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.request_timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3))
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
             // A member cut off from the quorum cancels our watch (so the
             // watcher reconnects, possibly elsewhere) instead of serving it

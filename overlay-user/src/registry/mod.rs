@@ -18,7 +18,7 @@
 //! | `endpoints/<network>/<mac>`          | `{network, mac, addresses, node, owner}`                    | its node's |
 //! | `addresses/<network>/<address>`      | claim: the endpoint's MAC                                   | its node's |
 //! | `blocks/<network>/<base address>`    | `{network, cidr, node, allocations: {address: owner}}`      | none       |
-//! | `conflicts/<claimant>/<kind>/<subject>` | `{claimant, kind, subject, holder}`: a refused claim     | claimant's |
+//! | `conflicts/<claimant>/<kind>/<subject>` | `{claimant, kind, subject, holder, holder_node}`: a refused claim | claimant's |
 //!
 //! - A node's records and its endpoints share the node's lease: when the
 //!   node stops renewing it (crash, partition), etcd deletes them all at
@@ -56,6 +56,7 @@
 //! `Ipam::allocate` + `Ipam::flush` when the registry hands out the address).
 //! While etcd is unreachable the receiver keeps the last snapshot; the
 //! session's state and the watcher's status say so.
+pub mod cache;
 pub mod cidr;
 pub mod fragment;
 pub mod client;

@@ -120,11 +120,31 @@ pub struct ConflictReport {
     pub subject: String,
     /// Who holds it, as text.
     pub holder: String,
+    /// The node that holds it, when a node does (so that node reports it too).
+    pub holder_node: Option<String>,
 }
 
 impl fmt::Display for ConflictReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "node {} was refused {} {}: held by {}", self.claimant, self.kind, self.subject, self.holder)
+    }
+}
+
+impl RegistryError {
+    /// The node holding what a refused claim wanted, if a node holds it.
+    pub fn holder_node(&self) -> Option<&str> {
+        let holder = match self {
+            RegistryError::NodeNameTaken { name, .. } => return Some(name),
+            RegistryError::VtepTaken { holder, .. }
+            | RegistryError::MacTaken { holder, .. }
+            | RegistryError::AddressTaken { holder, .. } => holder,
+            RegistryError::AddressInForeignBlock { node, .. } => return Some(node),
+            _ => return None,
+        };
+        match holder {
+            Holder::Node(node) | Holder::Endpoint { node, .. } | Holder::Allocation { node, .. } => Some(node),
+            Holder::Network(_) | Holder::Unreadable(_) => None,
+        }
     }
 }
 

@@ -243,7 +243,8 @@ impl BlockRecord {
 
 impl ConflictReport {
     pub fn to_json(&self) -> String {
-        json!({ "claimant": self.claimant, "kind": self.kind, "subject": self.subject, "holder": self.holder }).to_string()
+        json!({ "claimant": self.claimant, "kind": self.kind, "subject": self.subject, "holder": self.holder, "holder_node": self.holder_node })
+            .to_string()
     }
 
     pub fn parse(key: &str, value: &[u8]) -> Result<Self, RecordProblem> {
@@ -253,6 +254,8 @@ impl ConflictReport {
             kind: fields.string("kind")?,
             subject: fields.string("subject")?,
             holder: fields.string("holder")?,
+            // Absent in reports of older agents.
+            holder_node: fields.optional_with("holder_node", |text| Ok(text.to_owned()))?,
         })
     }
 }

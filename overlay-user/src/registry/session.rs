@@ -64,11 +64,45 @@ impl NodeSession {
         let key = registry.layout().node(&node.name);
         node.validate(&key).map_err(RegistryError::InvalidRecord)?;
         let lease = grant(&registry).await?;
-        let (state, _) = watch::channel(SessionState::Registered { lease });
-        let shared = Arc::new(Shared { registry, node, lease: Mutex::new(lease), endpoints: Mutex::default(), unregistered: Mutex::default(), state });
+        let shared = Shared::new(registry, node, lease);
         shared.register_node(lease).await?;
         let keeper = tokio::spawn(keep_alive(shared.clone()));
         Ok(NodeSession { shared, keeper })
+    }
+
+    /// Takes over `lease`, which an earlier run of this node was granted
+    /// (an agent restarted before its TTL ran out): while etcd still holds
+    /// it with this very node record on it, nothing is written again and
+    /// no other node sees this one go. Otherwise (the lease expired, the
+    /// record differs: another VTEP, another agent version) the old lease
+    /// is revoked and the node starts anew, as [`NodeSession::start`].
+    pub async fn resume(registry: Registry, node: NodeRecord, lease: i64) -> Result<NodeSession, RegistryError> {
+        let key = registry.layout().node(&node.name);
+        node.validate(&key).map_err(RegistryError::InvalidRecord)?;
+        let shared = Shared::new(registry.clone(), node.clone(), lease);
+        if refresh(&shared).await? {
+            let response = registry.get(&key).await?;
+            let ours = match response.kvs().first() {
+                Some(kv) => kv.lease() == lease && NodeRecord::parse(&key, kv.value()).is_ok_and(|record| record == node),
+                // Gone from a lease that lives (deleted by hand): write it again.
+                None => shared.register_node(lease).await.is_ok(),
+            };
+            if ours {
+                let keeper = tokio::spawn(keep_alive(shared.clone()));
+                return Ok(NodeSession { shared, keeper });
+            }
+            registry.request(|mut client| async move { client.lease_revoke(lease).await }).await?;
+        }
+        Self::start(registry, node).await
+    }
+
+    /// Counts an endpoint record this node holds already (found on a
+    /// resumed lease) as registered, so that it is re-created with the
+    /// others and removed when the node no longer has it. Writes nothing.
+    pub fn adopt_endpoint(&self, endpoint: EndpointRecord) {
+        if endpoint.node == self.shared.node.name {
+            self.shared.endpoints.lock().unwrap().insert((endpoint.network.clone(), endpoint.mac), endpoint);
+        }
     }
 
     pub fn node(&self) -> &NodeRecord {
@@ -143,6 +177,11 @@ impl Drop for NodeSession {
 }
 
 impl Shared {
+    fn new(registry: Registry, node: NodeRecord, lease: i64) -> Arc<Shared> {
+        let (state, _) = watch::channel(SessionState::Registered { lease });
+        Arc::new(Shared { registry, node, lease: Mutex::new(lease), endpoints: Mutex::default(), unregistered: Mutex::default(), state })
+    }
+
     async fn register_node(&self, lease: i64) -> Result<(), RegistryError> {
         let layout = self.registry.layout();
         let node = &self.node;
@@ -262,6 +301,7 @@ impl Shared {
             kind: kind.to_owned(),
             subject: subject.to_owned(),
             holder: error.to_string(),
+            holder_node: error.holder_node().map(str::to_owned),
         };
         log::warn!("registry: {report}");
         let key = self.registry.layout().conflict(&self.node.name, kind, subject);

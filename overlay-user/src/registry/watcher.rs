@@ -108,6 +108,9 @@ async fn run(
             Some(store) => store,
             None => match registry.read_store().await {
                 Ok(store) => {
+                    if status.borrow().last_error.is_some() && !status.borrow().connected {
+                        log::info!("registry: etcd answers again; read revision {}", store.revision());
+                    }
                     status.send_modify(|status| {
                         status.full_reads += 1;
                         status.connected = true;
@@ -140,11 +143,19 @@ async fn run(
     }
 }
 
+/// Records a failure; logs it when it is new (not again at every retry
+/// while etcd stays down).
 fn failed(status: &watch::Sender<WatchStatus>, error: &RegistryError) {
-    log::warn!("registry: {error}; keeping the last snapshot and retrying");
+    let error = error.to_string();
+    let repeated = { let seen = status.borrow(); !seen.connected && seen.last_error.as_ref() == Some(&error) };
+    if repeated {
+        log::debug!("registry: {error}; still retrying");
+    } else {
+        log::warn!("registry: {error}; keeping the last snapshot and retrying with backoff");
+    }
     status.send_modify(|status| {
         status.connected = false;
-        status.last_error = Some(error.to_string());
+        status.last_error = Some(error);
     });
 }
 

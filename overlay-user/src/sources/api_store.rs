@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     io,
     net::{Ipv4Addr, Ipv6Addr},
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -133,14 +132,5 @@ pub fn load(path: &Path) -> io::Result<ApiState> {
 
 /// Writes `state` atomically (a temporary file, synced, then renamed), readable by root only.
 pub fn save(path: &Path, state: &ApiState) -> io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
-    file.write_all(&serde_json::to_vec_pretty(state).map_err(io::Error::other)?)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    crate::private_file::write_json(path, state)
 }

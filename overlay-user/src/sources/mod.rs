@@ -1,7 +1,7 @@
 //! The sources of the model. Each owns its part: the configuration file
 //! (node settings, and whatever networks, endpoints and peers it lists),
-//! the local API (networks and endpoints created at run time) and, next,
-//! the cluster registry. A source's change is validated against the
+//! the local API (networks and endpoints created at run time) and the
+//! cluster registry (`registry::fragment`, in cluster mode). A source's change is validated against the
 //! others' current parts with the changing source last, so a conflict is
 //! the later claim's problem and nothing is overwritten.
 pub mod api_store;

@@ -11,6 +11,7 @@ use plotters::{
 
 use super::{
     metrics::{Better, FigureId},
+    microbench::MicrobenchResult,
     report::Report,
     stats::Summary,
     topology::{Cell, Profile, Topology},
@@ -55,7 +56,7 @@ struct Group {
 }
 
 pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1500, 1150)).into_drawing_area();
+    let root = SVGBackend::new(path, (1500, 1500)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
     let (header, body) = root.split_vertically(70);
     let title = format!(
@@ -71,7 +72,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         header.draw(&Text::new(topology.name(), (x + 22, 45), (FONT, 16).into_font())).map_err(draw_error)?;
     }
 
-    let panels = body.split_evenly((3, 3));
+    let panels = body.split_evenly((4, 3));
     for (panel, id) in panels.iter().zip(CHARTED) {
         let Some(figure) = report.figure(id) else { continue };
         let groups: Vec<Group> = Profile::ALL
@@ -103,9 +104,13 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     }
 
     if !report.microbench.is_empty() {
-        let mut cases: Vec<(String, String)> = report.microbench.iter().map(|r| (r.program.clone(), r.method.clone())).collect();
+        // This build and the floor; variants and curves are in the tables and panels below.
+        let main: Vec<&MicrobenchResult> =
+            report.microbench.iter().filter(|r| r.curve.is_empty() && (r.object == "current" || r.object == "floor")).collect();
+        let mut cases: Vec<(String, String)> = main.iter().map(|r| (r.program.clone(), r.method.clone())).collect();
+        cases.sort();
         cases.dedup();
-        let mut sizes: Vec<u32> = report.microbench.iter().map(|r| r.frame_bytes).collect();
+        let mut sizes: Vec<u32> = main.iter().map(|r| r.frame_bytes).collect();
         sizes.sort_unstable();
         sizes.dedup();
         let groups: Vec<Group> = cases
@@ -121,8 +126,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
                         Bar {
                             x: g as f64 + 0.1 + k as f64 * width,
                             width,
-                            summary: report
-                                .microbench
+                            summary: main
                                 .iter()
                                 .find(|r| &r.program == program && &r.method == method && r.frame_bytes == *size)
                                 .map(|r| r.test_run_ns.clone()),
@@ -135,8 +139,51 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         let sizes_text: Vec<String> = sizes.iter().map(|s| format!("{s} B")).collect();
         let title = format!("BPF_PROG_TEST_RUN ns per packet (frames {}, lower is better)", sizes_text.join(" / "));
         draw_panel(&panels[8], &title, "ns", &groups)?;
+        draw_curves(report, &panels[9..12])?;
     }
     root.present().map_err(draw_error)?;
+    Ok(())
+}
+
+/// One panel per cost curve: a group per point, a bar per program (time
+/// in the program alone, from BPF statistics).
+fn draw_curves<DB: DrawingBackend>(report: &Report, panels: &[DrawingArea<DB, plotters::coord::Shift>]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let mut curves: Vec<&str> = report.microbench.iter().filter(|r| !r.curve.is_empty()).map(|r| r.curve.as_str()).collect();
+    curves.dedup();
+    const PROGRAMS: [&str; 4] = ["floor-tc", "decap", "decap-tc", "encap"];
+    for (panel, curve) in panels.iter().zip(curves) {
+        let mut sizes: Vec<u32> = report.microbench.iter().filter(|r| r.curve == curve).map(|r| r.size).collect();
+        sizes.dedup();
+        let groups: Vec<Group> = sizes
+            .iter()
+            .enumerate()
+            .map(|(g, size)| Group {
+                name: format!("{curve} = {size}"),
+                bars: PROGRAMS
+                    .iter()
+                    .enumerate()
+                    .map(|(k, program)| {
+                        let width = 0.8 / PROGRAMS.len() as f64;
+                        Bar {
+                            x: g as f64 + 0.1 + k as f64 * width,
+                            width,
+                            summary: report
+                                .microbench
+                                .iter()
+                                .find(|r| r.curve == curve && r.size == *size && r.program == *program)
+                                .map(|r| r.program_ns.clone()),
+                            color: PALETTE[k % PALETTE.len()],
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let title = format!("cost curve {curve}: ns in the program, bars {} (lower is better)", PROGRAMS.join(" / "));
+        draw_panel(panel, &title, "ns", &groups)?;
+    }
     Ok(())
 }
 

@@ -97,9 +97,26 @@ pub fn sweep_microbench_namespaces() {
             .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
             .unwrap_or(false);
         if !left || Instant::now() > deadline {
+            sweep_microbench_pins();
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes the pinned maps of micro-benchmark processes that are gone
+/// (`/sys/fs/bpf/overlay-microbench-<pid>`, see tests/tests/microbench.rs):
+/// a killed test process does not run the guard that removes them.
+fn sweep_microbench_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("overlay-microbench-").and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Unlinking a pin drops a reference; the maps go with the last one.
+        let _ = std::fs::remove_dir_all(entry.path());
     }
 }
 

@@ -55,6 +55,31 @@ pub struct Options {
     /// BPF_PROG_TEST_RUN runs per micro-benchmark case [default: 1000000, or 100000 with --quick].
     #[arg(long, value_name = "N")]
     pub microbench_runs: Option<u32>,
+    /// Another build of the eBPF object to measure in the micro-benchmark
+    /// beside this one, in the same run (repeatable): how a datapath change
+    /// is measured against what it replaces.
+    #[arg(long = "microbench-object", value_name = "LABEL=PATH", value_parser = parse_object)]
+    pub microbench_objects: Vec<(String, PathBuf)>,
+    /// Also measure the receive-side GRO experiment (`overlay-tc-gro`
+    /// cells, see `topology::DecapMode::TcGro`).
+    #[arg(long)]
+    pub gro_experiment: bool,
+}
+
+fn parse_object(text: &str) -> Result<(String, PathBuf), String> {
+    let (label, path) = text.split_once('=').ok_or_else(|| format!("`{text}` is not LABEL=PATH"))?;
+    if label.is_empty() || label.contains([',', '"', '=']) || label == "current" || label == "floor" {
+        return Err(format!("label `{label}`: must be non-empty, without `,`, `\"` or `=`, and not `current` or `floor`"));
+    }
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{}: no such eBPF object", path.display()));
+    }
+    let path = path.canonicalize().map_err(|error| format!("{}: {error}", path.display()))?;
+    if path.to_string_lossy().contains(',') {
+        return Err(format!("{}: the path must not contain `,`", path.display()));
+    }
+    Ok((label.to_owned(), path))
 }
 
 /// Where the report and chart go.
@@ -66,6 +91,9 @@ pub fn output_dir() -> PathBuf {
 pub fn bench(options: &Options) -> anyhow::Result<Report> {
     if !is_root() {
         bail!("the benchmark creates network namespaces and loads BPF programs: run it as root");
+    }
+    if options.gro_experiment {
+        topology::enable_gro_experiment();
     }
     let repetitions = options.repetitions.unwrap_or(if options.quick { 1 } else { 3 });
     let seconds = options.duration.unwrap_or(if options.quick { 1 } else { 5 });
@@ -91,7 +119,7 @@ pub fn bench(options: &Options) -> anyhow::Result<Report> {
 
     let microbench = if metrics.contains(&Metric::Microbench) {
         println!("\n== BPF_PROG_TEST_RUN micro-benchmark: {microbench_runs} runs per case, {repetitions} repetition(s)");
-        microbench::run(microbench_runs, repetitions).context("the micro-benchmark")?
+        microbench::run(microbench_runs, repetitions, &options.microbench_objects).context("the micro-benchmark")?
     } else {
         Vec::new()
     };

@@ -2,7 +2,11 @@
 //! underlay (profile), each built as its own lab of two hosts with one
 //! container each, so every cell has identical underlay links and
 //! container ports and differs only in what forwards between them.
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::Context;
 use overlay_lab::{
@@ -20,15 +24,37 @@ pub enum DecapMode {
     Xdp,
     /// TC ingress of the underlay device, bpf_redirect_peer into the container.
     Tc,
+    /// An experiment (`--gro-experiment`, issue 13 goal 2): TC
+    /// decapsulation after receive-side GRO of the VXLAN stream. Each host
+    /// gets GRO on its underlay veth (NAPI) and a collect-metadata kernel
+    /// vxlan device that forwards nothing, only so that its UDP socket
+    /// registers the kernel's VXLAN GRO handler for the port: the stack
+    /// then merges a flow's VXLAN segments before TC decapsulates them.
+    TcGro,
+}
+
+/// Whether the GRO experiment's cells are part of this run.
+static GRO_EXPERIMENT: AtomicBool = AtomicBool::new(false);
+
+pub fn enable_gro_experiment() {
+    GRO_EXPERIMENT.store(true, Ordering::Relaxed);
 }
 
 impl DecapMode {
-    pub const ALL: [DecapMode; 2] = [DecapMode::Xdp, DecapMode::Tc];
+    /// The modes measured: XDP and TC, and the GRO experiment when asked for.
+    pub fn all() -> Vec<DecapMode> {
+        let mut modes = vec![DecapMode::Xdp, DecapMode::Tc];
+        if GRO_EXPERIMENT.load(Ordering::Relaxed) {
+            modes.push(DecapMode::TcGro);
+        }
+        modes
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             DecapMode::Xdp => "xdp",
             DecapMode::Tc => "tc",
+            DecapMode::TcGro => "tc-gro",
         }
     }
 
@@ -37,8 +63,20 @@ impl DecapMode {
     pub fn agent_args(self) -> &'static [&'static str] {
         match self {
             DecapMode::Xdp => &["--decap", "xdp", "--xdp-mode", "native"],
-            DecapMode::Tc => &["--decap", "tc"],
+            DecapMode::Tc | DecapMode::TcGro => &["--decap", "tc"],
         }
+    }
+
+    /// Host settings beside the agent (the harness's, not the product's).
+    fn prepare_host(self, host: &overlay_lab::lab::Host) -> anyhow::Result<()> {
+        if self == DecapMode::TcGro {
+            let port = VXLAN_PORT.to_string();
+            host.netns.ip(&["link", "add", "ovlgro0", "type", "vxlan", "external", "dstport", &port])?;
+            host.netns.ip(&["link", "set", "ovlgro0", "up"])?;
+            let output = host.netns.exec("ethtool", &["-K", &host.underlay, "gro", "on"])?;
+            anyhow::ensure!(output.status.success(), "ethtool -K {} gro on: {}", host.underlay, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
     }
 }
 
@@ -58,7 +96,7 @@ impl Topology {
     /// Every topology, references first.
     pub fn all() -> Vec<Topology> {
         let mut all = vec![Topology::Routed, Topology::KernelVxlan];
-        all.extend(DecapMode::ALL.into_iter().map(Topology::Overlay));
+        all.extend(DecapMode::all().into_iter().map(Topology::Overlay));
         all
     }
 
@@ -179,6 +217,9 @@ impl TestBed {
         if let Topology::Overlay(mode) = cell.topology {
             lab.start_agents_with_args(overlay_bin, mode.agent_args())
                 .with_context(|| format!("starting the agents of {}", cell.name()))?;
+            for host in &lab.hosts {
+                mode.prepare_host(host).with_context(|| format!("preparing host {} of {}", host.spec.name, cell.name()))?;
+            }
         }
         let bed = TestBed { cell, lab };
         let (sent, received) = ping(&bed.sender().netns, RECEIVER_IP, 3)?;
