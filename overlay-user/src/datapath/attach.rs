@@ -15,7 +15,7 @@ use aya::{
 };
 use overlay_common::{NodeConfig, UnderlayMac, maps, programs};
 
-use super::{Attachment, Datapath, DatapathError, HeldLink, map_error, open_map_mut};
+use super::{Attachment, Datapath, DatapathError, HeldLink, map_error, open_map, open_map_mut};
 use crate::tc_legacy::TcAttachKind;
 use crate::pinning;
 
@@ -372,7 +372,7 @@ impl Datapath {
     /// (held already, at a reload) writes the node's settings into its map.
     fn attach_offloaded(&mut self, underlay: &str, ifindex: u32, name: &str) -> Result<(), DatapathError> {
         let node = {
-            let array: Array<&MapData, NodeConfig> = Array::try_from(self.map(maps::NODE)?).map_err(|source| map_error(maps::NODE, "open", source))?;
+            let array: Array<&MapData, NodeConfig> = open_map(&self.ebpf, maps::NODE)?;
             array.get(&0, 0).map_err(|source| map_error(maps::NODE, "read", source))?
         };
         let offload_error = |error: crate::offload::OffloadError| DatapathError::Link { name: name.to_owned(), message: error.to_string() };
