@@ -7,8 +7,11 @@ pub mod api;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod doctor;
 pub mod http;
+#[cfg(test)]
+mod json_fuzz;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

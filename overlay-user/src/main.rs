@@ -2,6 +2,7 @@
 //! agent, the API and everything they do live in the library.
 mod cli_api;
 mod cli_cluster;
+mod cli_docker;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -63,6 +64,8 @@ enum Command {
         api_socket: Option<PathBuf>,
         #[command(flatten)]
         etcd: cli_cluster::EtcdArgs,
+        #[command(flatten)]
+        docker: cli_docker::DockerArgs,
         #[command(flatten)]
         places: Places,
     },
@@ -189,10 +192,11 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, api_socket, etcd, places } => {
+        Command::Run { config, decap, xdp_mode, counters_interval, keep_datapath, metrics_addr, api_socket, etcd, docker, places } => {
             let mode = AttachMode { decap, xdp: xdp_mode };
-            etcd.settings().and_then(|registry| overlay::agent::run(overlay::agent::RunOptions {
+            etcd.settings().and_then(|registry| Ok((registry, docker.options()?))).and_then(|(registry, docker_plugin)| overlay::agent::run(overlay::agent::RunOptions {
                 registry,
+                docker_plugin,
                 config,
                 mode,
                 counters_interval,

@@ -40,6 +40,9 @@ pub struct NodeStatus {
     /// The local API's socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// Where Prometheus metrics are served (`--metrics-addr`), if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Endpoints waiting for their interface: (source and key, why).
     #[serde(default)]
     pub pending: Vec<(String, String)>,

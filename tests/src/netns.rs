@@ -151,11 +151,14 @@ fn remove_all_on_interrupt() {
     INSTALL.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             eprintln!("\ninterrupted: stopping this process's children, removing its namespaces and lab directories");
-            // First what the agents must still see (a runtime's DEL calls them).
-            for cleanup in INTERRUPT_CLEANUPS.lock().map(|mut list| std::mem::take(&mut *list)).unwrap_or_default() {
+            let me = std::process::id();
+            // Daemons that need more than a signal (dockerd: containers, mounts) go
+            // first, the latest registered first, as destructors run (a dockerd
+            // goes before the plugin socket it was started to use).
+            let cleanups = std::mem::take(&mut *INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
+            for (_, cleanup) in cleanups.into_iter().rev() {
                 cleanup();
             }
-            let me = std::process::id();
             stop_children(me);
             for name in of_process(me) {
                 let _ = ip(&["netns", "del", &name]);
@@ -165,6 +168,7 @@ fn remove_all_on_interrupt() {
             if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
                 for dir in entries.flatten().map(|e| e.path()) {
                     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    // `ovl-<scope>-<pid>` and its siblings such as etcd's `ovl-<scope>-<pid>-etcd`.
                     if owner_pid(&format!("{name}-lab")) == Some(me) || owner_pid(&name) == Some(me) {
                         let bpffs = dir.join("bpffs");
                         if bpffs.exists() {
@@ -179,17 +183,31 @@ fn remove_all_on_interrupt() {
     });
 }
 
-type Cleanup = Box<dyn FnOnce() + Send>;
-static INTERRUPT_CLEANUPS: std::sync::Mutex<Vec<Cleanup>> = std::sync::Mutex::new(Vec::new());
+type Cleanup = Box<dyn Fn() + Send + Sync>;
 
-/// Runs `cleanup` if the process is interrupted, before its children stop
-/// and its namespaces go: for what a guard's destructor would have removed
-/// that is neither (a container runtime's containers, mounts and cgroups).
-/// It must be harmless when the guard has already cleaned up.
-pub fn at_interrupt(cleanup: impl FnOnce() + Send + 'static) {
+/// What [`on_interrupt`] registered, by id.
+static INTERRUPT_CLEANUPS: std::sync::Mutex<Vec<(u64, Cleanup)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `cleanup` if the process is interrupted (before children are
+/// stopped and namespaces removed), until the returned guard is dropped:
+/// for a fixture whose teardown is more than a signal and a namespace
+/// (dockerd's containers, mounts and plugin sockets).
+pub fn on_interrupt(cleanup: impl Fn() + Send + Sync + 'static) -> InterruptCleanup {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     remove_all_on_interrupt();
-    if let Ok(mut list) = INTERRUPT_CLEANUPS.lock() {
-        list.push(Box::new(cleanup));
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).push((id, Box::new(cleanup)));
+    InterruptCleanup { id }
+}
+
+/// Unregisters its [`on_interrupt`] cleanup when dropped.
+pub struct InterruptCleanup {
+    id: u64,
+}
+
+impl Drop for InterruptCleanup {
+    fn drop(&mut self) {
+        INTERRUPT_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != self.id);
     }
 }
 

@@ -36,13 +36,15 @@ struct Podman {
     networks: Vec<String>,
     /// The cgroup parent of every container (removed at the end).
     cgroup_parent: String,
+    /// The cleanup an interrupted run does (a guard's destructor never runs then).
+    _interrupt: Option<overlay_lab::netns::InterruptCleanup>,
 }
 
 impl Podman {
     fn new(lab: &CniLab, hosts: &[&str]) -> Podman {
         let dir = lab.lab.dir.join("podman");
         let tag = format!("ovl-podman-{}", std::process::id());
-        let podman = Podman { dir: dir.clone(), networks: hosts.iter().map(|host| format!("{tag}-{host}")).collect(), cgroup_parent: format!("/{tag}") };
+        let podman = Podman { dir: dir.clone(), networks: hosts.iter().map(|host| format!("{tag}-{host}")).collect(), cgroup_parent: format!("/{tag}"), _interrupt: None };
         for sub in ["net.d", "plugins", "graph", "run", "tmp", "rootfs/bin", "data"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -71,7 +73,8 @@ impl Podman {
         std::fs::copy(BUSYBOX, dir.join("rootfs/bin/busybox")).unwrap();
         let payload: Vec<u8> = (0..PAYLOAD as u64).map(pattern_byte).collect();
         std::fs::write(dir.join("rootfs/payload"), payload).unwrap();
-        overlay_lab::netns::at_interrupt(podman.cleaner());
+        let mut podman = podman;
+        podman._interrupt = Some(overlay_lab::netns::on_interrupt(podman.cleaner()));
         podman
     }
 
@@ -117,7 +120,7 @@ impl Drop for Podman {
 impl Podman {
     /// What removes everything Podman made for this test: run on drop, and
     /// on an interrupt (where destructors do not run).
-    fn cleaner(&self) -> impl FnOnce() + Send + 'static {
+    fn cleaner(&self) -> impl Fn() + Send + Sync + 'static {
         let (dir, networks, cgroup_parent) = (self.dir.clone(), self.networks.clone(), self.cgroup_parent.clone());
         move || {
             let podman = |args: &[&str]| {

@@ -53,6 +53,18 @@ enum Task {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// Build, then run the churn soak (tests/tests/churn.rs `soak`): 5,000
+    /// endpoints and 200 peers in and out of a two-node lab under traffic,
+    /// the agent restarted now and then; prints the figures for
+    /// docs/reliability.md.
+    Soak {
+        /// Run at least this long (and until 5,000 endpoints came and went).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Kill -9 and restart the agent every this many rounds of 1,000 changes (0: never).
+        #[arg(long, default_value_t = 2)]
+        restart_every: u64,
+    },
     /// Build, then run the lab tests in a guest with another kernel
     /// (Debian 12's 6.1) under QEMU.
     VmTest(vm::Options),
@@ -68,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Task::Test { filter } => test(filter),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
         Task::Fuzz { frames, seed } => fuzz(frames, seed),
+        Task::Soak { minutes, restart_every } => soak(minutes, restart_every),
         Task::VmTest(options) => vm::vm_test(&options),
     };
     match result {
@@ -188,6 +201,23 @@ fn fuzz(frames: u64, seed: Option<String>) -> anyhow::Result<()> {
         command.env("OVERLAY_FUZZ_SEED", seed);
     }
     status(&mut command)
+}
+
+/// Runs the churn soak; its figures go to stdout.
+fn soak(minutes: u64, restart_every: u64) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the soak loads BPF programs and creates network namespaces: run as root");
+    }
+    let binary = build::build()?;
+    status(
+        Command::new("cargo")
+            .current_dir(root())
+            .env("OVERLAY_EBPF_OBJECT", build::ebpf_object())
+            .env("OVERLAY_BIN", &binary)
+            .env("OVERLAY_SOAK_MINUTES", minutes.to_string())
+            .env("OVERLAY_SOAK_RESTART_EVERY", restart_every.to_string())
+            .args(["test", "-p", "overlay-tests", "--test", "churn", "soak", "--", "--ignored", "--exact", "--nocapture"]),
+    )
 }
 
 /// Passed and failed tests over several `cargo test` runs.

@@ -130,7 +130,10 @@ const BUILD_TOOLS: &[(&str, &str)] =
 /// Commands the lab runs, and the Debian package of each.
 const LAB_TOOLS: &[(&str, &str)] =
     &[("ip", "iproute2"), ("bridge", "iproute2"), ("ethtool", "ethtool"), ("ping", "iputils-ping"), ("tshark", "tshark"), ("nft", "nftables"),
-      ("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("openssl", "openssl"), ("setpriv", "util-linux")];
+      ("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("openssl", "openssl"), ("setpriv", "util-linux"),
+      // The Docker plugin's tests: Debian's dockerd and its own client (by path:
+      // another client may shadow it on PATH), busybox-static for the image.
+      ("/usr/sbin/dockerd", "docker.io"), ("/usr/bin/docker", "docker.io"), ("/bin/busybox", "busybox-static"), ("nsenter", "util-linux")];
 
 /// Commands the benchmark runs besides the lab's.
 const BENCH_TOOLS: &[(&str, &str)] = &[("iperf3", "iperf3")];

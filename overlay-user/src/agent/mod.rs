@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub api_socket: Option<PathBuf>,
     /// Cluster mode: the registry in etcd.
     pub registry: Option<crate::registry::RegistrySettings>,
+    /// Serve Docker's network and IPAM plugin (`--docker-plugin NAME`).
+    pub docker_plugin: Option<crate::docker::PluginOptions>,
 }
 
 /// The shared agent state, as API handlers and the loop hold it.
@@ -111,12 +113,23 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     // Bound before the kernel is touched: an address it cannot serve refuses the start.
     let metrics = options.metrics_addr.map(crate::metrics::bind).transpose()?;
+    let metrics_addr = metrics.as_ref().and_then(|listener| listener.local_addr().ok());
+    if let Some(address) = metrics_addr.filter(|a| !a.ip().is_loopback()) {
+        log::warn!("{}", crate::metrics::exposure_warning(address));
+    }
     let socket_path = options.api_socket.clone().unwrap_or_else(|| default_api_socket(&options.run_dir, &node));
 
     runtime.block_on(async move {
         // Root only: the API changes what the node forwards.
         let api_socket = crate::http::bind_unix(&socket_path, 0o600)
             .with_context(|| format!("binding the local API socket {}", socket_path.display()))?;
+        let docker_socket = match &options.docker_plugin {
+            Some(plugin) => Some(
+                crate::http::bind_unix(&plugin.socket(), 0o600)
+                    .with_context(|| format!("binding the Docker plugin socket {}", plugin.socket().display()))?,
+            ),
+            None => None,
+        };
         let mut datapath = Datapath::load_pinned(log::max_level(), &pins, &node).context("loading the eBPF datapath")?;
         if datapath.adopted() {
             log::info!("adopting the datapath pinned in {} by an earlier agent; its maps are changed as a diff", pins.root().display());
@@ -145,6 +158,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             xdp_mode: outcome.hook.xdp_mode(),
             tc_attach: reconciler.datapath().tc_attachment().map_or("", |kind| kind.label()).to_owned(),
             api_socket: Some(socket_path.clone()),
+            metrics_addr,
             ..NodeStatus::default()
         };
         log::info!(
@@ -181,7 +195,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         let (api_changed, mut api_changes) = tokio::sync::mpsc::channel::<()>(1);
         let registry_task = in_cluster.then(|| tokio::spawn(cluster_follow::follow(shared.clone(), node_record, api_changed.clone())));
-        let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed));
+        let api_server = crate::http::serve_bound_unix(api_socket, crate::api::server::router(shared.clone(), api_changed.clone()));
+        let docker_server = match (&options.docker_plugin, docker_socket) {
+            (Some(plugin), Some(bound)) => {
+                let state = crate::docker::store::state_path(&options.run_dir, &node);
+                Some(crate::docker::serve(plugin, bound, shared.clone(), api_changed, state).context("starting the Docker plugin")?)
+            }
+            _ => None,
+        };
 
         let (file_changed, mut file_changes) = tokio::sync::mpsc::channel::<()>(1);
         let _watcher = sources::file::watch(&options.config, file_changed)
@@ -242,6 +263,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             status.last_reload = Some(Reload { at: status::now(), ok: outcome.is_ok(), message });
             refresh_status(&mut status, &agent, &options.run_dir);
         };
+        drop(docker_server);
         drop(api_server);
         if let Some(task) = registry_task {
             task.abort();

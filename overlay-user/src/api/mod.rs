@@ -21,7 +21,7 @@
 //! VNI already held 409 naming the holder; nothing is applied in any of
 //! these cases.
 pub mod client;
-mod request;
+pub(crate) mod request;
 pub mod server;
 pub mod views;
 

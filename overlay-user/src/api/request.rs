@@ -11,72 +11,80 @@ use super::ApiError;
 use crate::{
     model::{
         Ipv4Net, Ipv6Net, MacAddr, Owner, OwnerKind,
-        validate::{flood_limit_problem, ipv4_problem, ipv6_problem, safe_name, vni_problem},
+        validate::{flood_limit_problem, interface_name_problem, ipv4_problem, ipv6_problem, safe_name, vni_problem},
     },
     sources::api_store::{ApiEndpoint, ApiNetwork},
 };
 
-/// The longest interface name the kernel takes (IFNAMSIZ less the NUL).
-const INTERFACE_NAME_MAX: usize = 15;
-
-/// A JSON object's fields, taken one by one; what is left at the end is unknown.
-struct Fields(Map<String, Value>);
+/// A JSON object's fields, taken one by one; what is left at the end is
+/// unknown. `within` is the path of a nested object (`owner`), so that a
+/// refusal names `owner.kind`, as sent.
+struct Fields {
+    map: Map<String, Value>,
+    within: String,
+}
 
 impl Fields {
     fn parse(body: &[u8]) -> Result<Fields, ApiError> {
         match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => Ok(Fields(map)),
+            Ok(Value::Object(map)) => Ok(Fields { map, within: String::new() }),
             Ok(other) => Err(ApiError::bad_request("", &other.to_string(), "the body must be a JSON object")),
             Err(error) => Err(ApiError::bad_request("", &String::from_utf8_lossy(body), &format!("not JSON: {error}"))),
         }
     }
 
+    /// The request's name for `field` of this object.
+    fn path(&self, field: &str) -> String {
+        if self.within.is_empty() { field.to_owned() } else { format!("{}.{field}", self.within) }
+    }
+
+    fn refuse(&self, field: &str, value: &str, message: &str) -> ApiError {
+        ApiError::bad_request(&self.path(field), value, message)
+    }
+
     fn string(&mut self, field: &str) -> Result<Option<String>, ApiError> {
-        match self.0.remove(field) {
+        match self.map.remove(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => Err(ApiError::bad_request(field, &other.to_string(), "must be a string")),
+            Some(other) => Err(self.refuse(field, &other.to_string(), "must be a string")),
         }
     }
 
     fn required_string(&mut self, field: &str) -> Result<String, ApiError> {
-        self.string(field)?.ok_or_else(|| ApiError::bad_request(field, "", "is required"))
+        self.string(field)?.ok_or_else(|| self.refuse(field, "", "is required"))
     }
 
     fn number(&mut self, field: &str) -> Result<Option<u32>, ApiError> {
-        match self.0.remove(field) {
+        match self.map.remove(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
                 Some(n) => Ok(Some(n)),
-                None => Err(ApiError::bad_request(field, &n.to_string(), "must be a whole number in 0..=4294967295")),
+                None => Err(self.refuse(field, &n.to_string(), "must be a whole number in 0..=4294967295")),
             },
-            Some(other) => Err(ApiError::bad_request(field, &other.to_string(), "must be a number")),
+            Some(other) => Err(self.refuse(field, &other.to_string(), "must be a number")),
         }
     }
 
     fn parsed<T: std::str::FromStr>(&mut self, field: &str, expected: &str) -> Result<Option<T>, ApiError> {
         match self.string(field)? {
             None => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(|_| ApiError::bad_request(field, &text, expected)),
+            Some(text) => text.parse().map(Some).map_err(|_| self.refuse(field, &text, expected)),
         }
     }
 
     fn object(&mut self, field: &str) -> Result<Option<Fields>, ApiError> {
-        match self.0.remove(field) {
+        match self.map.remove(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(Fields(map))),
-            Some(other) => Err(ApiError::bad_request(field, &other.to_string(), "must be an object")),
+            Some(Value::Object(map)) => Ok(Some(Fields { map, within: self.path(field) })),
+            Some(other) => Err(self.refuse(field, &other.to_string(), "must be an object")),
         }
     }
 
     /// Refuses any field not taken.
-    fn finish(self, within: &str) -> Result<(), ApiError> {
-        match self.0.into_iter().next() {
+    fn finish(self) -> Result<(), ApiError> {
+        match self.map.iter().next() {
             None => Ok(()),
-            Some((name, value)) => {
-                let field = if within.is_empty() { name } else { format!("{within}.{name}") };
-                Err(ApiError::bad_request(&field, &value.to_string(), "unknown field"))
-            }
+            Some((name, value)) => Err(self.refuse(name, &value.to_string(), "unknown field")),
         }
     }
 }
@@ -111,14 +119,14 @@ pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
     }
     let mut options = BTreeMap::new();
     if let Some(given) = fields.object("options")? {
-        for (key, value) in given.0 {
+        for (key, value) in given.map {
             match value {
                 Value::String(text) => options.insert(key, text),
                 other => return Err(ApiError::bad_request(&format!("options.{key}"), &other.to_string(), "must be a string")),
             };
         }
     }
-    fields.finish("")?;
+    fields.finish()?;
     Ok(ApiNetwork { name, vni, subnet, subnet6, mtu, flood_limit, options, ip_range })
 }
 
@@ -128,8 +136,8 @@ pub fn endpoint(body: &[u8]) -> Result<ApiEndpoint, ApiError> {
     let mut fields = Fields::parse(body)?;
     let network = fields.required_string("network")?;
     let interface = fields.required_string("interface")?;
-    if interface.is_empty() || interface.len() > INTERFACE_NAME_MAX || interface.contains(['/', ' ']) || interface == "." || interface == ".." {
-        return Err(ApiError::bad_request("interface", &interface, "not an interface name (1 to 15 characters, no '/' or space)"));
+    if let Some(message) = interface_name_problem(&interface) {
+        return Err(ApiError::bad_request("interface", &interface, message));
     }
     let id = fields.string("id")?.unwrap_or_else(|| interface.clone());
     if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
@@ -165,23 +173,23 @@ pub fn endpoint(body: &[u8]) -> Result<ApiEndpoint, ApiError> {
                 Some(other) => return Err(ApiError::bad_request("owner.kind", other, "must be one of api, docker, cni")),
             };
             let container_id = owner.string("container_id")?;
-            owner.finish("owner")?;
+            owner.finish()?;
             Owner { kind, container_id }
         }
     };
-    fields.finish("")?;
+    fields.finish()?;
     Ok(ApiEndpoint { id, network, interface, mac, ipv4, ipv6, owner })
 }
 
 /// `POST /v1/networks/{name}/addresses`: `{address?, owner?}`.
 pub fn allocation(body: &[u8]) -> Result<(Option<Ipv4Addr>, String), ApiError> {
-    let mut fields = if body.iter().all(u8::is_ascii_whitespace) { Fields(Map::new()) } else { Fields::parse(body)? };
+    let mut fields = if body.iter().all(u8::is_ascii_whitespace) { Fields { map: Map::new(), within: String::new() } } else { Fields::parse(body)? };
     let address: Option<Ipv4Addr> = fields.parsed("address", "not an IPv4 address (expected dotted quad like 10.0.9.2)")?;
     let owner = fields.string("owner")?.unwrap_or_default();
     if owner.len() > OWNER_MAX || owner.chars().any(char::is_control) {
         return Err(ApiError::bad_request("owner", &owner, &format!("must be at most {OWNER_MAX} characters without control characters")));
     }
-    fields.finish("")?;
+    fields.finish()?;
     Ok((address, owner))
 }
 

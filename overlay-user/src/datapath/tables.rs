@@ -54,6 +54,8 @@ pub(super) trait ConfigTable: Sync {
     fn delete(&self, ebpf: &mut Ebpf, old: &MapState, new: &MapState, undo: &mut Vec<Undo>) -> Result<(), DatapathError>;
     /// How many entries a map opened from its pin holds.
     fn count(&self, data: MapData) -> Result<usize, DatapathError>;
+    /// Reads a map opened from its pin into its field of `state`.
+    fn read_pinned(&self, data: MapData, state: &mut MapState) -> Result<(), DatapathError>;
 }
 
 impl<K, V> ConfigTable for Table<K, V>
@@ -93,6 +95,14 @@ where
         let map = aya::maps::Map::HashMap(data);
         let hash: HashMap<&MapData, K, V> = HashMap::try_from(&map).map_err(|source| map_error(name, "open", source))?;
         hash.keys().try_fold(0, |count, key| key.map(|_| count + 1)).map_err(|source| map_error(name, "read", source))
+    }
+
+    fn read_pinned(&self, data: MapData, state: &mut MapState) -> Result<(), DatapathError> {
+        let name = self.name;
+        let map = aya::maps::Map::HashMap(data);
+        let hash: HashMap<&MapData, K, V> = HashMap::try_from(&map).map_err(|source| map_error(name, "open", source))?;
+        *(self.field_mut)(state) = hash.iter().collect::<Result<_, _>>().map_err(|source| map_error(name, "read", source))?;
+        Ok(())
     }
 }
 

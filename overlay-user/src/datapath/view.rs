@@ -10,7 +10,7 @@ use super::{
     Counters, Datapath, DatapathError, VniPeerCounters,
     counters::{read_counters, read_vni_peer_counters},
     map_error,
-    tables::{config_table, read_hash},
+    tables::{CONFIG_TABLES, config_table, read_hash},
 };
 use crate::pinning::PinDir;
 
@@ -70,6 +70,23 @@ impl Datapath {
             remote_endpoints: config_table(maps::FDB).count(open(maps::FDB)?)?,
             peers: config_table(maps::PEERS).count(open(maps::PEERS)?)?,
         })
+    }
+
+    /// Everything a pinned datapath (another process's) holds in its node
+    /// entry and configuration tables, as [`Datapath::read_state`] reads
+    /// its own: for checking that the maps are exactly what was asked.
+    pub fn pinned_state(pins: &PinDir) -> Result<crate::state::MapState, DatapathError> {
+        let node = aya::maps::Map::Array(
+            MapData::from_pin(pins.map(maps::NODE)).map_err(|source| map_error(maps::NODE, "open pinned", source))?,
+        );
+        let node: Array<&MapData, NodeConfig> = Array::try_from(&node).map_err(|source| map_error(maps::NODE, "open", source))?;
+        let node = node.get(&0, 0).map_err(|source| map_error(maps::NODE, "read", source))?;
+        let mut state = crate::state::MapState { node: (node.configured != 0).then_some(node), ..Default::default() };
+        for table in CONFIG_TABLES {
+            let data = MapData::from_pin(pins.map(table.name())).map_err(|source| map_error(table.name(), "open pinned", source))?;
+            table.read_pinned(data, &mut state)?;
+        }
+        Ok(state)
     }
 
     /// The datapath's route cache: peer VTEP (network byte order) -> the

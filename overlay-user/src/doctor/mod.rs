@@ -318,6 +318,7 @@ impl DatapathState {
                         "run doctor with the agent's file, or restart the agent with this one",
                     ));
                 }
+                findings.push(metrics_finding(status.metrics_addr));
                 if let Some(reload) = status.last_reload.as_ref().filter(|r| !r.ok) {
                     findings.push(Finding::warn(
                         "datapath",
@@ -408,5 +409,19 @@ vtep_address = "192.0.2.2"
         assert_eq!(checks(&bad), ["config"], "{bad:?}");
         let syntax = problems(&GOOD.replace("vni = 100", "vni = \"x\""));
         assert_eq!(checks(&syntax), ["config"], "{syntax:?}");
+    }
+}
+
+/// Where the running agent serves metrics: off or loopback is fine; any
+/// other address exposes the node's layout to whoever reaches it.
+pub fn metrics_finding(address: Option<std::net::SocketAddr>) -> Finding {
+    match address {
+        None => Finding::ok("metrics", "metrics are off (the agent runs without --metrics-addr)"),
+        Some(address) if address.ip().is_loopback() => Finding::ok("metrics", format!("metrics are served on {address}, this host only")),
+        Some(address) => Finding::warn(
+            "metrics",
+            crate::metrics::exposure_warning(address),
+            format!("serve them on loopback (--metrics-addr 127.0.0.1:{}) and scrape locally, or allow only the scraper to port {} in the firewall", address.port(), address.port()),
+        ),
     }
 }

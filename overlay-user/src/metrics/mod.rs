@@ -41,7 +41,7 @@ use crate::{
 
 mod serve;
 
-pub use serve::{bind, router, spawn};
+pub use serve::{bind, exposure_warning, router, spawn};
 
 /// The path the metrics are served at.
 pub const PATH: &str = "/metrics";

@@ -25,6 +25,15 @@ pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, MetricsError> 
     Ok(listener)
 }
 
+/// What serving metrics on a non-loopback `address` exposes, for the
+/// agent's log and `overlay doctor`: the endpoint has no authentication
+/// and names the node's VTEP, underlay, VNIs and peers.
+pub fn exposure_warning(address: SocketAddr) -> String {
+    format!(
+        "metrics are served on {address}, beyond this host: anyone who reaches it can read the node's VTEP, underlay, VNIs, peers and counters (no authentication)"
+    )
+}
+
 /// Serves `GET /metrics` on `listener`, from a task on the current tokio
 /// runtime, rendering each scrape from `source`. A problem after this point
 /// is logged: metrics never stop the agent or the datapath.

@@ -35,6 +35,21 @@ pub fn safe_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// Why the kernel would never give an interface `name`, if it would not
+/// (net/core/dev.c `dev_valid_name`: at most IFNAMSIZ - 1 = 15 bytes, not
+/// "." or "..", no '/', ':' or white space, where the kernel's isspace()
+/// also counts byte 0xa0). A NUL would end the name early. An endpoint
+/// with such a name would stay pending for ever, and the name is part of
+/// the port's pin path.
+pub fn interface_name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        return Some("must not be empty");
+    }
+    let bad_byte = |b: u8| matches!(b, b'/' | b':' | 0 | 0xa0) || b.is_ascii_whitespace() || b == 0x0b;
+    (name.len() > 15 || name == "." || name == ".." || name.bytes().any(bad_byte))
+        .then_some("not an interface name (1 to 15 bytes, not '.' or '..', no '/', ':', white space or NUL)")
+}
+
 /// Why `vni` cannot be a network's, if it cannot.
 pub fn vni_problem(vni: u32) -> Option<String> {
     (!(1..=VNI_MAX).contains(&vni)).then(|| format!("VNI must be in 1..={VNI_MAX} (24 bits, 0 is reserved here)"))
@@ -150,8 +165,8 @@ fn values(model: &Model, problems: &mut Vec<Problem>) {
         }
     }
     for endpoint in &model.endpoints {
-        if endpoint.interface.trim().is_empty() {
-            problems.push(Problem::new(Invalid, &endpoint.origin, "interface", &endpoint.interface, "must not be empty"));
+        if let Some(message) = interface_name_problem(&endpoint.interface) {
+            problems.push(Problem::new(Invalid, &endpoint.origin, "interface", &endpoint.interface, message));
         }
     }
     for peer in &model.peers {

@@ -1,0 +1,229 @@
+//! What h1's maps, TC hooks and pins must hold for the churn's live
+//! endpoints, networks and peers, and the agent's use of memory and files.
+use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
+
+use aya::programs::{SchedClassifier, tc::TcAttachType};
+use overlay::{datapath::Datapath, state::MapState};
+
+use super::{C1_IP, C2_IP, Churn, FIXED_VNI, Figures};
+
+/// Peer `peer`'s VTEP on the lab's underlay (h1 and h2 are .1 and .2).
+pub fn peer_vtep(peer: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + peer as u8)
+}
+
+/// The VNI of peer `peer`'s containers.
+pub fn peer_vni(peer: usize) -> u32 {
+    FIXED_VNI + peer as u32 % super::PEER_VNIS
+}
+
+/// Container `j` behind peer `peer`: its MAC and address in the fixed VNI.
+pub fn peer_endpoint(peer: usize, j: usize) -> ([u8; 6], Ipv4Addr) {
+    let mac = [0x02, 0xdd, 0, (peer >> 8) as u8, peer as u8, j as u8];
+    let ip = Ipv4Addr::new(10, 10, 1 + (peer / 120) as u8, ((peer % 120) * 2 + j + 1) as u8);
+    (mac, ip)
+}
+
+fn be(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The key sets of each table, as the live churn calls for them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub vnis: BTreeSet<u32>,
+    pub ports: BTreeSet<u32>,
+    pub local_endpoints: BTreeSet<(u32, [u8; 6])>,
+    pub fdb: BTreeSet<(u32, [u8; 6])>,
+    pub peers: BTreeSet<u32>,
+    pub peer_vnis: BTreeSet<(u32, u32)>,
+    pub neighbours: BTreeSet<(u32, u32)>,
+    pub flood: BTreeSet<u32>,
+}
+
+impl Expected {
+    pub fn of(churn: &Churn) -> Expected {
+        let c1 = churn.lab.container("h1", "c");
+        let c2 = churn.lab.container("h2", "c");
+        let applied: Vec<_> = churn.endpoints.values().filter(|e| e.port.is_some()).collect();
+        let mut vnis: BTreeSet<u32> = applied.iter().map(|e| e.vni).collect();
+        vnis.insert(FIXED_VNI);
+        let mut ports: BTreeSet<u32> = applied.iter().map(|e| churn.ifindexes[&churn.pool[e.port.unwrap()]]).collect();
+        ports.insert(churn.ifindexes[&c1.port]);
+        let mut local_endpoints: BTreeSet<_> = applied.iter().map(|e| (e.vni, e.mac)).collect();
+        local_endpoints.insert((FIXED_VNI, c1.spec.mac));
+        let mut fdb = BTreeSet::from([(FIXED_VNI, c2.spec.mac)]);
+        let mut peers = BTreeSet::from([be(churn.lab.host("h2").vtep)]);
+        // Every address the node answers ARP for: its own containers' and those behind peers.
+        let mut neighbours: BTreeSet<(u32, u32)> = [C1_IP, C2_IP].iter().map(|ip| (FIXED_VNI, be(*ip))).collect();
+        for e in &applied {
+            neighbours.insert((e.vni, be(e.ip)));
+        }
+        for &peer in &churn.peers {
+            peers.insert(be(peer_vtep(peer)));
+            for j in 0..churn.size.endpoints_per_peer {
+                let (mac, ip) = peer_endpoint(peer, j);
+                fdb.insert((peer_vni(peer), mac));
+                neighbours.insert((peer_vni(peer), be(ip)));
+            }
+        }
+        // A peer is admitted for the VNIs of its containers this node carries.
+        let mut peer_vnis: BTreeSet<(u32, u32)> =
+            churn.peers.iter().filter(|&&p| vnis.contains(&peer_vni(p))).map(|&p| (be(peer_vtep(p)), peer_vni(p))).collect();
+        peer_vnis.insert((be(churn.lab.host("h2").vtep), FIXED_VNI));
+        Expected { flood: vnis.clone(), vnis, ports, local_endpoints, fdb, peers, peer_vnis, neighbours }
+    }
+
+    fn found(state: &MapState) -> Expected {
+        Expected {
+            vnis: state.vnis.keys().copied().collect(),
+            ports: state.ports.keys().copied().collect(),
+            local_endpoints: state.local_endpoints.keys().map(|k| (k.vni, k.mac)).collect(),
+            fdb: state.fdb.keys().map(|k| (k.vni, k.mac)).collect(),
+            peers: state.peers.keys().copied().collect(),
+            peer_vnis: state.peer_vnis.keys().map(|k| (k.vtep_addr_be, k.vni)).collect(),
+            neighbours: state.neighbours.keys().map(|k| (k.vni, k.addr_be)).collect(),
+            flood: state.flood.keys().copied().collect(),
+        }
+    }
+
+    /// What differs between these expectations and h1's pinned maps, or None.
+    pub fn mismatch(&self, churn: &Churn) -> Option<String> {
+        let state = Datapath::pinned_state(&churn.pins).expect("reading h1's pinned maps");
+        let found = Expected::found(&state);
+        if found == *self {
+            return None;
+        }
+        let mut text = String::new();
+        let mut table = |name: &str, want: String, got: String| {
+            if want != got {
+                let _ = writeln!(text, "{name}:\n  expected {want}\n  found    {got}");
+            }
+        };
+        table("VNIS", format!("{:?}", self.vnis), format!("{:?}", found.vnis));
+        table("PORTS", format!("{:?}", self.ports), format!("{:?}", found.ports));
+        table("LOCAL_ENDPOINTS", format!("{:x?}", self.local_endpoints), format!("{:x?}", found.local_endpoints));
+        table("FDB", format!("{} entries {:x?}", self.fdb.len(), only(&self.fdb, &found.fdb)), format!("{} entries {:x?}", found.fdb.len(), only(&found.fdb, &self.fdb)));
+        table("PEERS", format!("{:?}", self.peers.len()), format!("{:?}", found.peers.len()));
+        table("PEER_VNIS", format!("{:?}", self.peer_vnis.len()), format!("{:?}", found.peer_vnis.len()));
+        table("NEIGHBOURS", format!("{} {:?}", self.neighbours.len(), only(&self.neighbours, &found.neighbours)), format!("{} {:?}", found.neighbours.len(), only(&found.neighbours, &self.neighbours)));
+        table("FLOOD", format!("{:?}", self.flood), format!("{:?}", found.flood));
+        Some(text)
+    }
+}
+
+/// What `a` has that `b` lacks.
+fn only<T: Ord + Clone>(a: &BTreeSet<T>, b: &BTreeSet<T>) -> Vec<T> {
+    a.difference(b).cloned().collect()
+}
+
+/// Where two map states differ, table by table.
+pub fn state_diff(before: &MapState, after: &MapState) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "before: {:?}", Expected::found(before));
+    let _ = writeln!(text, "after:  {:?}", Expected::found(after));
+    if before.node != after.node {
+        let _ = writeln!(text, "node: {:?} -> {:?}", before.node, after.node);
+    }
+    for (name, same) in [
+        ("vnis", before.vnis == after.vnis),
+        ("ports", before.ports == after.ports),
+        ("local_endpoints", before.local_endpoints == after.local_endpoints),
+        ("fdb", before.fdb == after.fdb),
+        ("peers", before.peers == after.peers),
+        ("peer_vnis", before.peer_vnis == after.peer_vnis),
+        ("neighbours", before.neighbours == after.neighbours),
+        ("neighbours6", before.neighbours6 == after.neighbours6),
+        ("flood", before.flood == after.flood),
+    ] {
+        if !same {
+            let _ = writeln!(text, "{name} differs (values or keys)");
+        }
+    }
+    text
+}
+
+/// Each pool port carries exactly one TC program while an endpoint uses
+/// it and none once freed; the pinned links are the baseline's plus one
+/// per port in use.
+pub fn check_attachments(churn: &Churn) {
+    let in_use: BTreeSet<String> = churn.endpoints.values().filter_map(|e| e.port).map(|p| churn.pool[p].clone()).collect();
+    let pool = churn.pool.clone();
+    let counts: Vec<(String, usize)> = churn
+        .lab
+        .host("h1")
+        .netns
+        .run_inside(move || {
+            Ok(pool
+                .into_iter()
+                .map(|name| {
+                    let ingress = SchedClassifier::query_tcx(&name, TcAttachType::Ingress).map(|(_, programs)| programs.len());
+                    (name, ingress.unwrap_or(usize::MAX))
+                })
+                .collect())
+        })
+        .expect("querying the pool's TCX hooks");
+    let wrong: Vec<String> = counts
+        .iter()
+        .filter(|(name, count)| *count != usize::from(in_use.contains(name)))
+        .map(|(name, count)| format!("{name}: {count} program(s), in use: {}", in_use.contains(name)))
+        .collect();
+    assert!(wrong.is_empty(), "TC programs on the pool's ports should follow the endpoints: {wrong:?}");
+    let mut expected: BTreeSet<String> = churn.baseline_links.clone();
+    expected.extend(in_use.iter().map(|name| format!("tc-port-{name}")));
+    let found: BTreeSet<String> = churn.pins.pinned_links().into_iter().collect();
+    assert_eq!(found, expected, "pinned links should be the fixed ones plus one per port in use");
+}
+
+/// The agent's resident memory and open files.
+pub struct AgentUsage {
+    pub rss_kib: u64,
+    pub fds: usize,
+}
+
+impl AgentUsage {
+    pub fn of(churn: &Churn) -> AgentUsage {
+        let pid = churn.lab.agents[0].pid().expect("h1's agent runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+        // The agent opens files for a moment after a change (its status
+        // file, a reload): the fewest of a few looks is what it holds.
+        let fds = (0..10)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+            })
+            .min()
+            .unwrap();
+        AgentUsage { rss_kib, fds }
+    }
+}
+
+/// How much the agent's resident memory may grow from the end of its
+/// first round to the end of its last (allocator arenas settle; a leak
+/// of a few hundred bytes per change would pass 16 MiB within the soak).
+pub const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+
+/// Within each agent's life (between restarts), open files after every
+/// drain equal those after its first, and memory grows within the bound.
+pub fn check_usage(figures: &Figures) {
+    let mut lives: Vec<Vec<(usize, u64, usize)>> = Vec::new();
+    let mut last_life = usize::MAX;
+    for &(round, rss, fds, life) in &figures.usage {
+        if life != last_life {
+            lives.push(Vec::new());
+            last_life = life;
+        }
+        lives.last_mut().unwrap().push((round, rss, fds));
+    }
+    for life in lives {
+        let (first_round, first_rss, first_fds) = life[0];
+        for &(round, rss, fds) in &life[1..] {
+            assert_eq!(fds, first_fds, "the agent's open files after round {round}'s drain should equal those after round {first_round}'s: {figures}");
+            assert!(
+                rss <= first_rss + RSS_GROWTH_BOUND_KIB,
+                "the agent's memory grew from {first_rss} KiB (round {first_round}) to {rss} KiB (round {round}), more than {RSS_GROWTH_BOUND_KIB} KiB: {figures}"
+            );
+        }
+    }
+}
