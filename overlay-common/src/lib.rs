@@ -125,6 +125,9 @@ pub mod maps {
     /// Per-CPU hash like `VNI_COUNTERS`, for peer VTEPs' counter slots.
     pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
     pub const PEER_COUNTERS_CAPACITY: u32 = crate::SLOT_COUNTER_ENTRIES;
+    /// Array of one [`crate::NodeConfig`], created on the underlay NIC for
+    /// the offloaded admission program (`--xdp-mode offload`), not pinned.
+    pub const OFFLOAD_NODE: &str = "OFFLOAD_NODE";
 }
 
 /// Names of the eBPF programs in the object.
@@ -143,6 +146,10 @@ pub mod programs {
     pub const UNDERLAY_FLOOD_TC: &str = "overlay_underlay_flood";
     /// Every program of the object, as the agent loads (and unloads) them.
     pub const ALL: [&str; 4] = [DECAP_XDP, DECAP_TC, ENDPOINT_TC, UNDERLAY_FLOOD_TC];
+    /// XDP offloaded to the underlay NIC (`--xdp-mode offload`): drops
+    /// VXLAN with bad outer headers there. Not in `ALL`: it is loaded bound
+    /// to the device, apart from the object (see overlay-user's `offload`).
+    pub const OFFLOAD_XDP: &str = "overlay_offload_admit";
 }
 
 /// Key of the FDB and of the local endpoint table: a MAC address within a VNI.

@@ -24,6 +24,7 @@ mod icmp;
 mod maps;
 mod monitor;
 mod nd;
+mod offload;
 mod packet;
 
 use aya_ebpf::{
@@ -96,6 +97,13 @@ pub fn overlay_underlay_flood(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// XDP offloaded to the underlay NIC (`--xdp-mode offload`): drops VXLAN
+/// with bad outer headers in the NIC; the TC program decapsulates the rest.
+#[xdp]
+pub fn overlay_offload_admit(ctx: XdpContext) -> u32 {
+    offload::admit(&ctx)
 }
 
 #[cfg(not(test))]

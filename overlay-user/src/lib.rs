@@ -17,6 +17,7 @@ pub mod model;
 pub mod monitor;
 pub mod neighbour;
 pub mod netdev;
+pub mod offload;
 pub mod pinning;
 pub mod private_file;
 pub mod reconciler;

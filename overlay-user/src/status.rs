@@ -100,6 +100,7 @@ impl NodeStatus {
     /// "XDP native", "TC", ...: how this node decapsulates.
     pub fn decap_description(&self) -> String {
         let decap = match self.decap.as_str() {
+            "tc" if self.xdp_mode == "offload" => "decapsulation in TC; outer headers judged by XDP offloaded to the NIC".into(),
             "tc" => "decapsulation in TC".into(),
             _ => format!("decapsulation in XDP, {} mode", self.xdp_mode),
         };

@@ -13,9 +13,9 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use overlay_common::{UnderlayMac, maps, programs};
+use overlay_common::{NodeConfig, UnderlayMac, maps, programs};
 
-use super::{Attachment, Datapath, DatapathError, HeldLink, map_error, open_map_mut};
+use super::{Attachment, Datapath, DatapathError, HeldLink, map_error, open_map, open_map_mut};
 use crate::tc_legacy::TcAttachKind;
 use crate::pinning;
 
@@ -109,6 +109,9 @@ impl AttachMode {
 pub enum DecapHook {
     Xdp(XdpAttachedMode),
     Tc,
+    /// TC decapsulation, with the outer-header admission offloaded to the
+    /// NIC as XDP (`--xdp-mode offload`).
+    TcOffloaded,
 }
 
 impl DecapHook {
@@ -116,7 +119,7 @@ impl DecapHook {
     pub fn hook(&self) -> &'static str {
         match self {
             DecapHook::Xdp(_) => "xdp",
-            DecapHook::Tc => "tc",
+            DecapHook::Tc | DecapHook::TcOffloaded => "tc",
         }
     }
 
@@ -125,6 +128,7 @@ impl DecapHook {
         match self {
             DecapHook::Xdp(mode) => mode.to_string(),
             DecapHook::Tc => "none".into(),
+            DecapHook::TcOffloaded => XdpAttachedMode::Offload.to_string(),
         }
     }
 }
@@ -134,6 +138,7 @@ impl fmt::Display for DecapHook {
         match self {
             DecapHook::Xdp(mode) => write!(f, "XDP {mode}"),
             DecapHook::Tc => f.write_str("TC"),
+            DecapHook::TcOffloaded => f.write_str("TC, with XDP admission offloaded to the NIC"),
         }
     }
 }
@@ -210,7 +215,15 @@ impl Datapath {
             .ok();
         self.set_underlay_mac(mac)?;
         let mut wanted = Vec::new();
-        let hook = match self.decap_hook_for(&underlay, plan.underlay.ifindex, plan.mode)? {
+        let hook = if plan.mode.check()?.xdp == XdpAttachMode::Offload {
+            let name = crate::offload::link_name(&underlay);
+            self.attach_offloaded(&underlay, plan.underlay.ifindex, &name)?;
+            wanted.push(name);
+            let name = pinning::decap_tc_link_name(&underlay);
+            self.attach_tc(programs::DECAP_TC, &name, &underlay)?;
+            wanted.push(name);
+            DecapHook::TcOffloaded
+        } else { match self.decap_hook_for(&underlay, plan.underlay.ifindex, plan.mode)? {
             Some(hook) => hook,
             None => {
                 let name = pinning::decap_tc_link_name(&underlay);
@@ -218,7 +231,7 @@ impl Datapath {
                 wanted.push(name);
                 DecapHook::Tc
             }
-        };
+        } };
         if let DecapHook::Xdp(attached) = hook {
             wanted.push(pinning::xdp_link_name(attached != XdpAttachedMode::Generic, &underlay));
             let name = pinning::underlay_tc_link_name(&underlay);
@@ -355,6 +368,27 @@ impl Datapath {
         Ok(attached)
     }
 
+    /// Attaches the admission program offloaded to the underlay NIC, or
+    /// (held already, at a reload) writes the node's settings into its map.
+    fn attach_offloaded(&mut self, underlay: &str, ifindex: u32, name: &str) -> Result<(), DatapathError> {
+        let node = {
+            let array: Array<&MapData, NodeConfig> = open_map(&self.ebpf, maps::NODE)?;
+            array.get(&0, 0).map_err(|source| map_error(maps::NODE, "read", source))?
+        };
+        let offload_error = |error: crate::offload::OffloadError| DatapathError::Link { name: name.to_owned(), message: error.to_string() };
+        if let Some(HeldLink { link: Attachment::Offloaded(held), .. }) = self.links.get(name) {
+            return held.set_node(&node, underlay).map_err(offload_error);
+        }
+        let pin = self.pins.as_ref().map(|pins| pins.link(name));
+        let adopted = pin.as_ref().is_some_and(|path| path.exists());
+        let offloaded = crate::offload::attach(underlay, ifindex, &node, super::EBPF_OBJECT, pin.as_deref()).map_err(offload_error)?;
+        if let (Some(path), false) = (&pin, adopted) {
+            offloaded.pin(path, underlay).map_err(offload_error)?;
+        }
+        self.links.insert(name.to_owned(), HeldLink { link: Attachment::Offloaded(offloaded), pin });
+        Ok(())
+    }
+
     fn attach_tc(&mut self, program: &'static str, name: &str, interface: &str) -> Result<(), DatapathError> {
         if self.links.contains_key(name) {
             return Ok(());
@@ -452,6 +486,7 @@ impl Datapath {
             match held.link {
                 Attachment::Link(link) => drop(link),
                 Attachment::Filter(filter) => filter.detach(),
+                Attachment::Offloaded(offloaded) => drop(offloaded),
             }
         }
     }

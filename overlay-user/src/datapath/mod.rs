@@ -93,6 +93,8 @@ struct HeldLink {
 enum Attachment {
     Link(FdLink),
     Filter(crate::tc_legacy::Filter),
+    /// XDP offloaded to the NIC (`--xdp-mode offload`), attached outside aya.
+    Offloaded(crate::offload::OffloadedXdp),
 }
 
 /// The loaded datapath.
