@@ -43,6 +43,13 @@ pub fn mtu(name: &str) -> std::io::Result<u32> {
     Ok(unsafe { request.ifr_ifru.ifru_mtu } as u32)
 }
 
+/// The MTU containers on this node get by default: the underlay device's
+/// less the 50 bytes of VXLAN over IPv4 (RFC 7348 section 4.3: the
+/// overlay must not need the underlay to fragment).
+pub fn overlay_mtu(underlay: &str) -> std::io::Result<u32> {
+    mtu(underlay).map(|mtu| mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32))
+}
+
 /// The hardware address of interface `name` (SIOCGIFHWADDR ioctl), in the
 /// calling thread's network namespace.
 pub fn mac(name: &str) -> std::io::Result<[u8; 6]> {

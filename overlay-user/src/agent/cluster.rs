@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::{AgentState, ChangeError};
 use crate::{
-    model::{Fragment, MacAddr, Model, NetworkRef, NodeSettings, Origin, Problem, ProblemKind, SourceKind},
+    model::{Fragment, MacAddr, Model, NodeSettings, Origin, Problem, ProblemKind, SourceKind},
     reconciler::Outcome,
     registry::{
         self, ClusterProblem, ClusterSnapshot, ClusterWatch, EndpointRecord, NetworkRecord, NodeSession, Registry, RegistryError, SessionState,
@@ -237,14 +237,6 @@ pub fn endpoint_record(node: &str, network: &str, endpoint: &crate::model::Endpo
     }
 }
 
-/// The network name an endpoint refers to, when it refers by name.
-pub fn network_name(reference: &NetworkRef) -> Option<&str> {
-    match reference {
-        NetworkRef::Name(name) => Some(name),
-        _ => None,
-    }
-}
-
 impl AgentState {
     /// Cluster mode: creates an API network in the registry (so every node
     /// sees it) and applies the snapshot that has it.
@@ -277,9 +269,7 @@ impl AgentState {
         let mtu = match network.mtu {
             Some(mtu) => mtu,
             // A guess would be written for every node: refuse instead.
-            None => crate::netdev::mtu(&self.config.node.underlay_interface)
-                .map(|mtu| mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32))
-                .map_err(|error| {
+            None => crate::netdev::overlay_mtu(&self.config.node.underlay_interface).map_err(|error| {
                     ChangeError::Conflict(format!(
                         "reading the MTU of underlay {}: {error}; give the network an mtu",
                         self.config.node.underlay_interface

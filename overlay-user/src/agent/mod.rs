@@ -139,10 +139,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         let forwarding = crate::netdev::enable_ipv4_forwarding(&underlay).context("enabling IPv4 forwarding on the underlay device")?;
         let mut reconciler = Reconciler::new(datapath, options.mode);
         let outcome = reconciler.reconcile(&model).await.context("applying the desired state")?;
-        match crate::netdev::mtu(&underlay) {
+        match crate::netdev::overlay_mtu(&underlay) {
             Ok(mtu) => log::info!(
-                "overlay MTU {} (underlay {underlay} MTU {mtu} less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
-                mtu.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32),
+                "overlay MTU {mtu} (underlay {underlay}'s less 50 bytes of VXLAN over IPv4): the container side of each port should use it; larger frames get ICMP too-big",
             ),
             Err(error) => log::warn!("reading the MTU of {underlay}: {error}"),
         }

@@ -86,7 +86,7 @@ pub fn endpoint_id(origin: &Origin) -> String {
 
 pub fn networks(agent: &AgentState) -> Vec<NetworkView> {
     let model = agent.model();
-    let underlay_mtu = crate::netdev::mtu(&model.node.underlay_interface).ok();
+    let overlay_mtu = crate::netdev::overlay_mtu(&model.node.underlay_interface).ok();
     model
         .networks
         .iter()
@@ -95,7 +95,7 @@ pub fn networks(agent: &AgentState) -> Vec<NetworkView> {
             vni: n.vni,
             subnet: n.subnet,
             subnet6: n.subnet6,
-            mtu: n.mtu.or(underlay_mtu.map(|m| m.saturating_sub(overlay_common::VXLAN_ENCAP_LEN as u32))),
+            mtu: n.mtu.or(overlay_mtu),
             flood_limit: model.flood_limit(n.vni),
             options: n.options.clone(),
             source: n.origin.source,

@@ -345,15 +345,10 @@ impl Datapath {
             XdpAttachMode::Generic => {
                 xdp.attach_to_if_index(ifindex, XdpMode::Skb).map(|id| (id, XdpAttachedMode::Generic)).map_err(|e| attach_error(e, ""))?
             }
-            // The kernel decides; where it refuses, say why this datapath
-            // cannot run there.
-            XdpAttachMode::Offload => xdp.attach_to_if_index(ifindex, XdpMode::Hardware).map(|id| (id, XdpAttachedMode::Offload)).map_err(|e| {
-                attach_error(
-                    e,
-                    " (this NIC cannot run XDP in hardware; where one can, offloaded XDP may only drop, pass or bounce frames, \
-                     while this datapath redirects decapsulated frames into container ports: use --xdp-mode native)",
-                )
-            })?,
+            // Offload never attaches the decapsulation program: the plan
+            // turns it into TC decapsulation plus the offloaded admission
+            // program (attach_offload), before this is reached.
+            XdpAttachMode::Offload => unreachable!("--xdp-mode offload attaches the admission program, not XDP decapsulation"),
             XdpAttachMode::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, XdpAttachedMode::Native),
                 Err(native_error) => {

@@ -260,9 +260,7 @@ impl Shared {
         let blocks = self.blocks.lock().unwrap();
         pool.own.iter().find_map(|base| {
             let block = &blocks[&(network.to_owned(), *base)];
-            (0..block.record.cidr.size())
-                .filter_map(|index| block.record.cidr.nth(index))
-                .find(|address| pool.network.subnet.is_host(*address) && !block.record.allocations.contains_key(address))
+            crate::addresses::pick(pool.network.subnet, block.record.cidr, &block.record.allocations).ok()
         })
     }
 
