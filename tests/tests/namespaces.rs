@@ -188,7 +188,7 @@ fn offload_mode_is_refused_clearly_where_the_nic_cannot() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "offload on veth must fail, it succeeded:\n{stderr}");
     assert!(
-        stderr.contains("cannot run XDP in hardware") && stderr.contains("--xdp-mode native"),
+        stderr.contains("does not offer XDP offload") && stderr.contains("--xdp-mode native"),
         "expected the reason and the fix in the error, got:\n{stderr}"
     );
     let underlay = &lab.host("h1").underlay;
