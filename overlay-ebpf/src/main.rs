@@ -19,7 +19,6 @@ mod decap_tc;
 mod encap;
 mod endpoint;
 mod flood;
-mod flow_hash;
 mod icmp;
 mod maps;
 mod monitor;
