@@ -50,6 +50,11 @@ impl Rng {
         self.next_u64() % n
     }
 
+    /// Uniform in `0..n` as an index (0 when `n` is 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n.max(1) as u64) as usize
+    }
+
     /// Uniform in `low..=high`.
     pub fn within(&mut self, low: usize, high: usize) -> usize {
         low + self.below((high - low + 1) as u64) as usize

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use overlay_lab::fuzz::Rng;
+
 use overlay::{
     api::{
         ApiError,
@@ -112,23 +114,6 @@ impl fmt::Display for Figures {
         }
         let usage: Vec<String> = self.usage.iter().map(|(round, rss, fds, life)| format!("r{round}: {rss} KiB/{fds} fds (agent {life})")).collect();
         write!(f, "  agent after each round's drain: {}", usage.join(", "))
-    }
-}
-
-/// SplitMix64: a fixed seed gives the same run.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 
@@ -271,7 +256,7 @@ impl Churn {
             networks: BTreeMap::new(),
             peers: BTreeSet::new(),
             size,
-            rng: Rng(0x6368_7572_6e00_0001),
+            rng: Rng::new(0x6368_7572_6e00_0001),
             counter: 0,
             figures: Figures::default(),
             lab,
@@ -289,7 +274,7 @@ impl Churn {
     /// One random change.
     fn step(&mut self) {
         self.figures.operations += 1;
-        let roll = self.rng.below(100);
+        let roll = self.rng.index(100);
         let add = self.size.add_percent;
         match roll {
             _ if roll < add => self.add_endpoint(),
@@ -306,7 +291,7 @@ impl Churn {
             return self.create_network();
         }
         let names: Vec<String> = self.networks.keys().cloned().collect();
-        let network = names[self.rng.below(names.len())].clone();
+        let network = names[self.rng.index(names.len())].clone();
         let vni = self.networks[&network];
         // A VNI's flood list holds 32 local ports (pending ones count: they
         // are the VNI's once their interface appears): the 33rd is refused.
@@ -314,7 +299,7 @@ impl Churn {
         self.counter += 1;
         let k = self.counter;
         // One in eight names an interface that does not exist: pending, never in the maps.
-        let port = if self.rng.below(8) == 0 { None } else { self.free_ports.pop() };
+        let port = if self.rng.index(8) == 0 { None } else { self.free_ports.pop() };
         let interface = port.map_or_else(|| format!("hdnone{}", k % 1000), |p| self.pool[p].clone());
         let mac = [0x02, 0xcc, (k >> 24) as u8, (k >> 16) as u8, (k >> 8) as u8, k as u8];
         let ip = Ipv4Addr::new(10, 128, (k / 254 % 256) as u8, (k % 254 + 1) as u8);
@@ -341,7 +326,7 @@ impl Churn {
             return self.add_endpoint();
         }
         let ids: Vec<String> = self.endpoints.keys().cloned().collect();
-        let id = ids[self.rng.below(ids.len())].clone();
+        let id = ids[self.rng.index(ids.len())].clone();
         self.remove_endpoint_id(&id);
     }
 
@@ -362,8 +347,8 @@ impl Churn {
         let name = format!("hdnet{}", self.counter);
         // Half the time a VNI of the churned peers' containers, when free:
         // the node's carrying it then admits those peers for it.
-        let peer_vni = FIXED_VNI + 1 + self.rng.below(PEER_VNIS as usize - 1) as u32;
-        let vni = if self.rng.below(2) == 0 && !self.networks.values().any(|v| *v == peer_vni) {
+        let peer_vni = FIXED_VNI + 1 + self.rng.index(PEER_VNIS as usize - 1) as u32;
+        let vni = if self.rng.index(2) == 0 && !self.networks.values().any(|v| *v == peer_vni) {
             peer_vni
         } else {
             3000 + (self.counter % 100_000) as u32
@@ -379,7 +364,7 @@ impl Churn {
         if names.is_empty() {
             return self.create_network();
         }
-        let name = names[self.rng.below(names.len())].clone();
+        let name = names[self.rng.index(names.len())].clone();
         let used = self.endpoints.values().any(|e| e.network == name);
         match self.call(Method::DELETE, &format!("/v1/networks/{name}"), None) {
             Ok(_) if !used => {
@@ -393,8 +378,8 @@ impl Churn {
 
     /// Toggles up to eight peers in h1's file and waits for the maps to follow.
     fn change_peers(&mut self) {
-        for _ in 0..1 + self.rng.below(8) {
-            let peer = self.rng.below(self.size.peers);
+        for _ in 0..1 + self.rng.index(8) {
+            let peer = self.rng.index(self.size.peers);
             if !self.peers.remove(&peer) {
                 self.peers.insert(peer);
             }
