@@ -21,6 +21,10 @@ pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const BUSYBOX: &str = "/bin/busybox";
 /// Where dockerd finds plugin sockets.
 pub const PLUGIN_DIR: &str = "/run/docker/plugins";
+/// dockerd's flags that keep it off the machine's networking: no iptables
+/// rules, no bridge, no forwarding or masquerading, no userland proxy.
+pub const DAEMON_FLAGS: &[&str] =
+    &["--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none", "--userland-proxy=false"];
 
 /// Why the Docker tests cannot run here (printed, then the test returns).
 pub fn missing() -> Option<String> {
@@ -69,7 +73,7 @@ impl Dockerd {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", netns.name()))
             .arg(DOCKERD)
-            .args(["--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none", "--userland-proxy=false"])
+            .args(DAEMON_FLAGS)
             .args(["--storage-driver", "overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs"])
             .arg("--cgroup-parent")
             .arg(format!("/{}", teardown.cgroup_parent))
@@ -141,6 +145,11 @@ impl Dockerd {
             bail!("docker import on {} failed: {}", self.host, String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(())
+    }
+
+    /// The daemon's socket (`DOCKER_HOST=unix://...`).
+    pub fn socket(&self) -> &Path {
+        &self.teardown.socket
     }
 
     /// The daemon's log so far, for failure messages.
