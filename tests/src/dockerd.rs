@@ -134,13 +134,15 @@ impl Dockerd {
 
     /// Imports the busybox rootfs at `rootfs` (see [`busybox_rootfs`]) as `image`.
     pub fn import(&self, rootfs: &Path, image: &str) -> anyhow::Result<()> {
-        let tar = Command::new("tar").arg("-C").arg(rootfs).args(["-c", "."]).stdout(Stdio::piped()).spawn().context("running tar")?;
+        let mut tar = Command::new("tar").arg("-C").arg(rootfs).args(["-c", "."]).stdout(Stdio::piped()).spawn().context("running tar")?;
         let output = Command::new(DOCKER)
             .args(["import", "-", image])
             .env("DOCKER_HOST", format!("unix://{}", self.teardown.socket.display()))
-            .stdin(tar.stdout.context("tar's stdout")?)
+            .stdin(tar.stdout.take().context("tar's stdout")?)
             .output()
             .context("running docker import")?;
+        // Reaped, not left a zombie for the rest of the run.
+        let _ = tar.wait();
         if !output.status.success() {
             bail!("docker import on {} failed: {}", self.host, String::from_utf8_lossy(&output.stderr).trim());
         }

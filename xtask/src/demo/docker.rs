@@ -36,6 +36,12 @@ fn walkthrough(overlay_bin: &Path) -> anyhow::Result<()> {
     println!("   All hosts share /run/docker/plugins here, so each agent serves its own plugin name; on real machines every host uses the default, overlay-ebpf.");
     let mut lab = DockerLab::start(SCOPE, &HOSTS, true, overlay_bin, true)?;
     let outcome = tenants(&lab);
+    if netns::interrupted() {
+        // Ctrl-C: the lab library's handler removes everything and exits.
+        loop {
+            std::thread::park();
+        }
+    }
     println!("\n== removing everything: containers, networks, daemons, agents, etcd");
     for host in 0..lab.hosts.len() {
         let ids = lab.hosts[host].docker.docker(&["ps", "-aq"]).unwrap_or_default();
