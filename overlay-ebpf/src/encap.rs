@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32,
         bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head,
     },
     programs::TcContext,
@@ -181,14 +181,13 @@ fn fib_route_to_peer(
     }))
 }
 
-/// Outer UDP source port: the skb's flow hash (of the inner frame, computed
-/// before encapsulation) scaled into the configured range, as the kernel's
-/// udp_flow_src_port() does, so one flow keeps one port and the underlay's
-/// ECMP can spread flows (RFC 7348 section 5, "Source Port").
+/// Outer UDP source port: the inner flow's hash (see `flow_hash`) scaled
+/// into the configured range, as the kernel's udp_flow_src_port() does, so
+/// one flow keeps one port and the underlay's ECMP can spread flows (RFC
+/// 7348 section 5, "Source Port").
 #[inline(always)]
-pub fn source_port_for(ctx: &TcContext, node: &NodeConfig) -> u16 {
-    // SAFETY: plain helper call.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) } as u64;
+pub fn source_port_for(ctx: &TcContext, node: &NodeConfig, inner_eth: &EthHdr) -> u16 {
+    let hash = crate::flow_hash::inner_flow_hash(ctx, inner_eth) as u64;
     let min = node.source_port_min as u64;
     let span = (node.source_port_max as u64).saturating_sub(min) + 1;
     (min + ((hash * span) >> 32)) as u16

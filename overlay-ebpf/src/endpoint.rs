@@ -68,7 +68,7 @@ pub fn try_endpoint(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
     match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
         Some((remote_vtep_be, peer_slot)) => {
             slots.peer = peer_slot;
-            let source_port = encap::source_port_for(ctx, node);
+            let source_port = encap::source_port_for(ctx, node, &eth);
             // Route (and size check) before touching the packet, so a drop
             // leaves it as it was.
             let outer_len = encap::outer_ip_len(ctx, &eth);
