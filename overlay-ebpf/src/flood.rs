@@ -112,7 +112,7 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
                 Ok(RouteLookup::Found(route)) if route.resolved => route,
                 _ => continue,
             };
-            encap::write_outer_headers(
+            encap::write_flooded_outer_headers(
                 ctx,
                 node,
                 vni,
