@@ -3,13 +3,13 @@
 //! peer, or flooding.
 use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use network_types::eth::EthHdr;
-use overlay_common::{ETH_P_ARP, ETH_P_IPV6, Reason, VXLAN_ENCAP_LEN, VniMac};
+use overlay_common::{ETH_P_ARP, ETH_P_IPV6, Reason, VniMac};
 
 use crate::{
     arp,
     counters::Slots,
-    encap::{self, RouteLookup},
-    flood, icmp,
+    encap,
+    flood,
     maps::{FDB, LOCAL_ENDPOINTS, PORTS, node_config},
     nd,
     packet::{
@@ -81,22 +81,7 @@ pub fn try_endpoint(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
     match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
         Some((remote_vtep_be, peer_slot)) => {
             slots.peer = peer_slot;
-            let source_port = encap::source_port_for(ctx, node, &eth);
-            // Route (and size check) before touching the packet, so a drop
-            // leaves it as it was.
-            let outer_len = encap::outer_ip_len(ctx, &eth);
-            match encap::route_to_peer(ctx, node, remote_vtep_be, source_port, outer_len)? {
-                RouteLookup::Found(route) => {
-                    encap::encap_along(&frame, remote_vtep_be, &route, source_port)
-                        .verdict(Reason::ENCAP_FAILED)
-                }
-                // Too big once encapsulated: ICMP back to the sender, as the
-                // kernel's vxlan does for bridged traffic; never fragmented.
-                RouteLookup::TooBig(mtu) => {
-                    icmp::reply_too_big(&frame, mtu.saturating_sub(VXLAN_ENCAP_LEN as u32))
-                        .verdict(Reason::TOO_BIG_FOR_UNDERLAY)
-                }
-            }
+            encap::encap_to_peer(&frame, remote_vtep_be).verdict(Reason::ENCAP_FAILED)
         }
         // Unknown unicast is flooded, as a learning bridge would.
         None => flood::flood_from_endpoint(&frame).verdict(Reason::NO_FLOOD_TARGETS),
