@@ -9,7 +9,7 @@ use crate::{
     arp,
     counters::Slots,
     encap::{self, RouteLookup},
-    flood, icmp,
+    flood, icmp, learning,
     maps::{FDB, LOCAL_ENDPOINTS, PORTS, node_config},
     nd,
     packet::{
@@ -65,7 +65,15 @@ pub fn try_endpoint(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
         });
     }
     // SAFETY: read and copied at once.
-    match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
+    // Configured entries first; then, in a learning VNI, what was learned.
+    let remote = match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
+        Some(configured) => Some(configured),
+        None => match learning::learned_peer(&key) {
+            0 => None,
+            packed => Some((packed as u32, (packed >> 32) as u32)),
+        },
+    };
+    match remote {
         Some((remote_vtep_be, peer_slot)) => {
             slots.peer = peer_slot;
             let source_port = encap::source_port_for(ctx, node);

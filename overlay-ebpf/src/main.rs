@@ -20,6 +20,7 @@ mod encap;
 mod endpoint;
 mod flood;
 mod icmp;
+mod learning;
 mod maps;
 mod monitor;
 mod nd;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use overlay_common::{
-    FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LocalEndpoint,
+    FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LearningPolicy, LocalEndpoint,
     NO_COUNTER_SLOT, NeighbourEntry, NodeConfig, PEER_COUNTER_SLOTS, PeerInfo, PeerVni, PeerVniInfo,
     PortInfo, VNI_COUNTER_SLOTS, VniInfo, VniIpv4, VniIpv6, VniMac,
 };
@@ -30,6 +30,8 @@ pub struct MapState {
     pub neighbours: BTreeMap<VniIpv4, NeighbourEntry>,
     pub neighbours6: BTreeMap<VniIpv6, NeighbourEntry>,
     pub flood: BTreeMap<u32, FloodTargets>,
+    /// VNIs that learn (RFC 7348 section 4.1), with their ageing.
+    pub learning: BTreeMap<u32, LearningPolicy>,
 }
 
 /// Network byte order as the datapath compares it: the address's octets in memory order.
@@ -107,6 +109,12 @@ impl MapState {
                 if let Some(ip) = endpoint.ipv4 {
                     state.neighbours.insert(VniIpv4 { vni, addr_be: ipv4_be(ip) }, neighbour(endpoint.mac));
                 }
+            }
+        }
+        // Learning only where the node carries the VNI (has a local port).
+        for (&vni, &ageing_seconds) in &resolved.learning {
+            if state.vnis.contains_key(&vni) {
+                state.learning.insert(vni, LearningPolicy { ageing_ns: u64::from(ageing_seconds) * 1_000_000_000 });
             }
         }
         // A flood list for every VNI with a local port.
