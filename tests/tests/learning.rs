@@ -112,6 +112,15 @@ fn entries_for(fdb: &Value, mac: [u8; 6]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Frames `node` encapsulated to the peer at `vtep` (forwarded, not flooded), and frames it flooded.
+fn sent_to_peer_and_flooded(lab: &Lab, node: &str, vtep: Ipv4Addr) -> (u64, u64) {
+    let pins = PinDir::new(&lab.bpffs_dir(), node);
+    let peers = Datapath::pinned_vni_peer_counters(&pins).expect("reading the pinned per-peer counters").peers;
+    let to_peer = peers.get(&vtep).map_or(0, |counters| counters.packets(Direction::FROM_ENDPOINT, Reason::FORWARDED));
+    let flooded = Datapath::pinned_counters(&pins).expect("reading the pinned counters").packets(Direction::FROM_ENDPOINT, Reason::FLOODED);
+    (to_peer, flooded)
+}
+
 fn counted(lab: &Lab, node: &str, reason: Reason) -> u64 {
     Datapath::pinned_counters(&PinDir::new(&lab.bpffs_dir(), node)).expect("reading the pinned counters").packets(Direction::FROM_UNDERLAY, reason)
 }
@@ -196,8 +205,15 @@ fn static_peers_learn_runtime_containers_and_unadmitted_frames_teach_nothing() {
     assert_eq!(entries_for(&after, C2_MAC), vec![("learned".to_owned(), "192.0.2.2".to_owned())], "c2 still behind h2: {after}");
     assert!(entries_for(&after, PLANTED_MAC).is_empty(), "a frame from a peer not admitted for the VNI teaches nothing: {after}");
     assert_eq!(after["learning_events"]["learned"].as_u64().unwrap(), learned_before, "no learning event from refused frames: {after}");
+    let h2_vtep = lab.host("h2").vtep;
+    let (to_h2, flooded) = sent_to_peer_and_flooded(&lab, "h1", h2_vtep);
     let (sent, received) = ping(c1, C2_IP, 3).unwrap();
     assert_eq!(received, sent, "after the poisoning attempt c1 still reaches c2\n{}", lab.agent_logs());
+    let (to_h2_after, flooded_after) = sent_to_peer_and_flooded(&lab, "h1", h2_vtep);
+    assert!(
+        to_h2_after >= to_h2 + 3 && flooded_after == flooded,
+        "the echo requests go to h2 by the learned entry, not flooded: to h2 {to_h2} -> {to_h2_after}, flooded {flooded} -> {flooded_after}"
+    );
 
     // h2, admitted for the VNI, claims c1's MAC (h1's own endpoint): refused, counted.
     let refused_before = after["learning_events"]["learning_refused"].as_u64().unwrap();

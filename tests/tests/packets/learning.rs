@@ -35,6 +35,12 @@ fn expect_learned(node: &Node, name: &str, mac: Mac, at: Option<Ipv4Addr>, learn
     (name.to_owned(), result)
 }
 
+/// Runs `case` on `node` as one row of the table.
+fn record(node: &Node, results: &mut Vec<(String, Result<(), String>)>, case: Case) {
+    let result = run_case(node, &case).map(|_| ());
+    results.push((case.name, result));
+}
+
 /// Both decapsulation hooks learn alike (they share the judgement).
 #[test]
 fn learning_from_admitted_peers_only_and_never_over_configured_entries() -> anyhow::Result<()> {
@@ -56,10 +62,7 @@ fn learning_through(hook: Hook) -> anyhow::Result<()> {
         Case::given(name, Hook::Port(NEAR_1.port), frame).expect(TC_ACT_REDIRECT, Reason::FORWARDED, encapsulated(near.tunnel_to(vtep, VNI)))
     };
     let mut results: Vec<(String, Result<(), String>)> = Vec::new();
-    let mut run = |results: &mut Vec<(String, Result<(), String>)>, case: Case| {
-        let result = run_case(&near, &case).map(|_| ());
-        results.push((case.name, result));
-    };
+    let run = |results: &mut Vec<(String, Result<(), String>)>, case: Case| record(&near, results, case);
 
     // Nothing learned yet: unknown unicast is flooded to the VNI's peers.
     run(&mut results, flooded_on(&near, "before learning, a frame to an unknown MAC is flooded", NEAR_1, to_unlisted()));
@@ -91,20 +94,12 @@ fn learning_through(hook: Hook) -> anyhow::Result<()> {
 
     // Learning turned off: what was learned is no longer used.
     near.reconfigure(&NEAR.config_toml())?;
-    let mut run = |results: &mut Vec<(String, Result<(), String>)>, case: Case| {
-        let result = run_case(&near, &case).map(|_| ());
-        results.push((case.name, result));
-    };
-    run(&mut results, flooded_on(&near, "with learning off, the learned entry is ignored (flooded)", NEAR_1, to_unlisted()));
+    record(&near, &mut results, flooded_on(&near, "with learning off, the learned entry is ignored (flooded)", NEAR_1, to_unlisted()));
     // Back on with a one-second ageing: the entry is not refreshed, so once
     // older than that it is ignored too.
     near.reconfigure(&learning(1))?;
     std::thread::sleep(Duration::from_millis(2500));
-    let mut run = |results: &mut Vec<(String, Result<(), String>)>, case: Case| {
-        let result = run_case(&near, &case).map(|_| ());
-        results.push((case.name, result));
-    };
-    run(&mut results, flooded_on(&near, "an entry older than the ageing is ignored (flooded)", NEAR_1, to_unlisted()));
+    record(&near, &mut results, flooded_on(&near, "an entry older than the ageing is ignored (flooded)", NEAR_1, to_unlisted()));
     report(results.iter().map(|(name, result)| (name.as_str(), result)));
     Ok(())
 }
