@@ -315,7 +315,10 @@ pub struct NodeConfig {
     pub source_port_max: u16,
     /// Outer IPv4 TTL.
     pub ttl: u8,
-    pub _pad0: u8,
+    /// Non-zero when some VNI learns (has a `LEARNING` entry): spares
+    /// decapsulation on every other node the learning lookup per frame.
+    /// (Once padding: zero in the pins of earlier versions, which learn nothing.)
+    pub learning: u8,
     /// Non-zero once the agent has written this entry; the datapath passes
     /// everything untouched until then.
     pub configured: u32,

@@ -168,8 +168,11 @@ pub fn judge(
     let source_be = u32::from_ne_bytes(ip.src_addr);
     admit(source_be, vni, slots)?;
     // Only now, from a peer admitted for the VNI: a frame refused above
-    // teaches nothing (RFC 7348 section 4.1 learning, restricted).
-    learning::learn_from_frame(start, end, vni, source_be, slots.peer, frame_len);
+    // teaches nothing (RFC 7348 section 4.1 learning, restricted). A node
+    // where no VNI learns skips it on a byte it has read already.
+    if node.learning != 0 {
+        learning::learn_from_frame(start, end, vni, source_be, slots.peer, frame_len);
+    }
     delivery_for(start, end, vni).map(Judgement::Deliver)
 }
 

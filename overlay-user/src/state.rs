@@ -68,7 +68,7 @@ impl MapState {
                 source_port_min: resolved.source_port_min,
                 source_port_max: resolved.source_port_max,
                 ttl: resolved.ttl,
-                _pad0: 0,
+                learning: 0, // set below, once the learning VNIs are known
                 configured: 1,
             }),
             ..MapState::default()
@@ -116,6 +116,9 @@ impl MapState {
             if state.vnis.contains_key(&vni) {
                 state.learning.insert(vni, LearningPolicy { ageing_ns: u64::from(ageing_seconds) * 1_000_000_000 });
             }
+        }
+        if let Some(node) = state.node.as_mut() {
+            node.learning = u8::from(!state.learning.is_empty());
         }
         // A flood list for every VNI with a local port.
         for (vni, ports) in flood_ports {

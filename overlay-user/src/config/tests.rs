@@ -214,6 +214,8 @@ fn learning_options_of_any_source_are_checked_by_the_model() {
     let options = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     assert_eq!(learning_options_problem(&options(&[("learning", "true"), ("ageing", "30")])), None);
     assert_eq!(learning_options_problem(&options(&[("learning", "false")])), None);
+    assert_eq!(learning_options_problem(&options(&[("learning", "on"), ("ageing", "30")])), None, "Docker-style on/off");
+    assert_eq!(learning_options_problem(&options(&[("learning", "off")])), None);
     let problem = |pairs| learning_options_problem(&options(pairs)).map(|(option, value, _)| (option, value));
     assert_eq!(problem(&[("learning", "yes")]), Some(("learning", "yes".to_owned())));
     assert_eq!(problem(&[("learning", "true"), ("ageing", "soon")]), Some(("ageing", "soon".to_owned())));

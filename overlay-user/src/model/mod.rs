@@ -149,7 +149,7 @@ pub struct Network {
     pub origin: Origin,
 }
 
-/// The network option that turns learning on (`"true"`) for a network:
+/// The network option that turns learning on (`"true"` or `"on"`) for a network:
 /// the file's `[[vnis]] learning`, the API's `learning`, and the
 /// registry's and Docker's network options all set it.
 pub const OPTION_LEARNING: &str = "learning";
@@ -167,7 +167,7 @@ impl Network {
     /// Its learning settings, when learning is on (validation refuses
     /// option values this does not understand).
     pub fn learning(&self) -> Option<Learning> {
-        if self.options.get(OPTION_LEARNING).map(String::as_str) != Some("true") {
+        if !matches!(self.options.get(OPTION_LEARNING).map(String::as_str), Some("true" | "on")) {
             return None;
         }
         let ageing_seconds = self

@@ -82,8 +82,9 @@ pub fn ageing_problem(seconds: u32) -> Option<String> {
 pub fn learning_options_problem(options: &BTreeMap<String, String>) -> Option<(&'static str, String, String)> {
     use super::{OPTION_AGEING, OPTION_LEARNING};
     let learning = options.get(OPTION_LEARNING);
-    if let Some(value) = learning.filter(|value| !matches!(value.as_str(), "true" | "false")) {
-        return Some((OPTION_LEARNING, value.clone(), "must be true or false".to_owned()));
+    // Options are text (Docker's `-o learning=on`): on and off read as true and false.
+    if let Some(value) = learning.filter(|value| !matches!(value.as_str(), "true" | "false" | "on" | "off")) {
+        return Some((OPTION_LEARNING, value.clone(), "must be true or false (or on or off)".to_owned()));
     }
     let ageing = options.get(OPTION_AGEING)?;
     let Ok(seconds) = ageing.parse::<u32>() else {
@@ -92,7 +93,7 @@ pub fn learning_options_problem(options: &BTreeMap<String, String>) -> Option<(&
     if let Some(message) = ageing_problem(seconds) {
         return Some((OPTION_AGEING, ageing.clone(), message));
     }
-    (learning.map(String::as_str) != Some("true"))
+    (!matches!(learning.map(String::as_str), Some("true" | "on")))
         .then(|| (OPTION_AGEING, ageing.clone(), "only applies with learning = true".to_owned()))
 }
 
