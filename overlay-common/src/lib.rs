@@ -141,6 +141,23 @@ pub mod maps {
     /// Per-CPU array like `VNI_OUTCOMES`, for peer VTEPs' counter slots.
     pub const PEER_OUTCOMES: &str = "PEER_OUTCOMES";
     pub const PEER_OUTCOMES_CAPACITY: u32 = crate::PEER_COUNTER_SLOTS + 1;
+    /// VNI -> [`crate::LearningPolicy`]: the VNIs whose decapsulation
+    /// learns where remote MACs live (RFC 7348 section 4.1). Absent: none.
+    pub const LEARNING: &str = "LEARNING";
+    pub const LEARNING_CAPACITY: u32 = VNIS_CAPACITY;
+    /// (VNI, inner source MAC) -> [`crate::LearnedEntry`]: what decapsulation
+    /// learned, read by encapsulation after `FDB` (which always wins). LRU
+    /// and capped: a flood of made-up source MACs from an admitted peer
+    /// evicts the least recently used learned entries, never a configured
+    /// one (those live in `FDB`).
+    pub const LEARNED_FDB: &str = "LEARNED_FDB";
+    pub const LEARNED_FDB_CAPACITY: u32 = 16384;
+    /// Per-CPU array of [`crate::Counter`] indexed by reason code: learning
+    /// events ([`crate::Reason::LEARNED`], [`crate::Reason::LEARNING_REFUSED`]).
+    /// Apart from `COUNTERS` because they happen beside a frame's verdict,
+    /// which `COUNTERS` already counts exactly once.
+    pub const LEARNING_EVENTS: &str = "LEARNING_EVENTS";
+    pub const LEARNING_EVENTS_CAPACITY: u32 = crate::reason::REASON_SLOTS;
     /// Array of one [`crate::NodeConfig`], created on the underlay NIC for
     /// the offloaded admission program (`--xdp-mode offload`), not pinned.
     pub const OFFLOAD_NODE: &str = "OFFLOAD_NODE";
@@ -314,7 +331,10 @@ pub struct NodeConfig {
     pub source_port_max: u16,
     /// Outer IPv4 TTL.
     pub ttl: u8,
-    pub _pad0: u8,
+    /// Non-zero when some VNI learns (has a `LEARNING` entry): spares
+    /// decapsulation on every other node the learning lookup per frame.
+    /// (Once padding: zero in the pins of earlier versions, which learn nothing.)
+    pub learning: u8,
     /// Non-zero once the agent has written this entry; the datapath passes
     /// everything untouched until then.
     pub configured: u32,
@@ -355,6 +375,40 @@ pub struct RouteCacheEntry {
     pub next_hop_be: u32,
 }
 const _: () = assert!(core::mem::size_of::<RouteCacheEntry>() == 32);
+
+/// Default ageing of learned entries, as the Linux bridge's and vxlan
+/// device's `ageing` (300 s).
+pub const DEFAULT_LEARNING_AGEING_SECONDS: u32 = 300;
+/// Longest ageing a network may ask for (a day).
+pub const MAX_LEARNING_AGEING_SECONDS: u32 = 86_400;
+/// How stale a learned entry may get before a frame from the same MAC and
+/// VTEP refreshes its timestamp: one map write per second per MAC at most,
+/// rather than one per frame.
+pub const LEARNING_REFRESH_NS: u64 = 1_000_000_000;
+
+/// `LEARNING` value: presence means the VNI learns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LearningPolicy {
+    /// A learned entry not refreshed for this long is ignored by
+    /// encapsulation (and removed by the agent).
+    pub ageing_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<LearningPolicy>() == 8);
+
+/// `LEARNED_FDB` value: where a learned MAC lives, and since when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LearnedEntry {
+    /// The outer source address (peer VTEP) the MAC was seen behind.
+    pub vtep_addr_be: u32,
+    /// That peer's counter slot, as in [`FdbEntry`].
+    pub peer_slot: u32,
+    /// CLOCK_MONOTONIC (coarse, `bpf_ktime_get_coarse_ns`) of the last
+    /// frame that learned or refreshed it.
+    pub updated_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<LearnedEntry>() == 16);
 
 /// How many bytes of each packet a monitor event carries.
 pub const MONITOR_CAPTURE_LEN: usize = 128;
@@ -502,4 +556,6 @@ mod pod {
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::MonitorBucket {}
     unsafe impl aya::Pod for super::MonitorEvent {}
+    unsafe impl aya::Pod for super::LearningPolicy {}
+    unsafe impl aya::Pod for super::LearnedEntry {}
 }

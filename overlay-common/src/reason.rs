@@ -82,6 +82,10 @@ reasons! {
     ICMP_TOO_BIG_SENT = 7, "icmp-too-big-sent";
     /// Replicated, but to fewer targets than the VNI has: its flood limit was reached.
     FLOODED_LIMITED = 8, "flooded-limited";
+    /// Learning event, not a verdict (counted in `LEARNING_EVENTS`, beside the frame's own): a frame from a peer admitted for a learning VNI taught where its inner source MAC lives (RFC 7348 section 4.1), as a new entry or a move from another peer.
+    LEARNED = 9, "learned";
+    /// Learning event, not a verdict (counted in `LEARNING_EVENTS`): a frame's inner source MAC is configured (FDB: at another peer, or a local endpoint), which learning never overrides.
+    LEARNING_REFUSED = 10, "learning-refused";
 
     /// VXLAN from a source address that is not a configured peer VTEP (spoofed or stale peer).
     UNKNOWN_PEER = 16, "unknown-peer";
@@ -138,6 +142,9 @@ reasons! {
     /// VXLAN to our VTEP address in a frame addressed to another host's MAC (PACKET_OTHERHOST, e.g. in promiscuous mode): not ours to deliver, as the kernel's IP layer would not.
     OUTER_OTHER_HOST = 42, "outer-other-host";
 }
+
+/// The reasons counted in `LEARNING_EVENTS` rather than `COUNTERS`.
+pub const LEARNING_EVENT_REASONS: [Reason; 2] = [Reason::LEARNED, Reason::LEARNING_REFUSED];
 
 impl Reason {
     pub const fn is_drop(self) -> bool {

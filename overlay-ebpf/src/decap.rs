@@ -20,6 +20,7 @@ use overlay_common::{
 use crate::{
     arp::{self, ArpBroadcast},
     counters::Slots,
+    learning,
     maps::{LOCAL_ENDPOINTS, NEIGHBOURS, UNDERLAY_MAC, admit, node_config},
     packet::{BROADCAST_MAC, Verdict, as_bytes, fold_checksum, is_inner_vlan, is_multicast, ptr_at, sum_words},
 };
@@ -164,7 +165,14 @@ pub fn judge(
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
     // Only a configured peer, and only for a VNI it carries (spoofing and
     // tenant isolation).
-    admit(u32::from_ne_bytes(ip.src_addr), vni, slots)?;
+    let source_be = u32::from_ne_bytes(ip.src_addr);
+    admit(source_be, vni, slots)?;
+    // Only now, from a peer admitted for the VNI: a frame refused above
+    // teaches nothing (RFC 7348 section 4.1 learning, restricted). A node
+    // where no VNI learns skips it on a byte it has read already.
+    if node.learning != 0 {
+        learning::learn_from_frame(start, end, vni, source_be, slots.peer, frame_len);
+    }
     delivery_for(start, end, vni).map(Judgement::Deliver)
 }
 

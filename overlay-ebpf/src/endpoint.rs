@@ -9,7 +9,7 @@ use crate::{
     arp,
     counters::Slots,
     encap,
-    flood,
+    flood, learning,
     maps::{FDB, LOCAL_ENDPOINTS, PORTS, node_config},
     nd,
     packet::{
@@ -78,7 +78,15 @@ pub fn try_endpoint(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
         });
     }
     // SAFETY: read and copied at once.
-    match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
+    // Configured entries first; then, in a learning VNI, what was learned.
+    let remote = match unsafe { FDB.get(&key) }.map(|entry| (entry.vtep_addr_be, entry.peer_slot)) {
+        Some(configured) => Some(configured),
+        None => match learning::learned_peer(&key) {
+            0 => None,
+            packed => Some((packed as u32, (packed >> 32) as u32)),
+        },
+    };
+    match remote {
         Some((remote_vtep_be, peer_slot)) => {
             slots.peer = peer_slot;
             encap::encap_to_peer(&frame, remote_vtep_be).verdict(Reason::ENCAP_FAILED)

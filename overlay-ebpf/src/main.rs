@@ -21,6 +21,7 @@ mod endpoint;
 mod flood;
 mod flow_hash;
 mod icmp;
+mod learning;
 mod maps;
 mod monitor;
 mod nd;

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use overlay_common::{
-    Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
+    Counter, FdbEntry, FloodTargets, LearnedEntry, LearningPolicy, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
     NodeConfig, PeerInfo, PeerVni, PeerVniInfo,
     PortInfo, Reason, RouteCacheEntry, SlotCounterKey, SlotOutcomes, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
@@ -88,6 +88,17 @@ pub static VNI_OUTCOMES: PerCpuArray<SlotOutcomes> =
 #[map]
 pub static PEER_OUTCOMES: PerCpuArray<SlotOutcomes> =
     PerCpuArray::with_max_entries(maps::PEER_OUTCOMES_CAPACITY, 0);
+
+#[map]
+pub static LEARNING: HashMap<u32, LearningPolicy> = HashMap::with_max_entries(maps::LEARNING_CAPACITY, 0);
+
+#[map]
+pub static LEARNED_FDB: LruHashMap<VniMac, LearnedEntry> =
+    LruHashMap::with_max_entries(maps::LEARNED_FDB_CAPACITY, 0);
+
+#[map]
+pub static LEARNING_EVENTS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(maps::LEARNING_EVENTS_CAPACITY, 0);
 
 /// Per-CPU scratch space for frames the datapath builds (ICMP and ND
 /// answers). Verifier: BPF stacks are 512 bytes for a whole call chain, too

@@ -3,6 +3,7 @@
 mod cli_api;
 mod cli_cluster;
 mod cli_docker;
+mod cli_fdb;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -116,6 +117,18 @@ enum Command {
         #[command(flatten)]
         places: Places,
     },
+    /// Print a node's forwarding database: configured entries and, in
+    /// learning networks, learned ones (marked learned, with their age).
+    Fdb {
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        places: Places,
+    },
     /// Print what a node's agent has attached where, and its last reload.
     Status {
         /// The node's name.
@@ -214,6 +227,7 @@ fn main() -> std::process::ExitCode {
         Command::Down { node, places } => down(&node, &places),
         Command::Stats { node, json, watch, places } => stats(&node, json, watch, &places),
         Command::Status { node, places } => show_status(&node, &places),
+        Command::Fdb { node, json, places } => cli_fdb::show(&node, &PinDir::new(&places.bpffs_dir, &node), json),
         Command::Monitor { node, reasons, vni, peer, trace_every, rate, burst, json, count, seconds, places } => monitor(
             &node,
             MonitorFilter { reasons, vni, peer },
@@ -456,6 +470,13 @@ fn show_status(node: &str, places: &Places) -> anyhow::Result<()> {
         Err(error) => bail!("node {node} has no agent status in {} and no pinned datapath: {error}", places.run_dir.display()),
     }
     println!("  pinned attachments: {}", if pinned.is_empty() { "none".to_owned() } else { pinned.join(", ") });
+    if let Ok(learned) = Datapath::pinned_learned(&pins) {
+        for (vni, ageing) in &learned.learning_vnis {
+            let entries = learned.rows.iter().filter(|row| row.vni == *vni);
+            let in_use = entries.clone().filter(|row| row.in_use).count();
+            println!("  VNI {vni} learns (ageing {ageing} s): {in_use} learned entries in use, {} held (`overlay fdb --node {node}` lists them)", entries.count());
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use overlay_common::{
-    FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LocalEndpoint,
+    FLOOD_MAX_LOCAL_PORTS, FLOOD_MAX_REMOTE_VTEPS, FdbEntry, FloodTargets, LearningPolicy, LocalEndpoint,
     NO_COUNTER_SLOT, NeighbourEntry, NodeConfig, PEER_COUNTER_SLOTS, PeerInfo, PeerVni, PeerVniInfo,
     PortInfo, VNI_COUNTER_SLOTS, VniInfo, VniIpv4, VniIpv6, VniMac,
 };
@@ -30,6 +30,8 @@ pub struct MapState {
     pub neighbours: BTreeMap<VniIpv4, NeighbourEntry>,
     pub neighbours6: BTreeMap<VniIpv6, NeighbourEntry>,
     pub flood: BTreeMap<u32, FloodTargets>,
+    /// VNIs that learn (RFC 7348 section 4.1), with their ageing.
+    pub learning: BTreeMap<u32, LearningPolicy>,
 }
 
 /// Network byte order as the datapath compares it: the address's octets in memory order.
@@ -66,7 +68,7 @@ impl MapState {
                 source_port_min: resolved.source_port_min,
                 source_port_max: resolved.source_port_max,
                 ttl: resolved.ttl,
-                _pad0: 0,
+                learning: 0, // set below, once the learning VNIs are known
                 configured: 1,
             }),
             ..MapState::default()
@@ -108,6 +110,15 @@ impl MapState {
                     state.neighbours.insert(VniIpv4 { vni, addr_be: ipv4_be(ip) }, neighbour(endpoint.mac));
                 }
             }
+        }
+        // Learning only where the node carries the VNI (has a local port).
+        for (&vni, &ageing_seconds) in &resolved.learning {
+            if state.vnis.contains_key(&vni) {
+                state.learning.insert(vni, LearningPolicy { ageing_ns: u64::from(ageing_seconds) * 1_000_000_000 });
+            }
+        }
+        if let Some(node) = state.node.as_mut() {
+            node.learning = u8::from(!state.learning.is_empty());
         }
         // A flood list for every VNI with a local port.
         for (vni, ports) in flood_ports {

@@ -45,7 +45,7 @@ fn pins_without_the_underlay_mac_map_are_adopted() -> anyhow::Result<()> {
             source_port_min: 49152,
             source_port_max: 65535,
             ttl: 64,
-            _pad0: 0,
+            learning: 0,
             configured: 1,
         }),
         vnis: [(100, VniInfo { counter_slot: 1, flood_limit: 64 })].into(),

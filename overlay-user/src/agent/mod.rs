@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub docker_plugin: Option<crate::docker::PluginOptions>,
 }
 
+/// How often the agent removes aged learned FDB entries.
+const LEARNED_SWEEP_PERIOD: Duration = Duration::from_secs(10);
+
 /// The shared agent state, as API handlers and the loop hold it.
 pub type Shared = Arc<Mutex<AgentState>>;
 
@@ -213,6 +216,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         let period = Duration::from_secs(options.counters_interval.max(1));
         let mut counters_ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut pending_ticker = tokio::time::interval(Duration::from_secs(1));
+        // Learned entries age in the datapath itself (timestamps, LRU); the
+        // sweep only removes what it no longer uses, so a slow one is harmless.
+        let mut learned_sweep_ticker = tokio::time::interval(LEARNED_SWEEP_PERIOD);
         let signal_name = loop {
             let trigger = tokio::select! {
                 _ = interrupt.recv() => break "SIGINT",
@@ -238,6 +244,15 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
                         Err(error) => log::error!("applying endpoints whose interfaces appeared, refused, nothing changed: {error}"),
                     }
                     refresh_status(&mut status, &agent, &options.run_dir);
+                    continue;
+                }
+                _ = learned_sweep_ticker.tick() => {
+                    let mut agent = shared.lock().await;
+                    match agent.reconciler.sweep_learned() {
+                        Ok(0) => {}
+                        Ok(removed) => log::debug!("removed {removed} learned FDB entries no longer in use"),
+                        Err(error) => log::warn!("sweeping the learned FDB: {error}"),
+                    }
                     continue;
                 }
                 _ = counters_ticker.tick(), if options.counters_interval > 0 => {

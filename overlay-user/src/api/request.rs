@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 use super::ApiError;
 use crate::{
     model::{
-        Ipv4Net, Ipv6Net, MacAddr, Owner, OwnerKind,
-        validate::{flood_limit_problem, interface_name_problem, ipv4_problem, ipv6_problem, safe_name, vni_problem},
+        Ipv4Net, Ipv6Net, MacAddr, OPTION_AGEING, OPTION_LEARNING, Owner, OwnerKind,
+        validate::{ageing_problem, flood_limit_problem, learning_options_problem, interface_name_problem, ipv4_problem, ipv6_problem, safe_name, vni_problem},
     },
     sources::api_store::{ApiEndpoint, ApiNetwork},
 };
@@ -62,6 +62,14 @@ impl Fields {
                 None => Err(self.refuse(field, &n.to_string(), "must be a whole number in 0..=4294967295")),
             },
             Some(other) => Err(self.refuse(field, &other.to_string(), "must be a number")),
+        }
+    }
+
+    fn boolean(&mut self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(value)) => Ok(Some(value)),
+            Some(other) => Err(self.refuse(field, &other.to_string(), "must be true or false")),
         }
     }
 
@@ -125,6 +133,24 @@ pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
                 other => return Err(ApiError::bad_request(&format!("options.{key}"), &other.to_string(), "must be a string")),
             };
         }
+    }
+    // `learning` and `ageing` are the options of the same names (which the
+    // registry and Docker carry as text), given typed.
+    let mut typed = Vec::new();
+    if let Some(learning) = fields.boolean(OPTION_LEARNING)? {
+        options.insert(OPTION_LEARNING.to_owned(), learning.to_string());
+        typed.push(OPTION_LEARNING);
+    }
+    if let Some(ageing) = fields.number(OPTION_AGEING)? {
+        if let Some(message) = ageing_problem(ageing) {
+            return Err(ApiError::bad_request(OPTION_AGEING, &ageing.to_string(), &message));
+        }
+        options.insert(OPTION_AGEING.to_owned(), ageing.to_string());
+        typed.push(OPTION_AGEING);
+    }
+    if let Some((option, value, message)) = learning_options_problem(&options) {
+        let field = if typed.contains(&option) { option.to_owned() } else { format!("options.{option}") };
+        return Err(ApiError::bad_request(&field, &value, &message));
     }
     fields.finish()?;
     Ok(ApiNetwork { name, vni, subnet, subnet6, mtu, flood_limit, options, ip_range })

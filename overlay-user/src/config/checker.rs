@@ -83,6 +83,28 @@ impl Checker {
         }
     }
 
+    /// A `[[vnis]]` entry's learning: `Some(None)` off, `Some(Some(ageing))`
+    /// on, `None` when its fields are wrong (each reported).
+    fn learning(&mut self, i: usize, raw: &RawVni) -> Option<Option<u32>> {
+        let ageing = match raw.ageing {
+            None => overlay_common::DEFAULT_LEARNING_AGEING_SECONDS,
+            Some(seconds) => {
+                // Negative or beyond u32: as far out of range as 0.
+                let ageing = u32::try_from(seconds).unwrap_or(0);
+                if let Some(message) = validate::ageing_problem(ageing) {
+                    self.problem(format!("vnis[{i}].ageing"), seconds.to_string(), message);
+                    return None;
+                }
+                if raw.learning != Some(true) {
+                    self.problem(format!("vnis[{i}].ageing"), seconds.to_string(), "only applies with learning = true");
+                    return None;
+                }
+                ageing
+            }
+        };
+        Some((raw.learning == Some(true)).then_some(ageing))
+    }
+
     fn mac(&mut self, field: &str, value: &str) -> Option<MacAddr> {
         match value.parse::<MacAddr>() {
             Ok(mac) => match mac.endpoint_problem() {
@@ -136,9 +158,10 @@ impl Checker {
                 Some(limit) => self.flood_limit(&format!("vnis[{i}].flood_limit"), limit),
                 None => node.as_ref().map(|n| n.flood_limit),
             };
-            match (vni, flood_limit) {
-                (Some(vni), Some(flood_limit)) => {
-                    if vnis.insert(vni, VniSettings { flood_limit, index: i }).is_some() {
+            let learning_ageing = self.learning(i, raw_vni);
+            match (vni, flood_limit, learning_ageing) {
+                (Some(vni), Some(flood_limit), Some(learning_ageing)) => {
+                    if vnis.insert(vni, VniSettings { flood_limit, learning_ageing, index: i }).is_some() {
                         self.problem(format!("vnis[{i}].vni"), vni.to_string(), "VNI listed twice");
                     }
                 }

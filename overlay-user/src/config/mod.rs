@@ -38,6 +38,8 @@ pub struct Config {
 pub struct VniSettings {
     /// Most copies one flooded frame makes (local ports and peers together).
     pub flood_limit: u32,
+    /// With learning on, the learned entries' ageing in seconds.
+    pub learning_ageing: Option<u32>,
     /// Its position in the file's `[[vnis]]` list.
     pub index: usize,
 }
@@ -190,7 +192,12 @@ impl Config {
                 subnet6: None,
                 mtu: None,
                 flood_limit: Some(settings.flood_limit),
-                options: Default::default(),
+                options: settings
+                    .learning_ageing
+                    .map(|ageing| {
+                        [(model::OPTION_LEARNING.to_owned(), "true".to_owned()), (model::OPTION_AGEING.to_owned(), ageing.to_string())].into()
+                    })
+                    .unwrap_or_default(),
                 origin: file(format!("vnis[{}]", settings.index)),
             })
             .collect();

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
 pub(super) struct RawVni {
     pub(super) vni: i64,
     pub(super) flood_limit: Option<i64>,
+    pub(super) learning: Option<bool>,
+    pub(super) ageing: Option<i64>,
 }
 
 #[derive(Deserialize)]

@@ -188,6 +188,42 @@ fn flood_limits_default_and_override_per_vni() {
 }
 
 #[test]
+fn learning_is_a_per_vni_setting_with_a_checked_ageing() {
+    let learning = |text: &str| {
+        let config = parse(text).unwrap();
+        let model = config.model();
+        model.networks.iter().find(|n| n.vni == 100).and_then(|n| n.learning()).map(|l| l.ageing_seconds)
+    };
+    assert_eq!(learning(GOOD), None, "learning is off unless asked for");
+    assert_eq!(learning(&format!("{GOOD}\n[[vnis]]\nvni = 100\nlearning = true\n")), Some(overlay_common::DEFAULT_LEARNING_AGEING_SECONDS));
+    assert_eq!(learning(&format!("{GOOD}\n[[vnis]]\nvni = 100\nlearning = true\nageing = 60\n")), Some(60));
+    assert_eq!(learning(&format!("{GOOD}\n[[vnis]]\nvni = 100\nlearning = false\n")), None);
+    let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 100\nlearning = true\nageing = 0\n"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("vnis[0].ageing", "0"));
+    let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 100\nlearning = true\nageing = 100000\n"));
+    assert_eq!((p.path().as_str(), p.value.as_str()), ("vnis[0].ageing", "100000"));
+    let p = only_problem(&format!("{GOOD}\n[[vnis]]\nvni = 100\nageing = 60\n"));
+    assert!(p.path() == "vnis[0].ageing" && p.message.contains("learning = true"), "{p}");
+    let error = parse(&format!("{GOOD}\n[[vnis]]\nvni = 100\nlearning = \"yes\"\n")).unwrap_err();
+    assert!(error.to_string().contains("learning"), "a non-boolean learning is refused naming it: {error}");
+}
+
+#[test]
+fn learning_options_of_any_source_are_checked_by_the_model() {
+    use crate::model::validate::learning_options_problem;
+    let options = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(learning_options_problem(&options(&[("learning", "true"), ("ageing", "30")])), None);
+    assert_eq!(learning_options_problem(&options(&[("learning", "false")])), None);
+    assert_eq!(learning_options_problem(&options(&[("learning", "on"), ("ageing", "30")])), None, "Docker-style on/off");
+    assert_eq!(learning_options_problem(&options(&[("learning", "off")])), None);
+    let problem = |pairs| learning_options_problem(&options(pairs)).map(|(option, value, _)| (option, value));
+    assert_eq!(problem(&[("learning", "yes")]), Some(("learning", "yes".to_owned())));
+    assert_eq!(problem(&[("learning", "true"), ("ageing", "soon")]), Some(("ageing", "soon".to_owned())));
+    assert_eq!(problem(&[("learning", "true"), ("ageing", "0")]), Some(("ageing", "0".to_owned())));
+    assert_eq!(problem(&[("ageing", "30")]), Some(("ageing", "30".to_owned())));
+}
+
+#[test]
 fn peer_vnis_include_extra_ones() {
     let text = GOOD.replace("vtep_address = \"192.0.2.2\"", "vtep_address = \"192.0.2.2\"\nvnis = [300]");
     let config = parse(&text).unwrap();

@@ -93,6 +93,7 @@ impl Datapath {
                 | aya::maps::Map::Array(data)
                 | aya::maps::Map::PerCpuArray(data)
                 | aya::maps::Map::PerCpuHashMap(data)
+                | aya::maps::Map::LruHashMap(data)
                 | aya::maps::Map::RingBuf(data) => data,
                 _ => return Err(DatapathError::Missing { kind: "map of the expected type", name }),
             };

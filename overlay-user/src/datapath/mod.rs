@@ -9,6 +9,7 @@
 //! - [`apply`]: changing the maps as a diff, with an undo journal;
 //! - [`attach`]: attaching to the underlay and the ports from an [`AttachPlan`];
 //! - [`counters`]: reading and rendering counters;
+//! - [`learned`]: what learning networks learned, and its sweep;
 //! - [`view`]: what other processes read from a pinned datapath;
 //! - [`testrun`]: running the programs on test frames (BPF_PROG_TEST_RUN).
 use aya::{
@@ -22,6 +23,7 @@ use crate::{pinning::PinDir, slots::Owners, state::MapState};
 pub mod apply;
 pub mod attach;
 pub mod counters;
+pub mod learned;
 pub mod load;
 pub mod tables;
 pub mod testrun;

@@ -11,7 +11,7 @@ use aya::{
     maps::{HashMap, MapData},
 };
 use overlay_common::{
-    Counter, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounterKey, SlotOutcomes, UnderlayMac, maps,
+    Counter, LearnedEntry, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounterKey, SlotOutcomes, UnderlayMac, maps,
 };
 
 use super::{DatapathError, apply::Undo, map_error, open_map, open_map_mut};
@@ -109,8 +109,10 @@ where
 /// The configuration tables, in the order additions are applied: from the
 /// leaves inwards, so a port is classified into a VNI only once everything
 /// that VNI needs is in place. Removals go in the reverse order.
-pub(super) static CONFIG_TABLES: [&dyn ConfigTable; 9] = [
+pub(super) static CONFIG_TABLES: [&dyn ConfigTable; 10] = [
     &Table { name: maps::VNIS, field: |s| &s.vnis, field_mut: |s| &mut s.vnis },
+    // Absent from the previous version's pins: created beside them on adoption.
+    &Table { name: maps::LEARNING, field: |s| &s.learning, field_mut: |s| &mut s.learning },
     &Table { name: maps::PEERS, field: |s| &s.peers, field_mut: |s| &mut s.peers },
     &Table { name: maps::PEER_VNIS, field: |s| &s.peer_vnis, field_mut: |s| &mut s.peer_vnis },
     &Table { name: maps::LOCAL_ENDPOINTS, field: |s| &s.local_endpoints, field_mut: |s| &mut s.local_endpoints },
@@ -128,7 +130,7 @@ pub(super) fn config_table(name: &'static str) -> &'static dyn ConfigTable {
 
 /// The maps that are not configuration tables: the node entry, counters,
 /// the monitor's and the datapath's own state.
-const OTHER_MAPS: [MapLayout; 13] = [
+const OTHER_MAPS: [MapLayout; 15] = [
     MapLayout::of::<u32, NodeConfig>(maps::NODE, true),
     // Absent from the previous version's pins: created beside them on adoption.
     MapLayout::of::<u32, UnderlayMac>(maps::UNDERLAY_MAC, true),
@@ -143,6 +145,10 @@ const OTHER_MAPS: [MapLayout; 13] = [
     MapLayout::of::<u32, MonitorConfig>(maps::MONITOR, true),
     MapLayout::of::<u32, MonitorBucket>(maps::MONITOR_BUCKETS, true),
     MapLayout::of::<u32, u64>(maps::MONITOR_LOST, true),
+    // What learning networks learned survives an agent restart, as the
+    // forwarding that uses it does.
+    MapLayout::of::<overlay_common::VniMac, LearnedEntry>(maps::LEARNED_FDB, true),
+    MapLayout::of::<u32, Counter>(maps::LEARNING_EVENTS, true),
     // Rebuilt by the programs as they run: a new agent starts them afresh.
     MapLayout::of::<u32, u32>(maps::IP_IDS, false),
     MapLayout::of::<u32, RouteCacheEntry>(maps::ROUTE_CACHE, false),

@@ -13,7 +13,7 @@ use crate::{
     },
 };
 
-const NETWORK_FIELDS: &[&str] = &["name", "vni", "subnet", "subnet6", "ip_range", "mtu", "flood_limit", "options"];
+const NETWORK_FIELDS: &[&str] = &["name", "vni", "subnet", "subnet6", "ip_range", "mtu", "flood_limit", "learning", "ageing", "options"];
 const ALLOCATION_FIELDS: &[&str] = &["address", "owner"];
 const ENDPOINT_FIELDS: &[&str] = &["network", "interface", "id", "mac", "ipv4", "ipv6", "owner", "owner.kind", "owner.container_id"];
 
@@ -85,7 +85,9 @@ pub fn check_network(body: &[u8], tally: &mut Tally) -> Option<String> {
         Err(_) => Some("request::network panicked".into()),
         Ok(Ok(network)) => {
             tally.valid += 1;
-            if !safe_name(&network.name) || vni_problem(network.vni).is_some() || network.flood_limit.and_then(flood_limit_problem).is_some() {
+            if !safe_name(&network.name) || vni_problem(network.vni).is_some() || network.flood_limit.and_then(flood_limit_problem).is_some()
+                || crate::model::validate::learning_options_problem(&network.options).is_some()
+            {
                 return Some(format!("accepted a network that fails the model's checks: {network:?}"));
             }
             let again = request::network(&serde_json::to_vec(&network).unwrap());

@@ -24,7 +24,7 @@ use std::{
     path::PathBuf,
 };
 
-use overlay_common::reason::{Direction, REASONS, Reason};
+use overlay_common::reason::{Direction, LEARNING_EVENT_REASONS, REASONS, Reason};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -34,7 +34,7 @@ use prometheus_client::{
 
 use crate::{
     Counters, Datapath, DatapathError, VniPeerCounters,
-    datapath::DatapathSummary,
+    datapath::{DatapathSummary, learned::LearnedView},
     pinning::PinDir,
     status::NodeStatus,
 };
@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub datapath: DatapathSummary,
     /// The agent's status file; `None` until the agent has written it.
     pub status: Option<NodeStatus>,
+    /// Learning networks' learned entries and learning events.
+    pub learned: LearnedView,
 }
 
 /// Where a scrape finds a node's state: its pinned datapath and its
@@ -92,6 +94,10 @@ impl Source {
             }),
             datapath: Datapath::pinned_summary(&self.pins)?,
             status: NodeStatus::read(&self.run_dir, &self.node).ok(),
+            learned: Datapath::pinned_learned(&self.pins).unwrap_or_else(|error| {
+                log::debug!("metrics without learning: {error}");
+                LearnedView::default()
+            }),
         })
     }
 
@@ -133,6 +139,13 @@ struct CounterLabels {
     reason: &'static str,
     code: u32,
     kind: &'static str,
+}
+
+/// Labels of the learning event counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LearningLabels {
+    reason: &'static str,
+    code: u32,
 }
 
 /// Labels of a VNI's packet and byte counters.
@@ -187,7 +200,8 @@ impl Snapshot {
         let counted = |direction, reason| self.counters.row(direction, reason).map_or((0, 0), |row| (row.packets, row.bytes));
         let mut series = Vec::new();
         for direction in Direction::ALL {
-            for info in REASONS {
+            // Learning events are not verdicts: overlay_learning_events has them.
+            for info in REASONS.iter().filter(|info| !LEARNING_EVENT_REASONS.contains(&info.reason)) {
                 let (packets, bytes) = counted(direction, info.reason);
                 series.push((counter_labels(direction, info.reason), packets, bytes));
             }
@@ -285,6 +299,26 @@ impl Collector for Snapshot {
         for (name, help, value) in tables {
             gauge(&mut encoder, name, help, None, value as i64)?;
         }
+
+        let mut events = encoder.encode_descriptor(
+            "overlay_learning_events",
+            "Learning (RFC 7348 section 4.1, in networks with learning on) by numbered reason: learned is a new or moved entry, \
+             learning-refused a frame whose inner source MAC is configured elsewhere (configured entries are never overridden).",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in LEARNING_EVENT_REASONS {
+            let labels = LearningLabels { reason: reason.info().map_or("unknown", |info| info.name), code: reason.0 };
+            ConstCounter::new(self.learned.events(reason)).encode(events.encode_family(&labels)?)?;
+        }
+        drop(events);
+        gauge(
+            &mut encoder,
+            "overlay_learned_entries",
+            "Learned forwarding entries encapsulation uses now (fresh, in a learning network, not shadowed by a configured entry).",
+            None,
+            self.learned.rows.iter().filter(|row| row.in_use).count() as i64,
+        )?;
 
         let Some(status) = status else { return Ok(()) };
         gauge(&mut encoder, "overlay_agent_start_time", "When the agent started, in seconds since the Unix epoch.", Some(&Unit::Seconds), status.started as i64)?;

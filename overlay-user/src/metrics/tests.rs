@@ -53,7 +53,29 @@ fn snapshot() -> Snapshot {
             last_reload: Some(Reload { at: 1_700_000_100, ok: false, message: "bad file".into() }),
             ..NodeStatus::default()
         }),
+        learned: Default::default(),
     }
+}
+
+#[test]
+fn learning_events_and_learned_entries_have_families_of_their_own() {
+    use crate::{datapath::learned::LearnedRow, model::MacAddr};
+    use overlay_common::Counter;
+    let row = |last, in_use| LearnedRow { vni: 100, mac: MacAddr([2, 0, 0, 0, 0, last]), vtep: "192.0.2.2".parse().unwrap(), age_seconds: 1, in_use };
+    let mut snapshot = snapshot();
+    snapshot.learned.rows = vec![row(1, true), row(2, true), row(3, false)];
+    snapshot.learned.events = vec![(Reason::LEARNED, Counter { packets: 2, bytes: 196 }), (Reason::LEARNING_REFUSED, Counter { packets: 5, bytes: 490 })];
+    let text = encode(snapshot).unwrap();
+    let lines = lines_of(&text);
+    for expected in [
+        "# TYPE overlay_learning_events counter",
+        r#"overlay_learning_events_total{reason="learned",code="9"} 2"#,
+        r#"overlay_learning_events_total{reason="learning-refused",code="10"} 5"#,
+        "overlay_learned_entries 2",
+    ] {
+        assert!(lines.contains(&expected), "expected the line\n  {expected}\nin:\n{text}");
+    }
+    assert!(!text.contains(r#"reason="learned",code="9",kind"#), "learning events are not packet verdicts:\n{text}");
 }
 
 fn lines_of(text: &str) -> Vec<&str> {
@@ -80,8 +102,10 @@ fn counters_are_named_and_labelled_by_prometheus_conventions() {
         assert!(lines.contains(&expected), "expected the line\n  {expected}\nin:\n{text}");
     }
     let series = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
-    assert_eq!(series("overlay_packets_total{"), 2 * REASONS.len(), "one packet series per direction and reason:\n{text}");
-    assert_eq!(series("overlay_bytes_total{"), 2 * REASONS.len(), "one byte series per direction and reason:\n{text}");
+    // Learning events are not verdicts: they have a family of their own.
+    let verdicts = REASONS.len() - overlay_common::reason::LEARNING_EVENT_REASONS.len();
+    assert_eq!(series("overlay_packets_total{"), 2 * verdicts, "one packet series per direction and reason:\n{text}");
+    assert_eq!(series("overlay_bytes_total{"), 2 * verdicts, "one byte series per direction and reason:\n{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF:\n{text}");
 }
 
@@ -213,6 +237,8 @@ fn every_sample_belongs_to_a_described_family() {
             "overlay_local_endpoints",
             "overlay_remote_endpoints",
             "overlay_peers",
+            "overlay_learning_events",
+            "overlay_learned_entries",
             "overlay_agent_start_time_seconds",
             "overlay_last_reload_success",
             "overlay_last_reload_timestamp_seconds"

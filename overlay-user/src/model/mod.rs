@@ -149,6 +149,36 @@ pub struct Network {
     pub origin: Origin,
 }
 
+/// The network option that turns learning on (`"true"` or `"on"`) for a network:
+/// the file's `[[vnis]] learning`, the API's `learning`, and the
+/// registry's and Docker's network options all set it.
+pub const OPTION_LEARNING: &str = "learning";
+/// The network option holding learned entries' ageing in seconds.
+pub const OPTION_AGEING: &str = "ageing";
+
+/// How a network learns remote MACs (RFC 7348 section 4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Learning {
+    /// A learned entry not refreshed for this long is no longer used.
+    pub ageing_seconds: u32,
+}
+
+impl Network {
+    /// Its learning settings, when learning is on (validation refuses
+    /// option values this does not understand).
+    pub fn learning(&self) -> Option<Learning> {
+        if !matches!(self.options.get(OPTION_LEARNING).map(String::as_str), Some("true" | "on")) {
+            return None;
+        }
+        let ageing_seconds = self
+            .options
+            .get(OPTION_AGEING)
+            .and_then(|ageing| ageing.parse().ok())
+            .unwrap_or(overlay_common::DEFAULT_LEARNING_AGEING_SECONDS);
+        Some(Learning { ageing_seconds })
+    }
+}
+
 /// The name given to a network that files name only by its VNI.
 pub fn implicit_network_name(vni: u32) -> String {
     format!("vni-{vni}")

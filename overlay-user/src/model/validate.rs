@@ -71,6 +71,32 @@ pub fn flood_limit_problem(limit: u32) -> Option<String> {
         .then(|| format!("flood limit must be in 0..={FLOOD_LIMIT_MAX} (copies per flooded frame; 0 turns flooding off)"))
 }
 
+/// Why `seconds` cannot be a learning network's ageing, if it cannot.
+pub fn ageing_problem(seconds: u32) -> Option<String> {
+    let max = overlay_common::MAX_LEARNING_AGEING_SECONDS;
+    (!(1..=max).contains(&seconds)).then(|| format!("ageing must be in 1..={max} seconds"))
+}
+
+/// What is wrong with a network's learning options, if anything: the
+/// option's name, its value and why.
+pub fn learning_options_problem(options: &BTreeMap<String, String>) -> Option<(&'static str, String, String)> {
+    use super::{OPTION_AGEING, OPTION_LEARNING};
+    let learning = options.get(OPTION_LEARNING);
+    // Options are text (Docker's `-o learning=on`): on and off read as true and false.
+    if let Some(value) = learning.filter(|value| !matches!(value.as_str(), "true" | "false" | "on" | "off")) {
+        return Some((OPTION_LEARNING, value.clone(), "must be true or false (or on or off)".to_owned()));
+    }
+    let ageing = options.get(OPTION_AGEING)?;
+    let Ok(seconds) = ageing.parse::<u32>() else {
+        return Some((OPTION_AGEING, ageing.clone(), "not a whole number of seconds".to_owned()));
+    };
+    if let Some(message) = ageing_problem(seconds) {
+        return Some((OPTION_AGEING, ageing.clone(), message));
+    }
+    (!matches!(learning.map(String::as_str), Some("true" | "on")))
+        .then(|| (OPTION_AGEING, ageing.clone(), "only applies with learning = true".to_owned()))
+}
+
 fn vtep_problem(addr: IpAddr) -> Option<&'static str> {
     match addr {
         IpAddr::V4(v4) => ipv4_problem(v4),
@@ -109,6 +135,9 @@ fn values(model: &Model, problems: &mut Vec<Problem>) {
         }
         if let Some(message) = network.flood_limit.and_then(flood_limit_problem) {
             problems.push(Problem::new(Invalid, at, "flood_limit", network.flood_limit.unwrap_or(0), message));
+        }
+        if let Some((option, value, message)) = learning_options_problem(&network.options) {
+            problems.push(Problem::new(Invalid, at, &format!("options.{option}"), value, message));
         }
         if let Some(subnet) = network.subnet {
             if subnet.prefix_len() > 30 || subnet.network() != subnet.addr() {

@@ -82,6 +82,12 @@ impl Reconciler {
         &self.datapath
     }
 
+    /// Removes learned entries the datapath no longer uses (see
+    /// [`crate::datapath::learned`]); the reconciler stays the one writer.
+    pub fn sweep_learned(&mut self) -> Result<usize, DatapathError> {
+        self.datapath.sweep_learned()
+    }
+
     /// Gives the datapath back (to detach it, or to leave it pinned).
     pub fn into_datapath(self) -> Datapath {
         self.datapath

@@ -60,6 +60,8 @@ pub struct Resolved {
     pub peers: Vec<ResolvedPeer>,
     /// The flood limit of every VNI.
     pub flood_limits: BTreeMap<u32, u32>,
+    /// The VNIs whose networks learn, with their ageing in seconds.
+    pub learning: BTreeMap<u32, u32>,
 }
 
 impl Resolved {
@@ -109,6 +111,7 @@ impl Resolved {
             })
             .collect();
         let flood_limits = model.networks.iter().map(|n| (n.vni, model.flood_limit(n.vni))).collect();
+        let learning = model.networks.iter().filter_map(|n| Some((n.vni, n.learning()?.ageing_seconds))).collect();
         let node = &model.node;
         Some(Resolved {
             node_name: node.name.clone(),
@@ -123,6 +126,7 @@ impl Resolved {
             pending,
             peers,
             flood_limits,
+            learning,
         })
     }
 

@@ -55,6 +55,7 @@ mod crafted;
 mod crossing;
 mod decap;
 mod encap;
+mod learning;
 mod node;
 mod table;
 
