@@ -17,13 +17,15 @@
 //! | `vnis/<vni>`                         | claim: the network's name                                   | none       |
 //! | `endpoints/<network>/<mac>`          | `{network, mac, addresses, node, owner}`                    | its node's |
 //! | `addresses/<network>/<address>`      | claim: the endpoint's MAC                                   | its node's |
-//! | `blocks/<network>/<base address>`    | `{network, cidr, node, allocations: {address: owner}}`      | none       |
+//! | `blocks/<network>/<base address>`    | `{network, cidr, node, allocations: {address: owner}, orphaned_since?}` | none |
 //! | `conflicts/<claimant>/<kind>/<subject>` | `{claimant, kind, subject, holder, holder_node}`: a refused claim | claimant's |
 //!
 //! - A node's records and its endpoints share the node's lease: when the
 //!   node stops renewing it (crash, partition), etcd deletes them all at
 //!   once after the TTL, and every watcher sees the deletions.
-//! - Networks and IPAM blocks are not leased: they outlive any node.
+//! - Networks and IPAM blocks are not leased: they outlive any node. A
+//!   block of a node that is gone is reclaimed by another node that needs
+//!   one, after a grace period, keeping the addresses endpoints still claim.
 //! - Uniqueness (node name, VTEP, VNI, MAC per network, address per
 //!   network, block) is enforced when writing, by transactions that create
 //!   a record and its claim keys only if none exists; the later claim is
@@ -36,7 +38,8 @@
 //! - [`NodeSession`] ([`session`]): a node's lease, its records and endpoints;
 //! - [`ClusterWatch`] ([`watcher`]) over [`RegistryStore`] ([`snapshot`]):
 //!   read, watch, apply, recover;
-//! - [`Ipam`] ([`ipam`]): addresses from per-node blocks;
+//! - [`Ipam`] ([`ipam`]): addresses from per-node blocks; [`reclaim`]:
+//!   blocks of gone nodes returned to use after a grace period;
 //! - [`status`]: the cluster report;
 //! - [`fragment()`]: a snapshot as the model's [`crate::model::Fragment`].
 //!
@@ -63,6 +66,7 @@ pub mod client;
 pub mod ipam;
 pub mod keys;
 pub mod problem;
+pub mod reclaim;
 pub mod records;
 pub mod session;
 pub mod snapshot;
