@@ -442,6 +442,17 @@ mod tests {
                 },
                 expected: vec![(Duplicate, "endpoint b", "network", "red")],
             },
+            Row {
+                what: "more peers in a VNI than its flood list holds (a 1,000-node cluster network): all accepted",
+                fragment: Fragment {
+                    networks: vec![blue()],
+                    endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2")],
+                    peers: (0..FLOOD_MAX_REMOTE_VTEPS as u8 + 8)
+                        .map(|i| peer(&format!("n{i}"), &format!("192.0.2.{}", i + 10), vec![remote(NetworkRef::Name("blue".into()), i, &format!("10.0.9.{}", i + 10))]))
+                        .collect(),
+                },
+                expected: vec![],
+            },
         ];
         for row in rows {
             let model = Model::merge(node(), [&row.fragment]);

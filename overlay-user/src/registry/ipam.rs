@@ -316,41 +316,33 @@ impl Shared {
     async fn claim_any_block(&self, pool: &Pool) -> Result<Ipv4Addr, RegistryError> {
         let network = &pool.network;
         let count = 1u64 << (network.block_prefix_len - network.subnet.prefix_len());
-        for _attempt in 0..8 {
-            let blocks = self.read_blocks(&network.name).await?;
-            // A set: with a thousand nodes a list made this quadratic.
-            let taken: BTreeSet<Ipv4Addr> = blocks.iter().map(|(block, _)| block.cidr.network()).collect();
-            let mut raced = false;
-            for index in 0..count {
-                let base = Ipv4Addr::from(u32::from(network.subnet.network()) + ((index as u32) << (32 - network.block_prefix_len)));
-                if taken.contains(&base) {
-                    continue;
-                }
-                match self.claim_block(network, base).await? {
-                    None => return Ok(base),
-                    // Another node claimed it since the read: read again.
-                    Some(_) => {
-                        raced = true;
-                        break;
-                    }
-                }
+        let blocks = self.read_blocks(&network.name).await?;
+        // A set: with a thousand nodes a list made this quadratic.
+        let taken: BTreeSet<Ipv4Addr> = blocks.iter().map(|(block, _)| block.cidr.network()).collect();
+        for index in 0..count {
+            let base = Ipv4Addr::from(u32::from(network.subnet.network()) + ((index as u32) << (32 - network.block_prefix_len)));
+            if taken.contains(&base) {
+                continue;
             }
-            if !raced {
-                // Every block is claimed: one of a node that is gone may be reclaimable.
-                let pass = super::reclaim::reclaim_pass(&self.registry, network, &self.node, blocks).await?;
-                if let Some((record, revision)) = pass.reclaimed {
-                    let base = record.cidr.network();
-                    self.adopt(record, revision);
-                    return Ok(base);
-                }
-                if let Some(due) = pass.next_due {
-                    let wait = due.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-                    log::warn!("registry: network {} has no free block; a gone node's block becomes reclaimable in {}s", network.name, wait.as_secs());
-                }
-                return Err(RegistryError::PoolExhausted { network: network.name.clone() });
+            // A block claimed since the read is passed over, not a reason
+            // to read again: 64 nodes starting together each re-reading
+            // after every lost race gave up after 8 rounds.
+            if self.claim_block(network, base).await?.is_none() {
+                return Ok(base);
             }
         }
-        Err(RegistryError::Contended { what: format!("claiming a block of network {}", network.name), attempts: 8 })
+        // Every block is claimed: one of a node that is gone may be reclaimable.
+        let pass = super::reclaim::reclaim_pass(&self.registry, network, &self.node, blocks).await?;
+        if let Some((record, revision)) = pass.reclaimed {
+            let base = record.cidr.network();
+            self.adopt(record, revision);
+            return Ok(base);
+        }
+        if let Some(due) = pass.next_due {
+            let wait = due.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            log::warn!("registry: network {} has no free block; a gone node's block becomes reclaimable in {}s", network.name, wait.as_secs());
+        }
+        Err(RegistryError::PoolExhausted { network: network.name.clone() })
     }
 
     /// Creates the block at `base` for this node; `Some(holder's block)`
