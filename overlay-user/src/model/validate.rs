@@ -448,7 +448,7 @@ mod tests {
                     networks: vec![blue()],
                     endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2")],
                     peers: (0..FLOOD_MAX_REMOTE_VTEPS as u8 + 8)
-                        .map(|i| peer(&format!("n{i}"), &format!("192.0.2.{}", i + 10), vec![remote(NetworkRef::Name("blue".into()), i, &format!("10.0.9.{}", i + 10))]))
+                        .map(|i| peer(&format!("p{i}"), &format!("192.0.2.{}", i + 10), vec![remote(NetworkRef::Name("blue".into()), i, &format!("10.0.9.{}", i + 10))]))
                         .collect(),
                 },
                 expected: vec![],
