@@ -6,7 +6,7 @@
 //! node from forwarding what its file and API state say; while etcd is
 //! unreachable the last snapshot stays applied.
 //!
-//! The last snapshot applied is kept on disk, at most every 5 s (`<run dir>/<node>.registry.json`)
+//! The last snapshot applied is kept on disk (`<run dir>/<node>.registry.json`)
 //! and the node's lease id beside it (`<node>.lease`): an agent restarted
 //! (after a crash, say) starts from that snapshot, so its API endpoints in
 //! registry networks are valid before etcd answers, and takes its lease
@@ -56,19 +56,6 @@ pub struct Cluster {
     pub snapshots: watch::Receiver<Arc<ClusterSnapshot>>,
     /// Where the last applied snapshot is kept (`<run dir>/<node>.registry.json`).
     pub cache_path: PathBuf,
-    /// The last snapshot applied, not yet kept on disk, and when it was
-    /// last written (see [`Cluster::take_unsaved`]).
-    pub unsaved: Option<(u64, ClusterSnapshot)>,
-    /// Snapshots applied so far: the order of writes (revisions can go
-    /// back when etcd is rebuilt).
-    pub applied: u64,
-    pub saved_at: Option<std::time::Instant>,
-    /// The networks of the snapshot kept on disk: a change of them is
-    /// written at once (a restarted agent's API endpoints need them).
-    pub saved_networks: std::collections::BTreeMap<String, NetworkRecord>,
-    /// The number (`applied`) of the snapshot on disk; held while writing, so that a write of an
-    /// older snapshot never lands after a newer one's.
-    pub saved_revision: Arc<std::sync::Mutex<u64>>,
     /// Where this node's lease id is kept (`<run dir>/<node>.lease`), so
     /// that an agent restarted within the TTL takes its registration over.
     pub lease_path: PathBuf,
@@ -98,11 +85,6 @@ impl Cluster {
             ipam: Arc::new(registry::Ipam::new(registry.clone(), node)),
             changes: Arc::default(),
             cache_path: run_dir.join(format!("{node}.registry.json")),
-            unsaved: None,
-            applied: 0,
-            saved_at: None,
-            saved_networks: Default::default(),
-            saved_revision: Arc::default(),
             lease_path: run_dir.join(format!("{node}.lease")),
             _watch: watch,
         })
@@ -131,22 +113,6 @@ impl Cluster {
         }
     }
 
-    /// The snapshot to keep on disk now, if one is waiting and the last
-    /// write is at least `period` old. Writing it on every change (6 MB and
-    /// an fsync at 20,000 endpoints, under the agent's lock) was part of
-    /// each change's cost; a restart only needs a recent one (etcd's first
-    /// answer brings the rest). A change of networks is written at once
-    /// by `apply_snapshot`.
-    pub fn take_unsaved(&mut self, period: Duration) -> Option<(Arc<std::sync::Mutex<u64>>, u64, PathBuf, registry::KeyLayout, ClusterSnapshot)> {
-        if self.saved_at.is_some_and(|at| at.elapsed() < period) {
-            return None;
-        }
-        let (number, snapshot) = self.unsaved.take()?;
-        self.saved_at = Some(std::time::Instant::now());
-        self.saved_networks = snapshot.networks.clone();
-        Some((self.saved_revision.clone(), number, self.cache_path.clone(), self.registry.layout().clone(), snapshot))
-    }
-
     /// One line for `overlay status`.
     pub fn summary(&self) -> String {
         let registration = match (&self.session, &self.refusal) {
@@ -159,18 +125,6 @@ impl Cluster {
             (None, None) => "registering (etcd not answering yet)".to_owned(),
         };
         format!("etcd {}; {registration}; snapshot revision {}", self.registry.settings().endpoints.join(","), self.revision)
-    }
-}
-
-/// Keeps `snapshot`, the `number`th applied, on disk unless a later one is there already.
-pub fn save_cache(saved: &std::sync::Mutex<u64>, number: u64, path: &Path, layout: &registry::KeyLayout, snapshot: &ClusterSnapshot) {
-    let mut saved = saved.lock().unwrap();
-    if number < *saved {
-        return;
-    }
-    match registry::cache::save(path, layout, snapshot) {
-        Ok(()) => *saved = number,
-        Err(error) => log::warn!("keeping the registry snapshot on disk: {error}"),
     }
 }
 
@@ -237,22 +191,13 @@ impl AgentState {
             log::warn!("cluster conflict: {conflict}");
         }
         cluster.conflicts = conflicts;
+        let (cache_path, layout) = (cluster.cache_path.clone(), cluster.registry.layout().clone());
         let before = std::mem::replace(&mut self.registry, fragment);
         match self.reconcile().await {
             Ok(outcome) => {
                 log::info!("registry revision {}: {}", snapshot.revision, outcome.maps);
-                if let Some(cluster) = self.cluster.as_mut() {
-                    cluster.applied += 1;
-                    if snapshot.networks == cluster.saved_networks {
-                        cluster.unsaved = Some((cluster.applied, snapshot.clone()));
-                    } else {
-                        // Networks changed: kept on disk at once, as a
-                        // restarted agent's API endpoints are checked against them.
-                        cluster.unsaved = None;
-                        cluster.saved_at = Some(std::time::Instant::now());
-                        cluster.saved_networks = snapshot.networks.clone();
-                        save_cache(&cluster.saved_revision, cluster.applied, &cluster.cache_path, cluster.registry.layout(), snapshot);
-                    }
+                if let Err(error) = registry::cache::save(&cache_path, &layout, snapshot) {
+                    log::warn!("keeping the registry snapshot on disk: {error}");
                 }
             }
             Err(error) => {

@@ -25,8 +25,6 @@ use crate::{
 
 /// How often this node's records are compared with its endpoints.
 const PUBLISH_PERIOD: Duration = Duration::from_secs(2);
-/// Shortest time between two writes of the snapshot kept on disk.
-const CACHE_SAVE_PERIOD: Duration = Duration::from_secs(5);
 /// Longest pause before a refused record is tried again.
 const REFUSED_RETRY_CEILING: Duration = Duration::from_secs(60);
 
@@ -62,11 +60,6 @@ pub async fn follow(shared: Shared, record: NodeRecord, changed: tokio::sync::mp
         }
         drop(turn);
         let _ = changed.try_send(());
-        // Written without the agent's lock, awaited so writes never cross.
-        let due = shared.lock().await.cluster.as_mut().and_then(|cluster| cluster.take_unsaved(CACHE_SAVE_PERIOD));
-        if let Some((saved, number, path, layout, snapshot)) = due {
-            let _ = tokio::task::spawn_blocking(move || super::cluster::save_cache(&saved, number, &path, &layout, &snapshot)).await;
-        }
     }
 }
 
