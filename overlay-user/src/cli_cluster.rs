@@ -18,6 +18,9 @@ pub struct EtcdArgs {
     /// TTL of this node's lease in seconds: how long the others keep it after it stops answering.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub etcd_lease_ttl: u64,
+    /// Seconds an IPAM block of a node that is gone stays reserved before another node may reclaim its free addresses.
+    #[arg(long, value_name = "SECS", default_value_t = overlay::registry::client::DEFAULT_BLOCK_RECLAIM_GRACE.as_secs())]
+    pub etcd_block_reclaim_grace: u64,
     /// CA certificate (PEM) that signed etcd's certificate (turns TLS on).
     #[arg(long, value_name = "PATH")]
     pub etcd_ca: Option<PathBuf>,
@@ -47,6 +50,10 @@ impl EtcdArgs {
         let mut settings = RegistrySettings::new(self.etcd.iter().cloned());
         settings.prefix = self.etcd_prefix.clone();
         settings.lease_ttl = Duration::from_secs(self.etcd_lease_ttl);
+        if self.etcd_block_reclaim_grace < self.etcd_lease_ttl {
+            bail!("--etcd-block-reclaim-grace {}: must be at least the lease TTL ({} s)", self.etcd_block_reclaim_grace, self.etcd_lease_ttl);
+        }
+        settings.block_reclaim_grace = Duration::from_secs(self.etcd_block_reclaim_grace);
         settings.tls = self.etcd_ca.clone().map(|ca| TlsFiles { ca, client_cert: self.etcd_cert.clone(), client_key: self.etcd_key.clone() });
         if let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) {
             let text = std::fs::read_to_string(file).with_context(|| format!("--etcd-password-file {}: reading it", file.display()))?;

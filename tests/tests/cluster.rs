@@ -505,3 +505,119 @@ fn two_nodes_allocating_concurrently_never_hand_out_one_address_twice() {
     let allocated: usize = blocks.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).map(|block| block["allocations"].as_object().map_or(0, |a| a.len())).sum();
     assert_eq!(allocated, 2 * EACH, "etcd's blocks must hold the {} allocations, hold {allocated}:\n{blocks}", 2 * EACH);
 }
+
+/// Allocates on `ipam` until its node can get no more addresses.
+async fn allocate_until_exhausted(ipam: &overlay::registry::Ipam, owner: &str) -> Vec<Ipv4Addr> {
+    let mut got = Vec::new();
+    loop {
+        match ipam.allocate("blue", &format!("{owner}-{}", got.len())).await {
+            Ok(address) => got.push(address),
+            Err(overlay::registry::RegistryError::PoolExhausted { .. }) => return got,
+            Err(error) => panic!("{owner}: expected an address or PoolExhausted, got {error}"),
+        }
+    }
+}
+
+/// Reclaiming IPAM blocks (the library as the agents use it, a real etcd):
+/// node a allocates and then loses its lease (it is killed, or cut off);
+/// while its block is in the grace period nobody takes it; after it, of
+/// two nodes racing to reclaim it exactly one wins, the address an
+/// endpoint record still claims is never handed out again, and a, still
+/// running, finds its block gone when it writes and fails that write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_blocks_of_a_gone_node_are_reclaimed_after_the_grace_period_by_one_node() {
+    use overlay::registry::{EndpointRecord, Ipam, NetworkRecord, NodeRecord, NodeSession, Registry, RegistrySettings};
+    if let Some(why) = etcd::missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    let etcd = EtcdCluster::start("clreclaim", 1).expect("starting etcd");
+    let grace = Duration::from_secs(3);
+    let connect = || async {
+        let mut settings = RegistrySettings::new(etcd.client_urls());
+        settings.lease_ttl = Duration::from_secs(1);
+        settings.block_reclaim_grace = grace;
+        Registry::connect(settings).await.expect("connecting to etcd")
+    };
+    let registry = connect().await;
+    // Two /26 blocks.
+    let network = NetworkRecord {
+        name: "blue".into(),
+        vni: 100,
+        subnet: "10.30.0.0/25".parse().unwrap(),
+        subnet6: None,
+        mtu: 1450,
+        block_prefix_len: 26,
+        options: Default::default(),
+    };
+    registry.create_network(&network).await.unwrap();
+    let node = |name: &str, last: u8| NodeRecord { name: name.into(), vtep: Ipv4Addr::new(192, 0, 2, last).into(), vxlan_port: 4789, agent_version: "t".into() };
+    let session_a = NodeSession::start(connect().await, node("a", 1)).await.unwrap();
+    let session_b = NodeSession::start(connect().await, node("b", 2)).await.unwrap();
+    let session_c = NodeSession::start(connect().await, node("c", 3)).await.unwrap();
+    let (ipam_a, ipam_b, ipam_c) = (Ipam::new(connect().await, "a"), Ipam::new(connect().await, "b"), Ipam::new(connect().await, "c"));
+    let from_a: Vec<Ipv4Addr> = allocate_on_a(&ipam_a, 3).await;
+    ipam_a.flush().await.unwrap();
+    // One of a's addresses is also on an endpoint of node c (a static address given by hand): still recorded after a goes.
+    let kept = from_a[1];
+    let endpoint = EndpointRecord { network: "blue".into(), mac: "02:00:00:00:7c:01".parse().unwrap(), addresses: vec![kept.into()], node: "c".into(), owner: "test:static".into() };
+    session_c.register_endpoint(endpoint).await.unwrap();
+    // b takes the other block and fills it: while a lives, its block is not b's to take.
+    let from_b = allocate_until_exhausted(&ipam_b, "b").await;
+    assert!(!from_b.is_empty(), "b must get the second block's addresses");
+    let block_a = |snapshot: &overlay::registry::ClusterSnapshot| snapshot.blocks.get(&("blue".to_owned(), Ipv4Addr::new(10, 30, 0, 0))).cloned().expect("a's block in etcd");
+    let block = block_a(&registry.read_store().await.unwrap().snapshot());
+    assert_eq!((block.node.as_str(), block.orphaned_since), ("a", None), "a lives: its block must be untouched, is {block:?}");
+
+    // a is killed (its keep-alives stop): its node record goes with its lease.
+    drop(session_a);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while registry.read_store().await.unwrap().snapshot().nodes.contains_key("a") {
+        assert!(Instant::now() < deadline, "a's node record still there 30 s after its 1 s lease stopped being renewed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Within the grace period: marked, not taken.
+    assert!(allocate_until_exhausted(&ipam_b, "b-early").await.is_empty(), "b got an address of a's block within the grace period");
+    let block = block_a(&registry.read_store().await.unwrap().snapshot());
+    assert!(block.node == "a" && block.orphaned_since.is_some(), "a's block must be marked orphaned and still a's, is {block:?}");
+
+    // After the grace period b and c race for it: exactly one wins.
+    tokio::time::sleep(grace + Duration::from_millis(500)).await;
+    let (for_b, for_c) = tokio::join!(ipam_b.allocate("blue", "b-race"), ipam_c.allocate("blue", "c-race"));
+    println!("racing reclaimers: b {for_b:?}, c {for_c:?}");
+    let (winner, ipam_winner, loser_error) = match (&for_b, &for_c) {
+        (Ok(_), Err(error)) => ("b", &ipam_b, error),
+        (Err(error), Ok(_)) => ("c", &ipam_c, error),
+        _ => panic!("expected exactly one of b and c to reclaim a's block, got b {for_b:?}, c {for_c:?}"),
+    };
+    assert!(matches!(loser_error, overlay::registry::RegistryError::PoolExhausted { .. }), "the loser must find no block, got {loser_error}");
+    ipam_winner.flush().await.unwrap();
+    let block = block_a(&registry.read_store().await.unwrap().snapshot());
+    assert_eq!((block.node.as_str(), block.orphaned_since), (winner, None), "the block must be the winner's, is {block:?}");
+    assert!(block.allocations.get(&kept).is_some_and(|owner| owner.contains("02:00:00:00:7c:01")), "{kept}, still claimed by c's endpoint, must stay allocated: {block:?}");
+    // Every free address of the block is handed out; the one still claimed never is.
+    let mut handed = vec![for_b.as_ref().or(for_c.as_ref()).copied().unwrap()];
+    handed.extend(allocate_until_exhausted(ipam_winner, winner).await);
+    assert!(!handed.contains(&kept), "{kept} is still claimed by an endpoint and was handed out again: {handed:?}");
+    assert!(handed.contains(&from_a[0]) && handed.contains(&from_a[2]), "a's unclaimed addresses must be free again: {handed:?}");
+    ipam_winner.flush().await.unwrap();
+
+    // a was only cut off and still runs: it hands out an address from the
+    // block it believes its own (no round trip), and writing it fails.
+    let stale = ipam_a.allocate("blue", "a-after").await.expect("a allocates locally");
+    let flushed = tokio::time::timeout(Duration::from_secs(20), ipam_a.flush()).await.expect("a's flush must end");
+    assert!(flushed.is_err(), "a's allocation of {stale} in a block reclaimed by {winner} must fail to be written");
+    let block = block_a(&registry.read_store().await.unwrap().snapshot());
+    assert_eq!(block.node, winner, "a's late write must not take the block back: {block:?}");
+    drop(session_b);
+    drop(session_c);
+}
+
+/// `count` allocations on node a's allocator.
+async fn allocate_on_a(ipam: &overlay::registry::Ipam, count: usize) -> Vec<Ipv4Addr> {
+    let mut got = Vec::new();
+    for index in 0..count {
+        got.push(ipam.allocate("blue", &format!("a-{index}")).await.expect("a allocating"));
+    }
+    got
+}

@@ -84,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => run(args),
         Task::Demo { static_files } => demo::demo(static_files),
         Task::Test { filter } => test(filter),
+        Task::Bench(options) if options.cluster_scale => bench::cluster_scale::run(&options),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
         Task::Fuzz { frames, seed } => fuzz(frames, seed),
         Task::Soak { minutes, restart_every } => soak(minutes, restart_every),

@@ -283,22 +283,14 @@ fn relations(model: &Model, problems: &mut Vec<Problem>) {
             ));
         }
     }
-    let mut peers_in_vni: BTreeMap<u32, usize> = BTreeMap::new();
-    for peer in &model.peers {
-        for vni in model.peer_vnis(peer) {
-            let count = peers_in_vni.entry(vni).or_default();
-            *count += 1;
-            if *count == FLOOD_MAX_REMOTE_VTEPS + 1 {
-                problems.push(Problem::new(
-                    Limit,
-                    &peer.origin,
-                    "",
-                    &peer.name,
-                    format!("VNI {vni} already has {FLOOD_MAX_REMOTE_VTEPS} peers, the most one VNI can flood to"),
-                ));
-            }
-        }
-    }
+    // A VNI may have more peers than its flood list holds
+    // (`FLOOD_MAX_REMOTE_VTEPS`): every peer gets its FDB entries and its
+    // admission (unicast works), and flooded frames go to the first
+    // `FLOOD_MAX_REMOTE_VTEPS` of them by VTEP address (a frame floods at
+    // most `flood_limit` copies anyway). Refusing the rest, as was done,
+    // left a 1,000-node cluster network with 64 reachable peers. With the
+    // registry every endpoint's MAC and address are known, so ARP and
+    // unicast never need the flood list; only other broadcasts do.
 
     // Every VNI and every peer has its own counters, in a fixed number of slots.
     let mut vnis: BTreeSet<u32> = BTreeSet::new();
@@ -478,6 +470,17 @@ mod tests {
                     peers: vec![],
                 },
                 expected: vec![(Duplicate, "endpoint b", "network", "red")],
+            },
+            Row {
+                what: "more peers in a VNI than its flood list holds (a 1,000-node cluster network): all accepted",
+                fragment: Fragment {
+                    networks: vec![blue()],
+                    endpoints: vec![endpoint("a", "blue", "p1", 1, "10.0.9.2")],
+                    peers: (0..FLOOD_MAX_REMOTE_VTEPS as u8 + 8)
+                        .map(|i| peer(&format!("p{i}"), &format!("192.0.2.{}", i + 10), vec![remote(NetworkRef::Name("blue".into()), i, &format!("10.0.9.{}", i + 10))]))
+                        .collect(),
+                },
+                expected: vec![],
             },
         ];
         for row in rows {

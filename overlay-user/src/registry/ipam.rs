@@ -30,9 +30,11 @@
 //! race with that owner's local decisions.
 //!
 //! IPv4 only; blocks stay claimed when their node goes (its containers may
-//! still hold the addresses); the cluster status lists them.
+//! still hold the addresses) until another node that needs a block
+//! reclaims them after a grace period ([`super::reclaim`]); the cluster
+//! status lists them.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
     time::Duration,
@@ -69,6 +71,10 @@ struct Shared {
     changes: Mutex<u64>,
     durable: watch::Sender<u64>,
     wake: Notify,
+    /// Blocks another node reclaimed while this one was gone: the change
+    /// numbers of each one's unwritten changes, (written, last], which
+    /// were lost with it (see [`super::reclaim`]).
+    lost: Mutex<Vec<(u64, u64)>>,
 }
 
 struct Pool {
@@ -97,6 +103,7 @@ impl Ipam {
             changes: Mutex::new(0),
             durable,
             wake: Notify::new(),
+            lost: Mutex::default(),
         });
         let flusher = tokio::spawn(flush_loop(shared.clone()));
         Ipam { shared, flusher }
@@ -134,7 +141,7 @@ impl Ipam {
             });
         }
         let base = block_of(address, pool.network.block_prefix_len).network();
-        if !pool.own.contains(&base) {
+        if !self.shared.holds(network, base) {
             match self.shared.claim_block(&pool.network, base).await? {
                 None => {
                     pool.own.push(base);
@@ -175,8 +182,7 @@ impl Ipam {
         let mut pools = self.shared.pools.lock().await;
         let pool = self.shared.pool(&mut pools, network).await?;
         let base = block_of(address, pool.network.block_prefix_len).network();
-        let allocated = pool.own.contains(&base)
-            && self.shared.blocks.lock().unwrap()[&(network.to_owned(), base)].record.allocations.contains_key(&address);
+        let allocated = self.shared.blocks.lock().unwrap().get(&(network.to_owned(), base)).is_some_and(|block| block.record.allocations.contains_key(&address));
         if allocated {
             self.shared.record(network, address, None);
         }
@@ -186,13 +192,23 @@ impl Ipam {
     /// Waits until every allocation and release made before the call is
     /// written to etcd. While etcd is unreachable this waits for it (the
     /// writer retries with backoff): bound it with a timeout where needed.
+    /// Fails when a change it waits for was made in a block another node
+    /// reclaimed meanwhile (this node was gone past the grace period).
     pub async fn flush(&self) -> Result<(), RegistryError> {
         let target = *self.shared.changes.lock().unwrap();
         let mut durable = self.shared.durable.subscribe();
+        let before = *durable.borrow();
         durable.wait_for(|written| *written >= target).await.map_err(|_| RegistryError::Contended {
             what: "flushing allocations".into(),
             attempts: 0,
         })?;
+        // Conservative: any lost change in the range waited for fails the flush.
+        if self.shared.lost.lock().unwrap().iter().any(|(written, last)| *last > before && *written < target) {
+            return Err(RegistryError::Contended {
+                what: "writing allocations: their IPAM block was reclaimed by another node while this node was gone".into(),
+                attempts: 1,
+            });
+        }
         Ok(())
     }
 
@@ -250,16 +266,24 @@ impl Shared {
         Ok(blocks)
     }
 
-    fn adopt(&self, record: BlockRecord, mod_revision: i64) {
+    fn adopt(&self, mut record: BlockRecord, mod_revision: i64) {
+        // A mark left while this node was gone is cleared by its next write.
+        record.orphaned_since = None;
         let key = (record.network.clone(), record.cidr.network());
         let block = OwnedBlock { record, mod_revision, changed: 0, written: 0 };
         self.blocks.lock().unwrap().entry(key).or_insert(block);
     }
 
+    /// Does this node hold the block at `base` (claimed, and not reclaimed by another since)?
+    fn holds(&self, network: &str, base: Ipv4Addr) -> bool {
+        self.blocks.lock().unwrap().contains_key(&(network.to_owned(), base))
+    }
+
     fn first_free(&self, network: &str, pool: &Pool) -> Option<Ipv4Addr> {
         let blocks = self.blocks.lock().unwrap();
         pool.own.iter().find_map(|base| {
-            let block = &blocks[&(network.to_owned(), *base)];
+            // Absent: reclaimed by another node (see `flush_once`).
+            let block = blocks.get(&(network.to_owned(), *base))?;
             crate::addresses::pick(pool.network.subnet, block.record.cidr, &block.record.allocations).ok()
         })
     }
@@ -292,28 +316,33 @@ impl Shared {
     async fn claim_any_block(&self, pool: &Pool) -> Result<Ipv4Addr, RegistryError> {
         let network = &pool.network;
         let count = 1u64 << (network.block_prefix_len - network.subnet.prefix_len());
-        for _attempt in 0..8 {
-            let taken: Vec<Ipv4Addr> = self.read_blocks(&network.name).await?.into_iter().map(|(block, _)| block.cidr.network()).collect();
-            let mut raced = false;
-            for index in 0..count {
-                let base = Ipv4Addr::from(u32::from(network.subnet.network()) + ((index as u32) << (32 - network.block_prefix_len)));
-                if taken.contains(&base) {
-                    continue;
-                }
-                match self.claim_block(network, base).await? {
-                    None => return Ok(base),
-                    // Another node claimed it since the read: read again.
-                    Some(_) => {
-                        raced = true;
-                        break;
-                    }
-                }
+        let blocks = self.read_blocks(&network.name).await?;
+        // A set: with a thousand nodes a list made this quadratic.
+        let taken: BTreeSet<Ipv4Addr> = blocks.iter().map(|(block, _)| block.cidr.network()).collect();
+        for index in 0..count {
+            let base = Ipv4Addr::from(u32::from(network.subnet.network()) + ((index as u32) << (32 - network.block_prefix_len)));
+            if taken.contains(&base) {
+                continue;
             }
-            if !raced {
-                return Err(RegistryError::PoolExhausted { network: network.name.clone() });
+            // A block claimed since the read is passed over, not a reason
+            // to read again: 64 nodes starting together each re-reading
+            // after every lost race gave up after 8 rounds.
+            if self.claim_block(network, base).await?.is_none() {
+                return Ok(base);
             }
         }
-        Err(RegistryError::Contended { what: format!("claiming a block of network {}", network.name), attempts: 8 })
+        // Every block is claimed: one of a node that is gone may be reclaimable.
+        let pass = super::reclaim::reclaim_pass(&self.registry, network, &self.node, blocks).await?;
+        if let Some((record, revision)) = pass.reclaimed {
+            let base = record.cidr.network();
+            self.adopt(record, revision);
+            return Ok(base);
+        }
+        if let Some(due) = pass.next_due {
+            let wait = due.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            log::warn!("registry: network {} has no free block; a gone node's block becomes reclaimable in {}s", network.name, wait.as_secs());
+        }
+        Err(RegistryError::PoolExhausted { network: network.name.clone() })
     }
 
     /// Creates the block at `base` for this node; `Some(holder's block)`
@@ -325,6 +354,7 @@ impl Shared {
             cidr: block_of(base, network.block_prefix_len),
             node: self.node.clone(),
             allocations: BTreeMap::new(),
+            orphaned_since: None,
         };
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -354,6 +384,7 @@ impl Shared {
                 cidr: record.cidr,
                 node: format!("(unreadable record at {key})"),
                 allocations: BTreeMap::new(),
+                orphaned_since: None,
             })),
         }
     }
@@ -387,7 +418,24 @@ impl Shared {
                             held.mod_revision = kv.mod_revision();
                         }
                     }
-                    _ => log::warn!("registry: IPAM block {key} was taken over by someone else"),
+                    Ok(found) => {
+                        // Reclaimed while this node was gone past the grace
+                        // period: it is the other node's now. Drop it; later
+                        // allocations come from another block.
+                        log::error!(
+                            "registry: IPAM block {} of network {} was reclaimed by node {} while this node was gone; {} allocation(s) made here since the last write are lost (their callers are told), addresses still in use here are re-registered with their endpoints and refused if taken",
+                            found.cidr,
+                            found.network,
+                            found.node,
+                            block.record.allocations.len().saturating_sub(found.allocations.len()),
+                        );
+                        let mut blocks = self.blocks.lock().unwrap();
+                        if let Some(held) = blocks.remove(&(block.record.network.clone(), block.record.cidr.network())) {
+                            self.lost.lock().unwrap().push((held.written, held.changed));
+                        }
+                        continue;
+                    }
+                    Err(_) => log::warn!("registry: IPAM block {key} was replaced by an unreadable record"),
                 }
                 return Err(RegistryError::Contended { what: format!("writing IPAM block {key} (changed meanwhile)"), attempts: 1 });
             }

@@ -17,7 +17,7 @@
 //! | `vnis/<vni>`                         | claim: the network's name                                   | none       |
 //! | `endpoints/<network>/<mac>`          | `{network, mac, addresses, node, owner}`                    | its node's |
 //! | `addresses/<network>/<address>`      | claim: the endpoint's MAC                                   | its node's |
-//! | `blocks/<network>/<base address>`    | `{network, cidr, node, allocations: {address: owner}}`      | none       |
+//! | `blocks/<network>/<base address>`    | `{network, cidr, node, allocations: {address: owner}, orphaned_since?}` | none |
 //! | `conflicts/<claimant>/<kind>/<subject>` | `{claimant, kind, subject, holder, holder_node}`: a refused claim | claimant's |
 //! | `users/<network>/<node>`             | `{node}`: the node has a Docker network of it               | none       |
 //!
@@ -26,7 +26,9 @@
 //!   once after the TTL, and every watcher sees the deletions.
 //! - Networks and IPAM blocks are not leased: they outlive any node. A
 //!   network goes with its last user ([`Registry::release_network`]: no
-//!   user record and no endpoint left; its blocks stay).
+//!   user record and no endpoint left; its blocks stay). A
+//!   block of a node that is gone is reclaimed by another node that needs
+//!   one, after a grace period, keeping the addresses endpoints still claim.
 //! - Uniqueness (node name, VTEP, VNI, MAC per network, address per
 //!   network, block) is enforced when writing, by transactions that create
 //!   a record and its claim keys only if none exists; the later claim is
@@ -39,7 +41,8 @@
 //! - [`NodeSession`] ([`session`]): a node's lease, its records and endpoints;
 //! - [`ClusterWatch`] ([`watcher`]) over [`RegistryStore`] ([`snapshot`]):
 //!   read, watch, apply, recover;
-//! - [`Ipam`] ([`ipam`]): addresses from per-node blocks;
+//! - [`Ipam`] ([`ipam`]): addresses from per-node blocks; [`reclaim`]:
+//!   blocks of gone nodes returned to use after a grace period;
 //! - [`status`]: the cluster report;
 //! - [`fragment()`]: a snapshot as the model's [`crate::model::Fragment`].
 //!
@@ -66,6 +69,7 @@ pub mod client;
 pub mod ipam;
 pub mod keys;
 pub mod problem;
+pub mod reclaim;
 pub mod records;
 pub mod session;
 pub mod snapshot;

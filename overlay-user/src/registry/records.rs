@@ -79,6 +79,11 @@ pub struct BlockRecord {
     pub node: String,
     /// Allocated address -> owner.
     pub allocations: BTreeMap<Ipv4Addr, String>,
+    /// Set (Unix seconds) by the first node that found the holder's node
+    /// record gone: the block may be reclaimed once the grace period has
+    /// run from then (see [`crate::registry::reclaim`]). `None` while the
+    /// holder lives; its own next write clears it.
+    pub orphaned_since: Option<u64>,
 }
 
 impl NodeRecord {
@@ -225,13 +230,16 @@ impl EndpointRecord {
 
 impl BlockRecord {
     pub fn to_json(&self) -> String {
-        json!({
+        let mut value = json!({
             "network": self.network,
             "cidr": self.cidr.to_string(),
             "node": self.node,
             "allocations": self.allocations.iter().map(|(address, owner)| (address.to_string(), owner.clone())).collect::<BTreeMap<_, _>>(),
-        })
-        .to_string()
+        });
+        if let Some(since) = self.orphaned_since {
+            value["orphaned_since"] = since.into();
+        }
+        value.to_string()
     }
 
     pub fn parse(key: &str, value: &[u8]) -> Result<Self, RecordProblem> {
@@ -247,7 +255,11 @@ impl BlockRecord {
             }
             allocations.insert(parsed, owner);
         }
-        Ok(BlockRecord { network: fields.name("network")?, cidr, node: fields.name("node")?, allocations })
+        let orphaned_since = match fields.get("orphaned_since") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(fields.unsigned("orphaned_since", 0, u64::MAX)?),
+        };
+        Ok(BlockRecord { network: fields.name("network")?, cidr, node: fields.name("node")?, allocations, orphaned_since })
     }
 }
 

@@ -14,6 +14,7 @@
 //! interrupt handler).
 mod chart;
 pub mod cleanup;
+pub mod cluster_scale;
 mod metrics;
 mod microbench;
 mod report;
@@ -64,6 +65,16 @@ pub struct Options {
     /// cells, see `topology::DecapMode::TcGro`).
     #[arg(long)]
     pub gro_experiment: bool,
+    /// Instead of the datapath cells: cluster mode at scale (a real etcd,
+    /// simulated nodes, one agent; `cluster_scale`). Writes target/bench/cluster-scale.json.
+    #[arg(long)]
+    pub cluster_scale: bool,
+    /// Simulated nodes of --cluster-scale [default: 1000].
+    #[arg(long, value_name = "N", requires = "cluster_scale")]
+    pub nodes: Option<u32>,
+    /// Endpoints of each simulated node of --cluster-scale [default: 20].
+    #[arg(long, value_name = "N", requires = "cluster_scale")]
+    pub endpoints: Option<u32>,
 }
 
 fn parse_object(text: &str) -> Result<(String, PathBuf), String> {
