@@ -202,8 +202,9 @@ fn mutate(rng: &mut Rng, text: &str, corpus: &[(String, String)]) -> String {
     lines.join("\n")
 }
 
-/// What is wrong with the outcome of parsing `text`, if anything.
-fn check(text: &str) -> Option<String> {
+/// What is wrong with the outcome of parsing `text`, if anything (also the
+/// `cargo fuzz` target's property, overlay-user/fuzz).
+pub fn check(text: &str) -> Option<String> {
     let outcome = std::panic::catch_unwind(|| Config::parse(text, Path::new("fuzz.toml")));
     match outcome {
         Err(_) => Some("Config::parse panicked".to_owned()),

@@ -142,6 +142,15 @@ pub fn check_allocation(body: &[u8], tally: &mut Tally) -> Option<String> {
     }
 }
 
+/// One body checked as every request (the `cargo fuzz` target's property).
+pub fn check_every_request(body: &[u8]) -> Option<String> {
+    let tally = &mut Tally::default();
+    check_network(body, tally)
+        .map(|p| format!("as POST /v1/networks: {p}"))
+        .or_else(|| check_endpoint(body, tally).map(|p| format!("as POST /v1/endpoints: {p}")))
+        .or_else(|| check_allocation(body, tally).map(|p| format!("as POST /v1/networks/N/addresses: {p}")))
+}
+
 fn count_refusal(tally: &mut Tally, error: &ApiError) {
     if error.field.is_empty() {
         tally.refused_as_not_json += 1;

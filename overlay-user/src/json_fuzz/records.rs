@@ -95,6 +95,11 @@ fn check(kind: &Kind, value: &[u8], tally: &mut Tally) -> Option<String> {
     }
 }
 
+/// One value checked as every kind of record (the `cargo fuzz` target's property).
+pub fn check_every_kind(value: &[u8]) -> Option<String> {
+    KINDS.iter().find_map(|kind| check(kind, value, &mut Tally::default()).map(|problem| format!("as a {} record: {problem}", kind.prefix)))
+}
+
 /// Runs `cases` mutated values of every kind; returns each kind's tally.
 fn fuzz(seed: u64, cases: u64) -> Vec<(&'static str, Tally)> {
     let values = interesting_values();
