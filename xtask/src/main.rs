@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod parser_fuzz;
 mod setup;
 mod vm;
 
@@ -52,6 +53,13 @@ enum Task {
         /// PRNG seed, decimal or 0x-hex (default: the fixed seed of `cargo xtask test`).
         #[arg(long)]
         seed: Option<String>,
+        /// Instead of the datapath: run each `cargo fuzz` (libFuzzer) target
+        /// of the agent's parsers (overlay-user/fuzz) for this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// With --seconds: only this target (config_toml, api_json, cni_stdin, docker_requests, etcd_records).
+        #[arg(long, requires = "seconds")]
+        target: Option<String>,
     },
     /// Build, then run the churn soak (tests/tests/churn.rs `soak`): 5,000
     /// endpoints and 200 peers in and out of a two-node lab under traffic,
@@ -79,7 +87,8 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::demo(),
         Task::Test { filter } => test(filter),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
-        Task::Fuzz { frames, seed } => fuzz(frames, seed),
+        Task::Fuzz { seconds: Some(seconds), target, .. } => parser_fuzz::fuzz(seconds, target.as_deref()),
+        Task::Fuzz { frames, seed, .. } => fuzz(frames, seed),
         Task::Soak { minutes, restart_every } => soak(minutes, restart_every),
         Task::VmTest(options) => vm::vm_test(&options),
     };
@@ -172,6 +181,17 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     } else {
         Ok(())
     };
+    // The libFuzzer targets of the parsers, briefly (the seeded property
+    // tests in the unit tests are the thorough gate; this keeps the targets
+    // building and running): 50 s in all.
+    let libfuzzer = if filter_args.is_empty() || filter_args.iter().any(|f| "cargo-fuzz".contains(f.as_str())) {
+        println!("== cargo fuzz targets of the agent's parsers, {} s each", parser_fuzz::TEST_SECONDS);
+        let result = parser_fuzz::fuzz(parser_fuzz::TEST_SECONDS, None);
+        if result.is_ok() { tally.passed += 1 } else { tally.failed += 1 }
+        result
+    } else {
+        Ok(())
+    };
     println!("== lab tests in a Debian 12 (Linux 6.1) guest under QEMU: {}", vm::CORE_SUBSET.iter().map(|(_, t)| *t).collect::<Vec<_>>().join(", "));
     let guest = vm::core_subset(filter_args.first().map(String::as_str)).and_then(|outcome| {
         tally.passed += outcome.passed;
@@ -180,7 +200,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     });
     // One closing line for the whole suite.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
-    units.and(integration).and(harness).and(guest)
+    units.and(integration).and(harness).and(libfuzzer).and(guest)
 }
 
 /// Runs the datapath fuzz test with `frames` frames per program; a failure

@@ -7,6 +7,8 @@
 //! broken syntax) and are mutated structurally (lines, values, keys, table
 //! headers) and byte by byte, with a seeded PRNG. Bounded in the unit
 //! tests; `OVERLAY_CONFIG_FUZZ_CASES` and `OVERLAY_CONFIG_FUZZ_SEED` run more.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use std::path::Path;
 
 use super::{Config, ConfigError};

@@ -6,6 +6,8 @@
 //! of the request and the value sent; nothing panics. What the handlers do
 //! with the agent (and that a refusal changes nothing) is
 //! `tests/tests/docker_refusals.rs`.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use super::{
     Failure, parse,
     driver::{network_options, parse_address},

@@ -2,6 +2,8 @@
 //! /v1/endpoints`, `POST /v1/networks/{name}/addresses`): each mutated body is accepted with a value that passes
 //! the same checks and reads back the same, or refused with HTTP 400 naming
 //! a field of the request (or the body) and the value as sent.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Rng, Tally, corpus, interesting_values, mutate, run_size, sent_fields, shown};

@@ -7,6 +7,8 @@
 //! says what is wrong and whose message names the key or variable and the
 //! value; nothing panics. What the plugin then does against a real agent
 //! (and that a refusal changes nothing) is `tests/tests/cni_refusals.rs`.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use std::str::FromStr as _;
 
 use rscni_plugin::{

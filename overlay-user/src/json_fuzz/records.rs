@@ -4,6 +4,8 @@
 //! [`RecordProblem`] that names the key, a field of the record (or `-` for a
 //! value that is not a JSON object) and a reason. Another node, an older
 //! agent or a person with etcdctl writes these; none of it may panic an agent.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use super::{Rng, Tally, corpus, interesting_values, mutate, run_size, shown};
 use crate::registry::{BlockRecord, ConflictReport, EndpointRecord, NetworkRecord, NodeRecord, RecordProblem};
 
