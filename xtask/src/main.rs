@@ -181,17 +181,6 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     } else {
         Ok(())
     };
-    // The libFuzzer targets of the parsers, briefly (the seeded property
-    // tests in the unit tests are the thorough gate; this keeps the targets
-    // building and running): 50 s in all.
-    let libfuzzer = if filter_args.is_empty() || filter_args.iter().any(|f| "cargo-fuzz".contains(f.as_str())) {
-        println!("== cargo fuzz targets of the agent's parsers, {} s each", parser_fuzz::TEST_SECONDS);
-        let result = parser_fuzz::fuzz(parser_fuzz::TEST_SECONDS, None);
-        if result.is_ok() { tally.passed += 1 } else { tally.failed += 1 }
-        result
-    } else {
-        Ok(())
-    };
     println!("== lab tests in a Debian 12 (Linux 6.1) guest under QEMU: {}", vm::CORE_SUBSET.iter().map(|(_, t)| *t).collect::<Vec<_>>().join(", "));
     let guest = vm::core_subset(filter_args.first().map(String::as_str)).and_then(|outcome| {
         tally.passed += outcome.passed;
@@ -200,7 +189,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     });
     // One closing line for the whole suite.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
-    units.and(integration).and(harness).and(libfuzzer).and(guest)
+    units.and(integration).and(harness).and(guest)
 }
 
 /// Runs the datapath fuzz test with `frames` frames per program; a failure

@@ -13,9 +13,6 @@ use crate::{root, setup::tools_dir};
 /// The version `cargo xtask` installs (it builds with nightly 1.97 here).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Seconds per target in `cargo xtask test` (five targets: 50 s).
-pub const TEST_SECONDS: u64 = 10;
-
 /// Each target and its corpus directory under overlay-user/tests/corpus.
 pub const TARGETS: &[(&str, &str)] =
     &[("config_toml", "config"), ("api_json", "api"), ("cni_stdin", "cni"), ("docker_requests", "docker"), ("etcd_records", "records")];
