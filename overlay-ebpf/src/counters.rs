@@ -1,10 +1,16 @@
 //! Per-CPU packet and byte counters by direction and reason: for the whole
 //! node, and for the VNI and the peer VTEP a packet belongs to once the
 //! datapath knows them.
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
-use overlay_common::{Counter, Direction, NO_COUNTER_SLOT, Reason, SlotCounterKey, counter_index};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
+use overlay_common::{
+    Counter, Direction, NO_COUNTER_SLOT, Reason, SLOT_OUTCOMES, SlotCounterKey, SlotOutcomes,
+    counter_index, outcome_index,
+};
 
-use crate::maps::{COUNTERS, PEER_COUNTERS, VNI_COUNTERS};
+use crate::maps::{COUNTERS, PEER_COUNTERS, PEER_OUTCOMES, VNI_COUNTERS, VNI_OUTCOMES};
 
 /// The counter slots of the VNI and the peer VTEP a packet belongs to, as
 /// far as the program got before its verdict: a `try_*` function fills
@@ -32,10 +38,36 @@ pub fn count(direction: Direction, reason: Reason, bytes: u64, slots: &Slots) {
     let index = counter_index(direction, reason);
     add(COUNTERS.get_ptr_mut(index), bytes);
     if slots.vni != NO_COUNTER_SLOT {
-        add_to_slot(&VNI_COUNTERS, slots.vni, index, bytes);
+        count_in_slot(&VNI_OUTCOMES, &VNI_COUNTERS, slots.vni, direction, reason, bytes);
     }
     if slots.peer != NO_COUNTER_SLOT {
-        add_to_slot(&PEER_COUNTERS, slots.peer, index, bytes);
+        count_in_slot(&PEER_OUTCOMES, &PEER_COUNTERS, slots.peer, direction, reason, bytes);
+    }
+}
+
+/// Counts in a slot's counters: an outcome in the slot's entry of the
+/// `outcomes` array (one lookup, no insert: the packets the datapath
+/// forwards), a drop in the slot-keyed `drops` hash.
+#[inline(always)]
+fn count_in_slot(
+    outcomes: &PerCpuArray<SlotOutcomes>,
+    drops: &PerCpuHashMap<SlotCounterKey, Counter>,
+    slot: u32,
+    direction: Direction,
+    reason: Reason,
+    bytes: u64,
+) {
+    if reason.is_drop() {
+        add_to_slot(drops, slot, counter_index(direction, reason), bytes);
+        return;
+    }
+    // Verifier: the mask bounds the index within the value (SLOT_OUTCOMES
+    // is a power of two); outcome_index is below it for every outcome.
+    let at = outcome_index(direction, reason) as usize & (SLOT_OUTCOMES - 1);
+    if let Some(counters) = outcomes.get_ptr_mut(slot) {
+        // SAFETY: a map value of this CPU, valid for the program's run; `at`
+        // is within it.
+        add(Some(unsafe { (*counters).counters.as_mut_ptr().add(at) }), bytes);
     }
 }
 

@@ -76,22 +76,33 @@ pub fn try_decap_tc(ctx: &TcContext, slots: &mut Slots) -> Result<Verdict<i32>, 
     // after it (outer IPv4, UDP, VXLAN, and the inner header's old copy)
     // are removed. FIXED_GSO: a GSO aggregate's gso_size is already the
     // inner segment size the sender chose (the kernel would add 50).
-    // DECAP_L3_IPV6 makes skb->protocol follow an inner IPv6 packet (the
-    // kernel keeps it IPv4 otherwise); an inner ARP frame goes through the
-    // port's transmit below, which sets the protocol from its header.
     ctx.store(0, &inner, 0).map_err(|_| Reason::DECAP_FAILED)?;
     let inner_ipv4 = inner.ether_type == ETH_P_IPV4.to_be();
     let inner_ipv6 = inner.ether_type == ETH_P_IPV6.to_be();
-    let flags = if inner_ipv6 {
-        BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6
-    } else {
-        BPF_F_ADJ_ROOM_FIXED_GSO
-    } as u64;
-    ctx.skb
-        .adjust_room(-(VXLAN_ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
-        .map_err(|_| Reason::DECAP_FAILED)?;
+    // skb->protocol stays the outer one (IPv4) unless DECAP_L3_IPV6 makes
+    // it follow an inner IPv6 packet. Kernel behaviour: that flag exists
+    // from Linux 6.3; older kernels (Debian 12's 6.1) answer -EINVAL from
+    // the flag check before touching the skb, so the frame is decapsulated
+    // again without it. Then, as for ARP, it goes through the port's
+    // transmit below, where veth's receive (eth_type_trans) sets the
+    // protocol from the inner header.
+    let protocol_follows_inner = inner_ipv4
+        || (inner_ipv6
+            && ctx
+                .skb
+                .adjust_room(
+                    -(VXLAN_ENCAP_LEN as i32),
+                    BPF_ADJ_ROOM_MAC,
+                    (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6) as u64,
+                )
+                .is_ok());
+    if !(inner_ipv6 && protocol_follows_inner) {
+        ctx.skb
+            .adjust_room(-(VXLAN_ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
+            .map_err(|_| Reason::DECAP_FAILED)?;
+    }
 
-    let action = if inner_ipv4 || inner_ipv6 {
+    let action = if protocol_follows_inner {
         // The outer frame may have had a multicast or broadcast destination
         // (another host's unicast MAC was refused by the judgement); the
         // inner one is for the endpoint, whose IP layer would drop anything

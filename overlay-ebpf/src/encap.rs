@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32,
         bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head,
     },
     programs::TcContext,
@@ -23,7 +23,7 @@ use overlay_common::{
 
 use crate::{
     maps::{IP_IDS, ROUTE_CACHE, scratch, scratch_fib},
-    packet::{EncapHeaders, EndpointFrame, PackedVerdict, Verdict, ipv4_header_checksum},
+    packet::{EncapHeaders, EndpointFrame, PackedVerdict, Verdict, fold_checksum, ipv4_header_checksum},
 };
 
 /// Room for the outer headers goes between the MAC and network headers, and
@@ -80,8 +80,12 @@ pub fn route_to_peer(
     // and costs a fraction of the fine one on this paravirtual clock.
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: read and copied at once.
-    if let Some(entry) = unsafe { ROUTE_CACHE.get(&remote_vtep_be) }.copied() {
+    // Read in place, field by field. Verifier/stack: a copy of the entry
+    // took 40 bytes of a frame on the 6.1 verifier's 512-byte call chain.
+    if let Some(entry) = ROUTE_CACHE.get_ptr(&remote_vtep_be) {
+        // SAFETY: a map value stays valid for the program's run (a refresh
+        // racing with this read is the race the copy it replaces had).
+        let entry = unsafe { &*entry };
         if entry.expires_ns > now {
             if outer_ip_len > entry.mtu {
                 return Ok(RouteLookup::TooBig(entry.mtu));
@@ -133,8 +137,7 @@ fn fib_route_to_peer(
     outer_ip_len: u32,
 ) -> Result<RouteLookup, Reason> {
     let fib = scratch_fib().ok_or(Reason::NO_UNDERLAY_ROUTE)?;
-    // SAFETY: all-zero is a valid bpf_fib_lookup.
-    *fib = unsafe { core::mem::zeroed() };
+    zero_words(fib);
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = source_port.to_be();
@@ -181,14 +184,13 @@ fn fib_route_to_peer(
     }))
 }
 
-/// Outer UDP source port: the skb's flow hash (of the inner frame, computed
-/// before encapsulation) scaled into the configured range, as the kernel's
-/// udp_flow_src_port() does, so one flow keeps one port and the underlay's
-/// ECMP can spread flows (RFC 7348 section 5, "Source Port").
+/// Outer UDP source port: the inner flow's hash (see `flow_hash`) scaled
+/// into the configured range, as the kernel's udp_flow_src_port() does, so
+/// one flow keeps one port and the underlay's ECMP can spread flows (RFC
+/// 7348 section 5, "Source Port").
 #[inline(always)]
-pub fn source_port_for(ctx: &TcContext, node: &NodeConfig) -> u16 {
-    // SAFETY: plain helper call.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) } as u64;
+pub fn source_port_for(ctx: &TcContext, node: &NodeConfig, inner_eth: &EthHdr) -> u16 {
+    let hash = crate::flow_hash::inner_flow_hash(ctx, inner_eth) as u64;
     let min = node.source_port_min as u64;
     let span = (node.source_port_max as u64).saturating_sub(min) + 1;
     (min + ((hash * span) >> 32)) as u16
@@ -264,6 +266,78 @@ pub fn write_outer_headers(
     ip_id: u16,
     inner_eth: &EthHdr,
 ) -> Result<(), Reason> {
+    // Built as 16-bit words in memory order: every field of these headers
+    // starts on an even offset. The header structs (byte arrays, alignment
+    // 1) made LLVM write them byte by byte and the checksum read them back
+    // the same way; this is a third of the instructions (docs/performance.md).
+    let ip_len = (ctx.len() - ETH_HDR_LEN as u32) as u16;
+    let udp_len = ip_len - IPV4_HDR_LEN as u16;
+    let words: &mut HeaderWords = scratch().ok_or(Reason::ENCAP_FAILED)?;
+    let w = &mut words.0;
+    put_mac(w, 0, &route.next_hop_mac);
+    put_mac(w, 3, &route.source_mac);
+    w[6] = ETH_P_IPV4.to_be();
+    // Version 4, IHL 5 (no options), TOS 0.
+    w[7] = 0x4500u16.to_be();
+    // For a GSO skb the total and UDP lengths are rewritten per segment by the stack.
+    w[8] = ip_len.to_be();
+    w[9] = ip_id.to_be();
+    w[10] = IPV4_DONT_FRAGMENT.to_be();
+    let ttl_protocol = (node.ttl as u16) << 8 | IPPROTO_UDP as u16;
+    w[11] = ttl_protocol.to_be();
+    let [s0, s1, s2, s3] = node.vtep_addr_be.to_ne_bytes();
+    let [d0, d1, d2, d3] = remote_vtep_be.to_ne_bytes();
+    w[13] = u16::from_ne_bytes([s0, s1]);
+    w[14] = u16::from_ne_bytes([s2, s3]);
+    w[15] = u16::from_ne_bytes([d0, d1]);
+    w[16] = u16::from_ne_bytes([d2, d3]);
+    // RFC 791 header checksum over the ten words above, in host order
+    // (RFC 1071), the checksum word itself counted as zero.
+    let sum = 0x4500u32
+        + ip_len as u32
+        + ip_id as u32
+        + IPV4_DONT_FRAGMENT as u32
+        + ttl_protocol as u32
+        + u16::from_be_bytes([s0, s1]) as u32
+        + u16::from_be_bytes([s2, s3]) as u32
+        + u16::from_be_bytes([d0, d1]) as u32
+        + u16::from_be_bytes([d2, d3]) as u32;
+    w[12] = fold_checksum(sum).to_be();
+    w[17] = source_port.to_be();
+    w[18] = node.vxlan_port_be;
+    w[19] = udp_len.to_be();
+    // Zero: no UDP checksum over IPv4 (RFC 7348 section 5).
+    w[20] = 0;
+    // VXLAN: the I flag, 24 reserved bits, the VNI, 8 reserved bits.
+    w[21] = ((VXLAN_FLAG_VNI_VALID as u16) << 8).to_be();
+    w[22] = 0;
+    w[23] = ((vni >> 8) as u16).to_be();
+    w[24] = (((vni & 0xff) as u16) << 8).to_be();
+    put_mac(w, 25, &inner_eth.dst_addr);
+    put_mac(w, 28, &inner_eth.src_addr);
+    // Already in network order.
+    w[31] = inner_eth.ether_type;
+    ctx.store(0, words, 0).map_err(|_| Reason::ENCAP_FAILED)
+}
+
+/// [`write_outer_headers`] for flooded copies, from header structs.
+/// Verifier: the flood loop walks this once per peer; the word-by-word
+/// version computes its checksum from values the verifier tracks precisely,
+/// which kept it from pruning states and took the endpoint program past the
+/// verifier's million-instruction budget, while these struct writes go
+/// through map memory it does not track.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn write_flooded_outer_headers(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    vni: u32,
+    remote_vtep_be: u32,
+    route: &Route,
+    source_port: u16,
+    ip_id: u16,
+    inner_eth: &EthHdr,
+) -> Result<(), Reason> {
     let outer_len = ctx.len() as usize;
     let headers: &mut EncapHeaders = scratch().ok_or(Reason::ENCAP_FAILED)?;
     headers.outer_eth = EthHdr {
@@ -291,15 +365,55 @@ pub fn write_outer_headers(
         // Zero: no UDP checksum over IPv4 (RFC 7348 section 5).
         check: [0; 2],
     };
-    headers.vxlan = VxlanHdr {
-        flags: VXLAN_FLAG_VNI_VALID,
-        _reserved1: [0; 3],
-        vni: [(vni >> 16) as u8, (vni >> 8) as u8, vni as u8],
-        _reserved2: 0,
-    };
+    // The VXLAN header as four 16-bit words (it starts at an even offset).
+    // Verifier/stack: the struct literal's three zero bytes compiled to a
+    // call of the `memset` subprogram, a frame of its own on the flood
+    // path's call chain (see `zero_words`).
+    let vxlan_words = [
+        ((VXLAN_FLAG_VNI_VALID as u16) << 8).to_be(),
+        0,
+        ((vni >> 8) as u16).to_be(),
+        (((vni & 0xff) as u16) << 8).to_be(),
+    ];
+    // SAFETY: the header is 8 bytes of plain data at an even offset of an
+    // 8-aligned buffer.
+    unsafe { core::ptr::write_volatile(&mut headers.vxlan as *mut VxlanHdr as *mut [u16; 4], vxlan_words) };
     headers.inner_eth = *inner_eth;
     headers.ip.check = ipv4_header_checksum(&headers.ip).to_be_bytes();
     ctx.store(0, headers, 0).map_err(|_| Reason::ENCAP_FAILED)
+}
+
+/// Everything encapsulation writes in front of the inner frame's payload
+/// (outer Ethernet, IPv4, UDP and VXLAN headers, then the inner Ethernet
+/// header) as 16-bit words in memory order.
+#[repr(C, align(8))]
+struct HeaderWords([u16; (VXLAN_ENCAP_LEN + ETH_HDR_LEN) / 2]);
+const _: () = assert!(core::mem::size_of::<HeaderWords>() == VXLAN_ENCAP_LEN + ETH_HDR_LEN);
+
+#[inline(always)]
+fn put_mac(words: &mut [u16; 32], at: usize, mac: &[u8; 6]) {
+    words[at] = u16::from_ne_bytes([mac[0], mac[1]]);
+    words[at + 1] = u16::from_ne_bytes([mac[2], mac[3]]);
+    words[at + 2] = u16::from_ne_bytes([mac[4], mac[5]]);
+}
+
+
+/// Zeroes a plain-data parameter block one 32-bit word at a time.
+/// Verifier/stack: `mem::zeroed()` of a block this size compiles to a call
+/// of the `memset` subprogram, and on Linux 6.1 every BPF-to-BPF call adds
+/// at least 32 bytes to its call chain's combined stack
+/// (check_max_stack_depth rounds each frame up to 32, an empty one too):
+/// overlay_endpoint -> flood_from_endpoint -> memset was 544 of the 512
+/// bytes. Volatile stores keep LLVM from merging them back into a memset.
+#[inline(always)]
+fn zero_words<T>(block: *mut T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let words = block as *mut u32;
+    for i in 0..core::mem::size_of::<T>() / 4 {
+        // SAFETY: within the block (asserted a whole number of aligned
+        // words); T is plain data, valid as all zeroes.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
 }
 
 /// Sends an encapsulated frame out along `route`: straight to the next hop
@@ -311,9 +425,11 @@ pub fn send_along(route: &Route) -> Result<i32, Reason> {
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(route.ifindex, 0) }
     } else {
-        // SAFETY: all-zero is a valid bpf_redir_neigh; the union member we
-        // set is the one nh_family selects.
-        let mut next_hop: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        let mut next_hop = core::mem::MaybeUninit::<bpf_redir_neigh>::uninit();
+        zero_words(next_hop.as_mut_ptr());
+        // SAFETY: zeroed just above, and all-zero is a valid bpf_redir_neigh;
+        // the union member we set is the one nh_family selects.
+        let mut next_hop = unsafe { next_hop.assume_init() };
         next_hop.nh_family = AF_INET as u32;
         next_hop.__bindgen_anon_1.ipv4_nh = route.next_hop_be;
         // SAFETY: next_hop is a valid, fully sized parameter block.
@@ -371,27 +487,21 @@ fn inner_headers_len(ctx: &TcContext, inner_eth: &EthHdr) -> u32 {
     l3_len + l4_len
 }
 
-/// Wraps the frame in outer headers addressed to `remote_vtep_be` and sends
-/// it along `route` (from [`route_to_peer`], which also settled that it fits).
-// Verifier/stack: a BPF-to-BPF call of its own, so the frames this path
-// builds do not share the caller's 512-byte stack with the other paths'.
+/// Encapsulates the frame to the peer VTEP `remote_vtep_be` and sends it
+/// out, or answers it with ICMP "too big" when it would not fit the route.
+// Verifier/stack: a BPF-to-BPF call of its own, so that the unicast path's
+// locals (the flow hash, the route, the route cache entry) sit in a frame
+// beside, not under, the flood, ARP and ND paths' frames. Linux 6.1 caps a
+// call chain's combined stack at 512 bytes (check_max_stack_depth); with
+// these locals in overlay_endpoint's own frame, endpoint -> ND reached 512
+// and endpoint -> flood 544.
 #[inline(never)]
-pub fn encap_along(
-    frame: &EndpointFrame,
-    remote_vtep_be: u32,
-    route: &Route,
-    source_port: u16,
-) -> PackedVerdict {
-    PackedVerdict::pack(try_encap_along(frame, remote_vtep_be, route, source_port).map(Some))
+pub fn encap_to_peer(frame: &EndpointFrame, remote_vtep_be: u32) -> PackedVerdict {
+    PackedVerdict::pack(try_encap_to_peer(frame, remote_vtep_be).map(Some))
 }
 
 #[inline(always)]
-fn try_encap_along(
-    frame: &EndpointFrame,
-    remote_vtep_be: u32,
-    route: &Route,
-    source_port: u16,
-) -> Result<Verdict<i32>, Reason> {
+fn try_encap_to_peer(frame: &EndpointFrame, remote_vtep_be: u32) -> Result<Verdict<i32>, Reason> {
     let EndpointFrame {
         ctx,
         node,
@@ -399,6 +509,19 @@ fn try_encap_along(
         eth: inner_eth,
         ..
     } = frame;
+    let source_port = source_port_for(ctx, node, inner_eth);
+    // Route (and size check) before touching the packet, so a drop leaves
+    // it as it was.
+    let outer_len = outer_ip_len(ctx, inner_eth);
+    let route = match route_to_peer(ctx, node, remote_vtep_be, source_port, outer_len)? {
+        RouteLookup::Found(route) => route,
+        // Too big once encapsulated: ICMP back to the sender, as the
+        // kernel's vxlan does for bridged traffic; never fragmented.
+        RouteLookup::TooBig(mtu) => {
+            return crate::icmp::reply_too_big(frame, mtu.saturating_sub(VXLAN_ENCAP_LEN as u32))
+                .verdict(Reason::TOO_BIG_FOR_UNDERLAY);
+        }
+    };
     let inner_is_ip = is_ip(inner_eth.ether_type);
     // bpf_redirect_neigh() resolves the next hop, but only for IP skbs.
     if !route.resolved && !inner_is_ip {
@@ -411,12 +534,12 @@ fn try_encap_along(
         node,
         *vni,
         remote_vtep_be,
-        route,
+        &route,
         source_port,
         ip_id,
         inner_eth,
     )?;
-    let action = send_along(route)?;
+    let action = send_along(&route)?;
     Ok(Verdict {
         action,
         reason: Reason::FORWARDED,

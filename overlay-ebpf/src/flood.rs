@@ -90,7 +90,7 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
     // and exhausted its budget. A flooded frame gets no ICMP answer: one too
     // big for the underlay reaches local ports only, and is counted so.
     let outer_len = encap::outer_ip_len(ctx, inner_eth);
-    let source_port = encap::source_port_for(ctx, node);
+    let source_port = encap::source_port_for(ctx, node, inner_eth);
     // SAFETY: the map value stays valid for the program's run.
     let first_vtep = unsafe { (*targets).remote_vtep_be[0] };
     let too_big = remote_budget > 0
@@ -112,7 +112,7 @@ fn try_flood_from_endpoint(frame: &EndpointFrame) -> Result<Verdict<i32>, Reason
                 Ok(RouteLookup::Found(route)) if route.resolved => route,
                 _ => continue,
             };
-            encap::write_outer_headers(
+            encap::write_flooded_outer_headers(
                 ctx,
                 node,
                 vni,

@@ -19,6 +19,7 @@ mod decap_tc;
 mod encap;
 mod endpoint;
 mod flood;
+mod flow_hash;
 mod icmp;
 mod maps;
 mod monitor;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use overlay_common::{
     Counter, FdbEntry, FloodTargets, LocalEndpoint, MonitorBucket, MonitorConfig, NeighbourEntry,
     NodeConfig, PeerInfo, PeerVni, PeerVniInfo,
-    PortInfo, Reason, RouteCacheEntry, SlotCounterKey, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
+    PortInfo, Reason, RouteCacheEntry, SlotCounterKey, SlotOutcomes, UnderlayMac, VniInfo, VniIpv4, VniIpv6, VniMac, maps,
 };
 
 use crate::counters::Slots;
@@ -80,6 +80,14 @@ pub static VNI_COUNTERS: PerCpuHashMap<SlotCounterKey, Counter> =
 #[map]
 pub static PEER_COUNTERS: PerCpuHashMap<SlotCounterKey, Counter> =
     PerCpuHashMap::with_max_entries(maps::PEER_COUNTERS_CAPACITY, 0);
+
+#[map]
+pub static VNI_OUTCOMES: PerCpuArray<SlotOutcomes> =
+    PerCpuArray::with_max_entries(maps::VNI_OUTCOMES_CAPACITY, 0);
+
+#[map]
+pub static PEER_OUTCOMES: PerCpuArray<SlotOutcomes> =
+    PerCpuArray::with_max_entries(maps::PEER_OUTCOMES_CAPACITY, 0);
 
 /// Per-CPU scratch space for frames the datapath builds (ICMP and ND
 /// answers). Verifier: BPF stacks are 512 bytes for a whole call chain, too

@@ -10,6 +10,7 @@ use overlay::{
         client::{self, ClientError},
         views::{EndpointView, NetworkView},
     },
+    model::OwnerKind,
     status::DEFAULT_RUN_DIR,
 };
 use serde_json::{Map, Value, json};
@@ -199,8 +200,15 @@ pub fn endpoint(command: EndpointCommand, place: &ApiPlace) -> anyhow::Result<()
 fn describe(e: &EndpointView) -> String {
     let addresses: Vec<String> = e.ipv4.map(IpAddr::V4).into_iter().chain(e.ipv6.map(IpAddr::V6)).map(|a| a.to_string()).collect();
     let state = if e.reason.is_empty() { e.state.clone() } else { format!("{} ({})", e.state, e.reason) };
+    // Who asked for it: the file, an API client, Docker (which names the
+    // endpoint, not the container, to a plugin) or a CNI runtime.
+    let owner = match (&e.owner.container_id, e.owner.kind) {
+        (Some(id), OwnerKind::Docker) => format!("docker endpoint {}", id.chars().take(12).collect::<String>()),
+        (Some(id), kind) => format!("{kind} container {}", id.chars().take(12).collect::<String>()),
+        (None, kind) => kind.to_string(),
+    };
     format!(
-        "endpoint {} [{}] network {} (VNI {}) on {} MAC {} {}: {state}",
+        "endpoint {} [{}] owner {owner} network {} (VNI {}) on {} MAC {} {}: {state}",
         e.id,
         e.source,
         e.network,

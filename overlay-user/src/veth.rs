@@ -9,7 +9,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures_util::TryStreamExt as _;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 /// Why a veth operation failed.
@@ -73,6 +73,23 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMess
         Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
         Err(error) => Err(VethError::Netlink { operation: "looking up", subject: name.to_owned(), error }),
     }
+}
+
+/// The names of the veths in the handle's namespace that start with `prefix`.
+pub async fn veth_names_with_prefix(handle: &Handle, prefix: &str) -> Result<Vec<String>, VethError> {
+    let mut links = handle.link().get().execute();
+    let mut names = Vec::new();
+    while let Some(link) = links.try_next().await.map_err(|error| VethError::Netlink { operation: "listing links", subject: prefix.to_owned(), error })? {
+        let is_veth = link.attributes.iter().any(|attribute| {
+            matches!(attribute, LinkAttribute::LinkInfo(infos) if infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))))
+        });
+        let name = link.attributes.iter().find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        });
+        names.extend(name.filter(|name| is_veth && name.starts_with(prefix)));
+    }
+    Ok(names)
 }
 
 /// The MAC of a link, as the kernel reports it.

@@ -21,6 +21,10 @@ pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const BUSYBOX: &str = "/bin/busybox";
 /// Where dockerd finds plugin sockets.
 pub const PLUGIN_DIR: &str = "/run/docker/plugins";
+/// dockerd's flags that keep it off the machine's networking: no iptables
+/// rules, no bridge, no forwarding or masquerading, no userland proxy.
+pub const DAEMON_FLAGS: &[&str] =
+    &["--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none", "--userland-proxy=false"];
 
 /// Why the Docker tests cannot run here (printed, then the test returns).
 pub fn missing() -> Option<String> {
@@ -69,7 +73,7 @@ impl Dockerd {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", netns.name()))
             .arg(DOCKERD)
-            .args(["--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none", "--userland-proxy=false"])
+            .args(DAEMON_FLAGS)
             .args(["--storage-driver", "overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs"])
             .arg("--cgroup-parent")
             .arg(format!("/{}", teardown.cgroup_parent))
@@ -130,17 +134,24 @@ impl Dockerd {
 
     /// Imports the busybox rootfs at `rootfs` (see [`busybox_rootfs`]) as `image`.
     pub fn import(&self, rootfs: &Path, image: &str) -> anyhow::Result<()> {
-        let tar = Command::new("tar").arg("-C").arg(rootfs).args(["-c", "."]).stdout(Stdio::piped()).spawn().context("running tar")?;
+        let mut tar = Command::new("tar").arg("-C").arg(rootfs).args(["-c", "."]).stdout(Stdio::piped()).spawn().context("running tar")?;
         let output = Command::new(DOCKER)
             .args(["import", "-", image])
             .env("DOCKER_HOST", format!("unix://{}", self.teardown.socket.display()))
-            .stdin(tar.stdout.context("tar's stdout")?)
+            .stdin(tar.stdout.take().context("tar's stdout")?)
             .output()
             .context("running docker import")?;
+        // Reaped, not left a zombie for the rest of the run.
+        let _ = tar.wait();
         if !output.status.success() {
             bail!("docker import on {} failed: {}", self.host, String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(())
+    }
+
+    /// The daemon's socket (`DOCKER_HOST=unix://...`).
+    pub fn socket(&self) -> &Path {
+        &self.teardown.socket
     }
 
     /// The daemon's log so far, for failure messages.

@@ -405,6 +405,21 @@ impl Lab {
         self.agents.iter().map(|a| format!("--- agent on {}:\n{}", a.host, a.log())).collect::<Vec<_>>().join("\n")
     }
 
+    /// [`Lab::agent_logs`] and each running agent's `overlay stats` (its
+    /// counters by reason): what a failure message needs to say where
+    /// frames went.
+    pub fn diagnostics(&self) -> String {
+        let stats = |host: &str| -> String {
+            let output = overlay_binary().and_then(|bin| Ok(self.overlay_command(host, &bin, &["stats", "--node", host])?.output()?));
+            match output {
+                Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+                Err(error) => format!("(overlay stats failed: {error:#})"),
+            }
+        };
+        let counters = self.agents.iter().map(|a| format!("--- overlay stats on {}:\n{}", a.host, stats(&a.host))).collect::<Vec<_>>().join("\n");
+        format!("{}\n{counters}", self.agent_logs())
+    }
+
     /// Stops every agent and returns their output (logs and exit counters).
     pub fn stop_agents(&mut self) -> Vec<(String, String)> {
         self.agents.drain(..).map(|mut agent| (agent.host.clone(), agent.stop())).collect()

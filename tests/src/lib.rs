@@ -3,6 +3,7 @@
 //! processes, and traffic checks (ping, a byte-checked TCP transfer, names).
 pub mod bpf_run;
 pub mod cni;
+pub mod docker_lab;
 pub mod dockerd;
 pub mod etcd;
 pub mod frames;

@@ -150,6 +150,7 @@ fn remove_all_on_interrupt() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         let _ = ctrlc::set_handler(|| {
+            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("\ninterrupted: stopping this process's children, removing its namespaces and lab directories");
             let me = std::process::id();
             // Daemons that need more than a signal (dockerd: containers, mounts) go
@@ -181,6 +182,14 @@ fn remove_all_on_interrupt() {
             std::process::exit(130);
         });
     });
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the interrupt handler is tearing everything down (then it exits
+/// the process, and the code it interrupted should not clean up as well).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 type Cleanup = Box<dyn Fn() + Send + Sync>;

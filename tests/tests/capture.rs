@@ -31,12 +31,15 @@ struct Capture {
 
 impl Capture {
     fn start(netns: &Netns, interface: &str, file: &Path) -> Capture {
+        // tshark's complaints go to a file beside the capture, for the panic.
+        let errors_path = file.with_extension("stderr");
+        let errors = std::fs::File::create(&errors_path).expect("creating tshark's stderr file");
         let mut child = netns
             .command("tshark")
             .args(["-q", "-i", interface, "-f", "udp", "-w"])
             .arg(file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(errors)
             .spawn()
             .expect("starting tshark (Debian package tshark)");
         // The capture file appears once dumpcap has opened the interface.
@@ -45,7 +48,9 @@ impl Capture {
         while std::fs::metadata(file).map(|m| m.len() == 0).unwrap_or(true) {
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                 let _ = child.kill();
-                panic!("tshark did not start capturing on {interface}");
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let errors = std::fs::read_to_string(&errors_path).unwrap_or_default();
+                panic!("tshark did not start capturing on {interface} (tshark: {status}); its stderr:\n{errors}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -6,134 +6,79 @@
 //! `--ip` and `--mac-address`) and each host allocates from its own
 //! `--ip-range`. Containers are busybox-static imported with `docker
 //! import`; traffic runs between them with busybox's ping and nc.
-use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use overlay::api::client::{self, Method};
 use overlay_lab::{
-    dockerd::{self, Dockerd, PluginSocket},
-    etcd::{self, EtcdCluster},
-    lab::{HostKind, HostSpec, Lab, LabSpec, overlay_binary},
+    docker_lab::{DockerLab, IMAGE},
+    dockerd,
+    etcd,
+    lab::overlay_binary,
 };
 use serde_json::Value;
 
-/// etcd's address on the lab's underlay bridge.
-const ETCD_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
-const IMAGE: &str = "overlay-busybox";
 const SUBNET: &str = "10.90.0.0/24";
 
-/// A lab host with its agent's plugin and its dockerd.
-struct DockerHost {
-    name: String,
-    plugin: PluginSocket,
-    docker: Dockerd,
+/// The lab (tests/src/docker_lab.rs), with helpers that panic with the logs.
+struct Setup(DockerLab);
+
+impl std::ops::Deref for Setup {
+    type Target = DockerLab;
+    fn deref(&self) -> &DockerLab {
+        &self.0
+    }
 }
 
-/// Everything of one test; fields drop in order: the daemons first (their
-/// containers leave through the plugins while the agents still run), then
-/// the agents and namespaces, then etcd.
-struct Setup {
-    hosts: Vec<DockerHost>,
-    lab: Lab,
-    etcd: Option<EtcdCluster>,
+impl std::ops::DerefMut for Setup {
+    fn deref_mut(&mut self) -> &mut DockerLab {
+        &mut self.0
+    }
 }
 
 impl Setup {
-    /// Two hosts whose files hold only their `[node]` table, etcd, the
-    /// agents with their plugins, and a dockerd per host with the image.
+    /// Two hosts whose files hold only their `[node]` table, etcd when
+    /// `cluster`, the agents with their plugins, and a dockerd per host with the image.
     fn start(scope: &str, cluster: bool) -> Setup {
-        let host = |name: &str| HostSpec { name: name.into(), kind: HostKind::Overlay, containers: Vec::new() };
-        let lab = Lab::build(LabSpec { scope: scope.into(), vxlan_port: 4789, hosts: vec![host("h1"), host("h2")] }).expect("building the lab");
-        for host in &lab.hosts {
-            let path = host.config_path.clone().unwrap();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let end = text.find("[[").unwrap_or(text.len());
-            std::fs::write(&path, &text[..end]).unwrap();
-        }
-        let etcd = cluster.then(|| {
-            let bridge = format!("br{:x}", std::process::id());
-            lab.wire.ip(&["addr", "add", &format!("{ETCD_ADDRESS}/24"), "dev", &bridge]).expect("addressing the underlay bridge");
-            EtcdCluster::start_in_netns(scope, lab.wire.name(), ETCD_ADDRESS).expect("starting etcd on the underlay")
-        });
-        let rootfs = dockerd::busybox_rootfs(&lab.dir).expect("making the busybox rootfs");
-        let mut setup = Setup { hosts: Vec::new(), lab, etcd };
-        for index in 0..2 {
-            let name = setup.lab.hosts[index].spec.name.clone();
-            let plugin = PluginSocket::new(scope, &name);
-            setup.start_agent(index, &plugin.name);
-            let docker = Dockerd::start(&setup.lab.hosts[index].netns, &setup.lab.dir.join(format!("docker-{name}")))
-                .unwrap_or_else(|error| panic!("starting dockerd on {name}: {error:#}"));
-            docker.import(&rootfs, IMAGE).expect("importing the busybox image");
-            setup.hosts.push(DockerHost { name, plugin, docker });
-        }
-        setup
+        let binary = overlay_binary().expect("the overlay binary");
+        Setup(DockerLab::start(scope, &["h1", "h2"], cluster, &binary, false).unwrap_or_else(|error| panic!("starting the Docker lab: {error:#}")))
     }
 
     fn start_agent(&mut self, index: usize, plugin: &str) {
-        let mut args = vec!["--docker-plugin".to_owned(), plugin.to_owned()];
-        if let Some(etcd) = &self.etcd {
-            args.extend(["--etcd".to_owned(), etcd.client_url(0)]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = self
-            .lab
-            .start_agent_with_args(index, &overlay_binary().unwrap(), &args)
-            .unwrap_or_else(|error| panic!("starting the agent on host {index}: {error:#}\n{}", self.lab.agent_logs()));
-        self.lab.agents.push(agent);
+        let result = self.0.start_agent(index, plugin);
+        result.unwrap_or_else(|error| panic!("{error:#}"));
     }
 
     fn docker(&self, host: usize, args: &[&str]) -> String {
-        self.hosts[host].docker.docker(args).unwrap_or_else(|error| panic!("{error:#}\n{}", self.logs()))
+        self.0.docker(host, args).unwrap_or_else(|error| panic!("{error:#}\n{}", self.logs()))
     }
 
     /// `docker ARGS` that must fail: its stderr.
     fn docker_refused(&self, host: usize, args: &[&str]) -> String {
-        let output = self.hosts[host].docker.docker_output(args).unwrap();
-        assert!(!output.status.success(), "expected `docker {}` on h{} to fail, it succeeded", args.join(" "), host + 1);
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        self.0.docker_refused(host, args).unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     /// `docker network create` of this host's plugin.
     fn create_network(&self, host: usize, name: &str, subnet: &str, extra: &[&str]) {
-        let plugin = self.hosts[host].plugin.name.clone();
-        let mut args = vec!["network", "create", "-d", &plugin, "--ipam-driver", &plugin, "--subnet", subnet];
-        args.extend_from_slice(extra);
-        args.push(name);
-        self.docker(host, &args);
+        self.0.create_network(host, name, subnet, extra).unwrap_or_else(|error| panic!("{error:#}\n{}", self.logs()));
     }
 
     /// Starts a container that serves its name on TCP port 7000 (and sleeps).
     fn run(&self, host: usize, name: &str, network: &str) {
-        let serve = format!("while true; do echo {name} | nc -l -p 7000; done");
-        self.docker(host, &["run", "-d", "--name", name, "--network", network, IMAGE, "sh", "-c", &serve]);
+        self.0.run_container(host, name, network).unwrap_or_else(|error| panic!("{error:#}\n{}", self.logs()));
     }
 
     /// The container's address in `network`.
     fn address(&self, host: usize, container: &str, network: &str) -> Ipv4Addr {
-        let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
-        let text = self.docker(host, &["inspect", "-f", &format, container]);
-        text.parse().unwrap_or_else(|_| panic!("{container}'s address in {network}: {text:?}"))
-    }
-
-    /// Whether `container` on `host` gets an answer to one ping of `target`.
-    fn pings(&self, host: usize, container: &str, target: Ipv4Addr) -> bool {
-        let output = self.hosts[host].docker.docker_output(&["exec", container, "ping", "-c", "1", "-W", "1", &target.to_string()]).unwrap();
-        output.status.success()
+        self.0.address(host, container, network).unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     /// Who answers on `target`:7000 for `container` (empty: nobody).
     fn who_is_at(&self, host: usize, container: &str, target: Ipv4Addr) -> String {
-        let command = format!("sleep 3 | nc -w 2 {target} 7000");
-        let output = self.hosts[host].docker.docker_output(&["exec", container, "sh", "-c", &command]).unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        self.0.who_is_at(host, container, target).unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     fn socket(&self, host: usize) -> PathBuf {
-        self.lab.dir.join("run").join(format!("{}.sock", self.hosts[host].name))
+        self.api_socket(host)
     }
 
     /// How many endpoints `host` knows behind peer `peer` (the peer's containers in its datapath).
@@ -145,34 +90,12 @@ impl Setup {
 
     /// The host's links whose names start with `prefix` (the plugin's veths are `dk...`).
     fn links(&self, host: usize, prefix: &str) -> Vec<String> {
-        let output = self.lab.hosts[host].netns.ip(&["-o", "link", "show"]).unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| line.split(": ").nth(1))
-            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-            .filter(|name| name.starts_with(prefix))
-            .collect()
+        self.0.links(host, prefix).expect("listing links")
     }
 
-    fn logs(&self) -> String {
-        let daemons: String = self.hosts.iter().map(|h| format!("--- dockerd on {}:\n{}\n", h.name, tail(&h.docker.log(), 30))).collect();
-        format!("{}\n{daemons}", self.lab.agent_logs())
+    fn wait_for(&self, what: &str, condition: impl FnMut() -> bool) {
+        self.0.wait_for(what, condition).unwrap_or_else(|error| panic!("{error:#}"));
     }
-
-    fn wait_for(&self, what: &str, mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !condition() {
-            if Instant::now() > deadline {
-                panic!("{what}: not after 60 s\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn skip() -> bool {
@@ -227,15 +150,8 @@ fn containers_on_two_hosts_talk_stay_isolated_and_leave_cleanly() {
     setup.wait_for("g2 pinging g1 across hosts", || setup.pings(1, "g2", g1));
 
     // 10 MB over TCP, every byte checked (busybox nc and md5sum).
-    setup.docker(1, &["exec", "-d", "b2", "sh", "-c", "sleep 3600 | nc -l -p 5000 | md5sum > /tmp/received"]);
-    let sent = setup.docker(0, &["exec", "b1", "sh", "-c", &format!("head -c 10485760 /dev/urandom > /tmp/blob && md5sum < /tmp/blob && sleep 1 && nc {b2} 5000 < /tmp/blob")]);
-    let mut received = String::new();
-    setup.wait_for("b2's checksum of what arrived", || {
-        received = setup.docker(1, &["exec", "b2", "cat", "/tmp/received"]);
-        !received.is_empty()
-    });
-    let digest = |text: &str| text.split_whitespace().next().unwrap_or_default().to_owned();
-    assert_eq!(digest(&received), digest(&sent), "10 MB from b1 to b2: the receiver's MD5 differs from the sender's");
+    let (sent, received) = setup.transfer((0, "b1"), (1, "b2"), b2, 10 << 20).unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(received, sent, "10 MB from b1 to b2: the receiver's MD5 differs from the sender's");
 
     // Isolation: every container serves its name; b1 never reaches green's.
     setup.wait_for("b1 hearing b2's name", || setup.who_is_at(0, "b1", b2) == "b2");
@@ -369,4 +285,146 @@ fn kill_9_of_the_agent_does_not_cut_a_running_container() {
     setup.docker(0, &["rm", "-f", "b1"]);
     assert_eq!(setup.links(0, "dk").len(), 1, "h1 should keep b3's veth only: {:?}", setup.links(0, "dk"));
     assert!(!setup.pings(1, "b2", B1.1.parse().unwrap()), "b2 still reaches b1's address after b1 was removed");
+}
+
+/// The pings `container` on `host` answered out of `count` sent 0.1 s
+/// apart while `during` runs (started 1.5 s into them).
+fn pings_across(setup: &mut Setup, host: usize, container: &str, target: Ipv4Addr, count: u32, during: impl FnOnce(&mut Setup)) -> String {
+    let pinger = setup.hosts[host]
+        .docker
+        .command(&["exec", container, "ping", "-c", &count.to_string(), "-i", "0.1", "-W", "1", &target.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the ping");
+    std::thread::sleep(Duration::from_millis(1500));
+    during(setup);
+    let output = pinger.wait_with_output().expect("waiting for the ping");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary:\n{text}")).to_owned()
+}
+
+/// A host end of the Docker plugin's naming (`dk` + 11 hex digits) that no endpoint owns.
+const ORPHAN: &str = "dk0123456789a";
+
+#[test]
+fn kill_9_of_a_cluster_agent_keeps_containers_and_docker_working() {
+    if skip() {
+        return;
+    }
+    let mut setup = Setup::start("dkkillc", true);
+    for host in 0..2 {
+        setup.create_network(host, "blue", SUBNET, &["--opt", "vni=4242"]);
+    }
+    setup.run(0, "b1", "blue");
+    setup.run(1, "b2", "blue");
+    let b1 = setup.address(0, "b1", "blue");
+    let b2 = setup.address(1, "b2", "blue");
+    setup.wait_for("b1 pinging b2 across hosts", || setup.pings(0, "b1", b2));
+
+    // 60 pings 0.1 s apart each way while h1's agent is killed and started again.
+    let plugin = setup.hosts[0].plugin.name.clone();
+    let pinger_h2 = setup.hosts[1]
+        .docker
+        .command(&["exec", "b2", "ping", "-c", "60", "-i", "0.1", "-W", "1", &b1.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the ping from b2");
+    let summary = pings_across(&mut setup, 0, "b1", b2, 60, |setup| {
+        let index = setup.lab.agents.iter().position(|a| a.host == "h1").unwrap();
+        setup.lab.agents[index].kill();
+        setup.lab.agents.remove(index);
+        assert!(setup.hosts[0].plugin.path.exists(), "a killed agent leaves its plugin socket (stale) behind");
+        // A veth of the plugin's naming whose endpoint it does not know (as a
+        // kill between creating a pair and saving the state leaves), and one
+        // of another naming that is not the plugin's business.
+        let netns = &setup.lab.hosts[0].netns;
+        netns.ip(&["link", "add", ORPHAN, "type", "veth", "peer", "name", "dc0123456789a"]).expect("making an orphan veth");
+        netns.ip(&["link", "add", "dkeep", "type", "veth", "peer", "name", "dkeep-peer"]).expect("making a foreign veth");
+        setup.start_agent(0, &plugin);
+    });
+    let output = pinger_h2.wait_with_output().expect("waiting for b2's ping");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let summary_h2 = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary:\n{text}"));
+    for (who, summary) in [("b1 -> b2", summary.as_str()), ("b2 -> b1", summary_h2)] {
+        assert!(
+            summary.starts_with("60 packets transmitted, 60 packets received"),
+            "{who}: expected all 60 pings answered across kill -9 and restart of h1's cluster agent, got: {summary}\n{}",
+            setup.logs()
+        );
+    }
+
+    // The restarted agent deleted the orphan (with its peer), and only it.
+    setup.wait_for("the restarted agent deleting the orphan veth", || !setup.links(0, "dk").contains(&ORPHAN.to_owned()));
+    let left = setup.links(0, "d");
+    assert!(!left.contains(&"dc0123456789a".to_owned()), "the orphan's peer should go with it: {left:?}");
+    assert!(left.contains(&"dkeep".to_owned()), "a veth not named as the plugin names them must stay: {left:?}");
+    setup.lab.hosts[0].netns.ip(&["link", "del", "dkeep"]).expect("deleting the foreign veth");
+
+    // The plugin socket is served again: Docker works through it. A new
+    // container joins (its address from the cluster allocator, unique),
+    // both hosts reach it, and b1 (joined before the kill) leaves cleanly.
+    assert!(setup.hosts[0].plugin.path.exists(), "the restarted agent should serve {}", setup.hosts[0].plugin.path.display());
+    setup.run(0, "b3", "blue");
+    let b3 = setup.address(0, "b3", "blue");
+    assert!(b3 != b1 && b3 != b2, "b3 got {b3}, which b1 ({b1}) or b2 ({b2}) holds");
+    setup.wait_for("b1 pinging b3 (started after the restart)", || setup.pings(0, "b1", b3));
+    setup.wait_for("b2 pinging b3 across hosts (registered after the restart)", || setup.pings(1, "b2", b3));
+    setup.docker(0, &["rm", "-f", "b1"]);
+    assert_eq!(setup.links(0, "dk").len(), 1, "h1 should keep b3's veth only: {:?}", setup.links(0, "dk"));
+    setup.wait_for("h2 forgetting b1 (only b3 left behind h1)", || setup.remote_endpoints(1, "h1") == 1);
+    assert!(!setup.pings(1, "b2", b1), "b2 still reaches b1's address {b1} after b1 was removed");
+}
+
+/// The registry's keys under `prefix` (relative to `/overlay/v1/`), read with etcdctl on the underlay.
+fn registry_keys(setup: &Setup, prefix: &str) -> Vec<String> {
+    let url = setup.etcd.as_ref().expect("cluster mode").client_url(0);
+    let output = setup
+        .lab
+        .wire
+        .exec("etcdctl", &["--endpoints", &url, "get", "--prefix", "--keys-only", &format!("/overlay/v1/{prefix}")])
+        .expect("etcdctl get");
+    String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.is_empty()).map(|l| l.trim_start_matches("/overlay/v1/").to_owned()).collect()
+}
+
+/// The overlay networks `host`'s agent has.
+fn networks_of(setup: &Setup, host: usize) -> Vec<String> {
+    let answer = client::call_blocking(&setup.socket(host), Method::GET, "/v1/networks", None).expect("GET /v1/networks");
+    let networks: Value = serde_json::from_slice(&answer.body).unwrap();
+    networks.as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(str::to_owned)).collect()
+}
+
+#[test]
+fn network_rm_in_cluster_mode_removes_the_record_with_its_last_user() {
+    if skip() {
+        return;
+    }
+    let setup = Setup::start("dkrm", true);
+    for host in 0..2 {
+        setup.create_network(host, "blue", SUBNET, &["--opt", "vni=4242"]);
+    }
+    assert_eq!(registry_keys(&setup, "users/docker-4242/"), ["users/docker-4242/h1", "users/docker-4242/h2"], "both hosts should be recorded as users");
+    setup.run(1, "b2", "blue");
+
+    // h1 removes its Docker network: h2 still has one (and a container), so the overlay network stays.
+    setup.docker(0, &["network", "rm", "blue"]);
+    assert_eq!(registry_keys(&setup, "networks/"), ["networks/docker-4242"], "h2 still uses docker-4242: its record must stay");
+    assert_eq!(registry_keys(&setup, "users/docker-4242/"), ["users/docker-4242/h2"], "h1's user record should go with its Docker network");
+    setup.run(1, "b3", "blue");
+    let b3 = setup.address(1, "b3", "blue");
+    setup.wait_for("b2 pinging b3 on h2 after h1 removed its network", || setup.pings(1, "b2", b3));
+    assert!(networks_of(&setup, 1).contains(&"docker-4242".to_owned()), "h2 lost docker-4242: {:?}", networks_of(&setup, 1));
+
+    // h2, the last user, removes it: the record, its VNI claim and the user records go (blocks stay),
+    // and both agents drop the network.
+    setup.docker(1, &["rm", "-f", "b2", "b3"]);
+    setup.docker(1, &["network", "rm", "blue"]);
+    for prefix in ["networks/", "vnis/", "users/", "endpoints/"] {
+        assert_eq!(registry_keys(&setup, prefix), Vec::<String>::new(), "after the last user removed docker-4242, {prefix} should be empty");
+    }
+    for host in 0..2 {
+        setup.wait_for(&format!("h{} dropping docker-4242", host + 1), || !networks_of(&setup, host).contains(&"docker-4242".to_owned()));
+    }
+    // And it can be created again from scratch.
+    setup.create_network(0, "blue", SUBNET, &["--opt", "vni=4242"]);
+    assert_eq!(registry_keys(&setup, "networks/"), ["networks/docker-4242"], "docker-4242 created again");
 }

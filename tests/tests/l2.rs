@@ -191,7 +191,14 @@ fn ipv6_ping_and_tcp_between_hosts() {
     for (from, _to, target) in [("a", "b", "fd00::2"), ("b", "a", "fd00::1")] {
         let from_host = if from == "a" { "h1" } else { "h2" };
         let output = lab.container(from_host, from).netns.command("ping").args(["-6", "-c", "3", "-i", "0.2", "-W", "2", target]).output().unwrap();
-        assert!(output.status.success(), "ping6 {from} -> {target} failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), lab.agent_logs());
+        let neighbours = lab.container(from_host, from).netns.command("ip").args(["-6", "neigh"]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "ping6 {from} -> {target} failed:\n{}\nneighbours of {from}:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&neighbours.stdout),
+            lab.diagnostics()
+        );
     }
     let _server = NameServer::start(&lab.container("h2", "b").netns, "b@h2").unwrap();
     let answer = ask_name(&lab.container("h1", "a").netns, IpAddr::V6("fd00::2".parse::<Ipv6Addr>().unwrap())).unwrap();

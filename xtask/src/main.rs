@@ -33,8 +33,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run a multi-host lab with the real agent on every host.
-    Demo,
+    /// Build, then run the Docker workflow on three hosts (network namespaces)
+    /// with etcd and a dockerd each; `--static` runs the static-file lab.
+    Demo {
+        /// The lab whose agents read generated files listing every
+        /// container (no etcd, no Docker), instead of the Docker workflow.
+        #[arg(long = "static")]
+        static_files: bool,
+    },
     /// Build, then run every test: unit tests, packet tests, namespace tests,
     /// and the benchmark harness in --quick mode.
     Test {
@@ -84,7 +90,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::setup(),
         Task::Build => build::build().map(|_| ()),
         Task::Run { args } => run(args),
-        Task::Demo => demo::demo(),
+        Task::Demo { static_files } => demo::demo(static_files),
         Task::Test { filter } => test(filter),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
         Task::Fuzz { seconds: Some(seconds), target, .. } => parser_fuzz::fuzz(seconds, target.as_deref()),

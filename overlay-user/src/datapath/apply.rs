@@ -5,9 +5,9 @@ use std::{collections::BTreeSet, fmt};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
-use overlay_common::{Counter, NodeConfig, SlotCounterKey, maps};
+use overlay_common::{Counter, NodeConfig, SlotCounterKey, SlotOutcomes, maps};
 
 use super::{Datapath, DatapathError, map_error, open_map_mut, tables::CONFIG_TABLES};
 use crate::{slots, state::MapState};
@@ -83,16 +83,16 @@ impl Datapath {
         let held_peer: BTreeSet<u32> = old.peer_slots().into_values().collect();
         let (busy_vni, free_vni): (BTreeSet<u32>, _) = vni_grants.into_iter().partition(|slot| held_vni.contains(slot));
         let (busy_peer, free_peer): (BTreeSet<u32>, _) = peer_grants.into_iter().partition(|slot| held_peer.contains(slot));
-        zero_slots(&mut self.ebpf, maps::VNI_COUNTERS, &free_vni)?;
-        zero_slots(&mut self.ebpf, maps::PEER_COUNTERS, &free_peer)?;
+        zero_slots(&mut self.ebpf, (maps::VNI_OUTCOMES, maps::VNI_COUNTERS), &free_vni)?;
+        zero_slots(&mut self.ebpf, (maps::PEER_OUTCOMES, maps::PEER_COUNTERS), &free_peer)?;
         if busy_vni.is_empty() && busy_peer.is_empty() {
             return apply_steps(&mut self.ebpf, old, new, undo);
         }
         let interim = new.withholding(&busy_vni, &busy_peer);
         apply_steps(&mut self.ebpf, old, &interim, undo)?;
         wait_for_running_programs();
-        zero_slots(&mut self.ebpf, maps::VNI_COUNTERS, &busy_vni)?;
-        zero_slots(&mut self.ebpf, maps::PEER_COUNTERS, &busy_peer)?;
+        zero_slots(&mut self.ebpf, (maps::VNI_OUTCOMES, maps::VNI_COUNTERS), &busy_vni)?;
+        zero_slots(&mut self.ebpf, (maps::PEER_OUTCOMES, maps::PEER_COUNTERS), &busy_peer)?;
         apply_steps(&mut self.ebpf, &interim, new, undo)
     }
 
@@ -136,12 +136,23 @@ fn apply_steps(ebpf: &mut Ebpf, old: &MapState, new: &MapState, undo: &mut Vec<U
     Ok(())
 }
 
-/// Sets the counters of `slots` in the per-CPU slot counters `name` to
-/// zero on every CPU: their entries are deleted (the datapath creates an
-/// entry at its first packet).
-fn zero_slots(ebpf: &mut Ebpf, name: &'static str, slots: &BTreeSet<u32>) -> Result<(), DatapathError> {
+/// Sets the counters of `slots` to zero on every CPU, in the slot
+/// counters named `names` (outcomes, drops): the slots' entries of the
+/// outcome array are overwritten with zeroes, their entries of the drop
+/// hash deleted (the datapath creates an entry at its first packet).
+fn zero_slots(ebpf: &mut Ebpf, names: (&'static str, &'static str), slots: &BTreeSet<u32>) -> Result<(), DatapathError> {
     if slots.is_empty() {
         return Ok(());
+    }
+    let (outcomes_name, name) = names;
+    let mut array: PerCpuArray<&mut MapData, SlotOutcomes> = open_map_mut(ebpf, outcomes_name)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| map_error(outcomes_name, "zero", MapError::IoError(error)))?;
+    // SAFETY: SlotOutcomes is plain data; all-zero is valid.
+    let zeroes = vec![unsafe { std::mem::zeroed::<SlotOutcomes>() }; cpus];
+    let len = array.len();
+    for &slot in slots.iter().filter(|&&slot| slot < len) {
+        let values = PerCpuValues::try_from(zeroes.clone()).map_err(|error| map_error(outcomes_name, "zero", MapError::IoError(error)))?;
+        array.set(slot, values, 0).map_err(|source| map_error(outcomes_name, "zero", source))?;
     }
     let mut hash: PerCpuHashMap<&mut MapData, SlotCounterKey, Counter> = open_map_mut(ebpf, name)?;
     let doomed: Vec<SlotCounterKey> = hash

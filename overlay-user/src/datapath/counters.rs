@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, fmt};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
-use overlay_common::{Counter, Direction, PeerInfo, Reason, SlotCounterKey, VniInfo, counter_index, maps, reason};
+use overlay_common::{
+    Counter, Direction, PeerInfo, Reason, SlotCounterKey, SlotOutcomes, VniInfo, counter_index, maps, outcome_index, reason,
+};
 
 use super::{Datapath, DatapathError, map_error, open_map};
 
@@ -123,7 +125,12 @@ impl Datapath {
 
     /// Reads the counters of every VNI and peer VTEP that has a counter slot.
     pub fn vni_peer_counters(&self) -> Result<VniPeerCounters, DatapathError> {
-        read_vni_peer_counters(self.map(maps::VNIS)?, self.map(maps::PEERS)?, self.map(maps::VNI_COUNTERS)?, self.map(maps::PEER_COUNTERS)?)
+        read_vni_peer_counters(
+            self.map(maps::VNIS)?,
+            self.map(maps::PEERS)?,
+            SlotCounterMaps { outcomes: Some(self.map(maps::VNI_OUTCOMES)?), drops: self.map(maps::VNI_COUNTERS)? },
+            SlotCounterMaps { outcomes: Some(self.map(maps::PEER_OUTCOMES)?), drops: self.map(maps::PEER_COUNTERS)? },
+        )
     }
 }
 
@@ -152,13 +159,22 @@ fn counters_from<I: Iterator<Item = Counter>>(per_cpu_at: impl Fn(usize) -> I) -
     Counters { rows }
 }
 
+/// Where one kind of slot (VNI or peer) counts: outcomes in a per-CPU
+/// array indexed by slot (`VNI_OUTCOMES`), drops in a slot-keyed per-CPU
+/// hash (`VNI_COUNTERS`). `outcomes` is `None` for a pinned datapath of a
+/// version before the arrays, which counted everything in the hash.
+pub(super) struct SlotCounterMaps<'a> {
+    pub outcomes: Option<&'a aya::maps::Map>,
+    pub drops: &'a aya::maps::Map,
+}
+
 /// The counters of every slot holder of the `VNIS` and `PEERS` tables
-/// (`vnis`, `peers`), read from `VNI_COUNTERS` and `PEER_COUNTERS`.
+/// (`vnis`, `peers`), read from their slots' counter maps.
 pub(super) fn read_vni_peer_counters(
     vnis: &aya::maps::Map,
     peers: &aya::maps::Map,
-    vni_counters: &aya::maps::Map,
-    peer_counters: &aya::maps::Map,
+    vni_counters: SlotCounterMaps<'_>,
+    peer_counters: SlotCounterMaps<'_>,
 ) -> Result<VniPeerCounters, DatapathError> {
     let vnis: HashMap<&MapData, u32, VniInfo> = HashMap::try_from(vnis).map_err(|source| map_error(maps::VNIS, "open", source))?;
     let peers: HashMap<&MapData, u32, PeerInfo> = HashMap::try_from(peers).map_err(|source| map_error(maps::PEERS, "open", source))?;
@@ -173,21 +189,47 @@ pub(super) fn read_vni_peer_counters(
         .collect::<Result<_, _>>()
         .map_err(|source| map_error(maps::PEERS, "read", source))?;
     Ok(VniPeerCounters {
-        vnis: read_slots(maps::VNI_COUNTERS, vni_counters, &vni_slots)?,
-        peers: read_slots(maps::PEER_COUNTERS, peer_counters, &peer_slots)?,
+        vnis: read_slots((maps::VNI_OUTCOMES, maps::VNI_COUNTERS), vni_counters, &vni_slots)?,
+        peers: read_slots((maps::PEER_OUTCOMES, maps::PEER_COUNTERS), peer_counters, &peer_slots)?,
     })
 }
 
-/// The counters of each key's slot in the slot counters `map`; a key
-/// without a slot (tables written before slots existed) has none.
-fn read_slots<K: Ord + Copy>(name: &'static str, map: &aya::maps::Map, slots: &BTreeMap<K, u32>) -> Result<BTreeMap<K, Counters>, DatapathError> {
-    let hash: PerCpuHashMap<&MapData, SlotCounterKey, Counter> = PerCpuHashMap::try_from(map).map_err(|source| map_error(name, "open", source))?;
-    // One pass over the map: every slot's counters, summed over CPUs.
+/// The counters of each key's slot in `maps` (whose names are `names`:
+/// outcomes, drops), summed over CPUs; a key without a slot (tables
+/// written before slots existed) has none. The hash and the array are
+/// added together: a datapath before the arrays counted outcomes in the
+/// hash, and an adopted datapath keeps them there.
+fn read_slots<K: Ord + Copy>(
+    names: (&'static str, &'static str),
+    maps: SlotCounterMaps<'_>,
+    slots: &BTreeMap<K, u32>,
+) -> Result<BTreeMap<K, Counters>, DatapathError> {
+    let (outcomes_name, drops_name) = names;
+    let hash: PerCpuHashMap<&MapData, SlotCounterKey, Counter> =
+        PerCpuHashMap::try_from(maps.drops).map_err(|source| map_error(drops_name, "open", source))?;
+    // One pass over the hash: every slot's counters, summed over CPUs.
     let mut by_slot: BTreeMap<u32, BTreeMap<u32, Counter>> = BTreeMap::new();
     for entry in hash.iter() {
-        let (key, per_cpu) = entry.map_err(|source| map_error(name, "read", source))?;
-        let sum = per_cpu.iter().fold(Counter { packets: 0, bytes: 0 }, |sum, c| Counter { packets: sum.packets + c.packets, bytes: sum.bytes + c.bytes });
-        by_slot.entry(key.slot).or_default().insert(key.index, sum);
+        let (key, per_cpu) = entry.map_err(|source| map_error(drops_name, "read", source))?;
+        let table = by_slot.entry(key.slot).or_default();
+        per_cpu.iter().for_each(|counter| add_counter(table.entry(key.index).or_default(), counter));
+    }
+    // Then the outcomes of each slot held, by index.
+    if let Some(outcomes) = maps.outcomes {
+        let array: PerCpuArray<&MapData, SlotOutcomes> =
+            PerCpuArray::try_from(outcomes).map_err(|source| map_error(outcomes_name, "open", source))?;
+        for &slot in slots.values().filter(|&&slot| slot != overlay_common::NO_COUNTER_SLOT && slot < array.len()) {
+            let per_cpu = array.get(&slot, 0).map_err(|source| map_error(outcomes_name, "read", source))?;
+            let table = by_slot.entry(slot).or_default();
+            for direction in Direction::ALL {
+                for code in 0..reason::FIRST_DROP {
+                    let (reason, at) = (Reason(code), outcome_index(direction, Reason(code)) as usize);
+                    for cpu in per_cpu.iter() {
+                        add_counter(table.entry(counter_index(direction, reason)).or_default(), &cpu.counters[at]);
+                    }
+                }
+            }
+        }
     }
     let none = BTreeMap::new();
     Ok(slots
@@ -197,4 +239,9 @@ fn read_slots<K: Ord + Copy>(name: &'static str, map: &aya::maps::Map, slots: &B
             (*key, counters_from(|index| table.get(&(index as u32)).copied().into_iter()))
         })
         .collect())
+}
+
+fn add_counter(sum: &mut Counter, counter: &Counter) {
+    sum.packets += counter.packets;
+    sum.bytes += counter.bytes;
 }

@@ -11,7 +11,7 @@ use aya::{
     maps::{HashMap, MapData},
 };
 use overlay_common::{
-    Counter, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounterKey, UnderlayMac, maps,
+    Counter, MonitorBucket, MonitorConfig, NodeConfig, RouteCacheEntry, SlotCounterKey, SlotOutcomes, UnderlayMac, maps,
 };
 
 use super::{DatapathError, apply::Undo, map_error, open_map, open_map_mut};
@@ -128,13 +128,16 @@ pub(super) fn config_table(name: &'static str) -> &'static dyn ConfigTable {
 
 /// The maps that are not configuration tables: the node entry, counters,
 /// the monitor's and the datapath's own state.
-const OTHER_MAPS: [MapLayout; 11] = [
+const OTHER_MAPS: [MapLayout; 13] = [
     MapLayout::of::<u32, NodeConfig>(maps::NODE, true),
     // Absent from the previous version's pins: created beside them on adoption.
     MapLayout::of::<u32, UnderlayMac>(maps::UNDERLAY_MAC, true),
     MapLayout::of::<u32, Counter>(maps::COUNTERS, true),
     MapLayout::of::<SlotCounterKey, Counter>(maps::VNI_COUNTERS, true),
     MapLayout::of::<SlotCounterKey, Counter>(maps::PEER_COUNTERS, true),
+    // Absent from the pins of versions before them: created beside them on adoption.
+    MapLayout::of::<u32, SlotOutcomes>(maps::VNI_OUTCOMES, true),
+    MapLayout::of::<u32, SlotOutcomes>(maps::PEER_OUTCOMES, true),
     // A ring buffer has no keys or values; its size is its identity.
     MapLayout::of::<(), ()>(maps::EVENTS, true),
     MapLayout::of::<u32, MonitorConfig>(maps::MONITOR, true),

@@ -8,7 +8,7 @@ use overlay_common::{Counter, NodeConfig, maps};
 
 use super::{
     Counters, Datapath, DatapathError, VniPeerCounters,
-    counters::{read_counters, read_vni_peer_counters},
+    counters::{SlotCounterMaps, read_counters, read_vni_peer_counters},
     map_error,
     tables::{CONFIG_TABLES, config_table, read_hash},
 };
@@ -46,11 +46,16 @@ impl Datapath {
         let open = |name: &'static str| {
             MapData::from_pin(pins.map(name)).map_err(|source| map_error(name, "open pinned", source))
         };
+        // The outcome arrays are absent from the pins of a version before them.
+        let open_if_pinned = |name: &'static str| {
+            if pins.map(name).exists() { open(name).map(|data| Some(aya::maps::Map::PerCpuArray(data))) } else { Ok(None) }
+        };
+        let (vni_outcomes, peer_outcomes) = (open_if_pinned(maps::VNI_OUTCOMES)?, open_if_pinned(maps::PEER_OUTCOMES)?);
         read_vni_peer_counters(
             &aya::maps::Map::HashMap(open(maps::VNIS)?),
             &aya::maps::Map::HashMap(open(maps::PEERS)?),
-            &aya::maps::Map::PerCpuHashMap(open(maps::VNI_COUNTERS)?),
-            &aya::maps::Map::PerCpuHashMap(open(maps::PEER_COUNTERS)?),
+            SlotCounterMaps { outcomes: vni_outcomes.as_ref(), drops: &aya::maps::Map::PerCpuHashMap(open(maps::VNI_COUNTERS)?) },
+            SlotCounterMaps { outcomes: peer_outcomes.as_ref(), drops: &aya::maps::Map::PerCpuHashMap(open(maps::PEER_COUNTERS)?) },
         )
     }
 

@@ -156,7 +156,14 @@ pub(super) async fn create_network(plugin: &Plugin, body: &Bytes) -> Result<Empt
             true
         }
     };
+    let registry = registry_of(&agent);
     drop(agent);
+    if let Some((registry, node)) = registry {
+        // Docker networks are per host: etcd keeps which hosts use the overlay network (see delete_network).
+        registry.use_network(&name, &node).await.map_err(|error| {
+            Failure::internal(format!("recording in etcd that {node} uses overlay network {name}: {error}"))
+        })?;
+    }
     state.networks.insert(request.network_id.clone(), DockerNetwork { name, vni, subnet, pool_id, created_here });
     plugin.save(&state)?;
     let _ = plugin.changed.try_send(());
@@ -192,7 +199,18 @@ pub(super) async fn delete_network(plugin: &Plugin, body: &Bytes) -> Result<Empt
             Err(error) => return Err(change_failure(&format!("removing overlay network {}", network.name), error)),
         }
     }
+    let registry = registry_of(&agent);
     drop(agent);
+    // In cluster mode the network's record goes only with its last user:
+    // other hosts may still have their Docker network of it (see README).
+    let others = state.networks.iter().any(|(id, other)| *id != request.network_id && other.name == network.name);
+    if let Some((registry, node)) = registry.filter(|_| !others) {
+        match registry.release_network(&network.name, &node).await {
+            Ok(true) => log::info!("removed overlay network {} from etcd: {node} was its last user", network.name),
+            Ok(false) => log::info!("overlay network {} stays in etcd: other hosts use it, or endpoints of it remain", network.name),
+            Err(error) => log::warn!("overlay network {} stays in etcd: releasing it failed: {error}", network.name),
+        }
+    }
     state.networks.remove(&request.network_id);
     for pool in state.pools.values_mut().filter(|p| p.network_id.as_deref() == Some(request.network_id.as_str())) {
         pool.network_id = None;
@@ -353,6 +371,33 @@ fn check_id(field: &str, id: &str) -> Result<(), Failure> {
     }
 }
 
+/// Deletes the host ends (`dk` and 11 hex digits) of veths this plugin made for
+/// endpoints it no longer knows (an agent killed between creating a pair
+/// and saving its state, or a state file removed): at agent start, with the
+/// plugin's state locked so no Join runs meanwhile. Deleting one end of a
+/// veth deletes its peer, wherever it is.
+pub(super) async fn collect_orphan_veths(state: &DockerState) {
+    let known: std::collections::BTreeSet<String> = state.endpoints.keys().map(|id| host_interface(id)).collect();
+    let links = veth::with_handle(|handle| async move { veth::veth_names_with_prefix(&handle, HOST_INTERFACE_PREFIX).await }).await;
+    let links = match links {
+        Ok(links) => links,
+        Err(error) => return log::warn!("Docker plugin: listing links to find orphan veths: {error}"),
+    };
+    // Only names this plugin makes: dk and 11 hex digits of a Docker id.
+    let ours = |name: &String| name.len() == HOST_INTERFACE_PREFIX.len() + 11 && name[HOST_INTERFACE_PREFIX.len()..].chars().all(|c| c.is_ascii_hexdigit());
+    for orphan in links.into_iter().filter(|name| ours(name) && !known.contains(name)) {
+        match veth::delete_local_link(&orphan).await {
+            Ok(_) => log::info!("Docker plugin: deleted veth {orphan}, whose endpoint this plugin no longer knows"),
+            Err(error) => log::warn!("Docker plugin: deleting orphan veth {orphan}: {error}"),
+        }
+    }
+}
+
+/// The registry client and this node's name, in cluster mode.
+fn registry_of(agent: &AgentState) -> Option<(crate::registry::Registry, String)> {
+    agent.cluster.as_ref().map(|cluster| (cluster.registry.clone(), agent.config.node.name.clone()))
+}
+
 fn known_network(state: &DockerState, network_id: &str) -> Result<DockerNetwork, Failure> {
     state.networks.get(network_id).cloned().ok_or_else(|| {
         Failure::not_found(format!("NetworkID {network_id:?}: not a network of this driver (created before this agent kept state, or removed)"))
@@ -379,9 +424,12 @@ fn api_endpoint_id(endpoint_id: &str) -> String {
     format!("docker-{}", short(endpoint_id))
 }
 
+/// What the host end of every endpoint's veth is named by.
+const HOST_INTERFACE_PREFIX: &str = "dk";
+
 /// The host end of the endpoint's veth (15 characters at most).
 fn host_interface(endpoint_id: &str) -> String {
-    format!("dk{}", first_chars(endpoint_id, 11))
+    format!("{HOST_INTERFACE_PREFIX}{}", first_chars(endpoint_id, 11))
 }
 
 /// The container end, until Docker renames it `eth<N>` inside the container.

@@ -237,6 +237,9 @@ pub fn serve(
         state: Arc::new(Mutex::new(state)),
         state_path: state_path.into(),
     };
+    // Taken before Docker's first call can take it: Join makes veths under it.
+    let state = plugin.state.clone().try_lock_owned().expect("the plugin's state is not shared yet");
+    tokio::spawn(async move { driver::collect_orphan_veths(&state).await });
     Ok(crate::http::serve_bound_unix(bound, router(plugin)))
 }
 

@@ -259,6 +259,55 @@ impl Registry {
         Ok(true)
     }
 
+    /// Records that `node` uses network `name` (`users/<network>/<node>`,
+    /// on no lease: a node gone for good keeps the network, which is the
+    /// safe side). See [`Registry::release_network`].
+    pub async fn use_network(&self, name: &str, node: &str) -> Result<(), RegistryError> {
+        let key = self.layout.network_user(name, node);
+        let value = serde_json::json!({ "node": node }).to_string();
+        self.request(|mut client| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { client.put(key, value, None).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `node` no longer uses network `name`: its user record goes, and the
+    /// network itself (record and VNI claim) goes too when it was the last
+    /// user, in one transaction that also requires that no endpoint of the
+    /// network is left on any node. Its address blocks stay, as
+    /// [`Registry::delete_network`] leaves them: nodes' allocators hold
+    /// them, and a network created again with the name reuses them.
+    /// Returns whether the network was deleted.
+    pub async fn release_network(&self, name: &str, node: &str) -> Result<bool, RegistryError> {
+        let user = self.layout.network_user(name, node);
+        self.request(|mut client| {
+            let user = user.clone();
+            async move { client.delete(user, None).await }
+        })
+        .await?;
+        let key = self.layout.network(name);
+        let response = self.get(&key).await?;
+        let Some(kv) = response.kvs().first() else { return Ok(false) };
+        let users = self.layout.network_users(name);
+        let endpoints = self.layout.endpoints_of(name);
+        let mut operations = vec![TxnOp::delete(key.as_str(), None)];
+        if let Ok(record) = NetworkRecord::parse(&key, kv.value()) {
+            operations.push(TxnOp::delete(self.layout.vni_claim(record.vni), None));
+        }
+        // A range compare with no key in the range compares a zero record
+        // (etcd's applyCompare): create_revision == 0 means "none left".
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                Compare::create_revision(users.as_str(), CompareOp::Equal, 0).with_prefix(),
+                Compare::create_revision(endpoints.as_str(), CompareOp::Equal, 0).with_prefix(),
+            ])
+            .and_then(operations);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     /// One network's record, if it exists and parses.
     pub async fn network(&self, name: &str) -> Result<Option<(NetworkRecord, i64)>, RegistryError> {
         let key = self.layout.network(name);

@@ -27,6 +27,8 @@ pub enum KeyKind {
     AddressClaim,
     Block { network: String, base: String },
     Conflict,
+    /// A node's declaration that it uses a network (Docker's per-host networks).
+    NetworkUser,
     /// Under the prefix but not a key of this layout.
     Unknown,
 }
@@ -92,6 +94,20 @@ impl KeyLayout {
         format!("{}/blocks/{network}/{base}", self.prefix)
     }
 
+    /// The nodes that declared they use `network` (a prefix).
+    pub fn network_users(&self, network: &str) -> String {
+        format!("{}/users/{network}/", self.prefix)
+    }
+
+    pub fn network_user(&self, network: &str, node: &str) -> String {
+        format!("{}/users/{network}/{node}", self.prefix)
+    }
+
+    /// The endpoints of one network (a prefix for a range read).
+    pub fn endpoints_of(&self, network: &str) -> String {
+        format!("{}/endpoints/{network}/", self.prefix)
+    }
+
     /// The refused claims one node recorded (a prefix; keys are on its lease).
     pub fn conflicts_of(&self, claimant: &str) -> String {
         format!("{}/conflicts/{claimant}/", self.prefix)
@@ -116,6 +132,7 @@ impl KeyLayout {
             ["addresses", _, _] => KeyKind::AddressClaim,
             ["blocks", network, base] => KeyKind::Block { network: (*network).to_owned(), base: (*base).to_owned() },
             ["conflicts", _, _, _] => KeyKind::Conflict,
+            ["users", _, _] => KeyKind::NetworkUser,
             _ => KeyKind::Unknown,
         };
         Some(kind)
@@ -153,6 +170,8 @@ mod tests {
             layout.classify(&layout.endpoint("blue", mac)),
             Some(KeyKind::Endpoint { network: "blue".into(), mac: "02:00:00:00:00:01".into() })
         );
+        assert_eq!(layout.classify(&layout.network_user("blue", "n1")), Some(KeyKind::NetworkUser));
+        assert!(layout.network_user("blue", "n1").starts_with(&layout.network_users("blue")));
         assert_eq!(layout.classify("/overlay/v10/nodes/n1"), None);
         assert_eq!(layout.classify("/overlay/v1/nodes/n1/extra"), Some(KeyKind::Unknown));
     }

@@ -19,11 +19,14 @@
 //! | `addresses/<network>/<address>`      | claim: the endpoint's MAC                                   | its node's |
 //! | `blocks/<network>/<base address>`    | `{network, cidr, node, allocations: {address: owner}}`      | none       |
 //! | `conflicts/<claimant>/<kind>/<subject>` | `{claimant, kind, subject, holder, holder_node}`: a refused claim | claimant's |
+//! | `users/<network>/<node>`             | `{node}`: the node has a Docker network of it               | none       |
 //!
 //! - A node's records and its endpoints share the node's lease: when the
 //!   node stops renewing it (crash, partition), etcd deletes them all at
 //!   once after the TTL, and every watcher sees the deletions.
-//! - Networks and IPAM blocks are not leased: they outlive any node.
+//! - Networks and IPAM blocks are not leased: they outlive any node. A
+//!   network goes with its last user ([`Registry::release_network`]: no
+//!   user record and no endpoint left; its blocks stay).
 //! - Uniqueness (node name, VTEP, VNI, MAC per network, address per
 //!   network, block) is enforced when writing, by transactions that create
 //!   a record and its claim keys only if none exists; the later claim is

@@ -151,8 +151,9 @@ impl RegistryStore {
             KeyKind::Conflict => ConflictReport::parse(kv.key, kv.value).map(|report| {
                 self.conflicts.insert(kv.key.to_owned(), report);
             }),
-            // Claim keys mirror records and are read by the writers' transactions only.
-            KeyKind::VtepClaim | KeyKind::VniClaim | KeyKind::AddressClaim => Ok(()),
+            // Claim keys mirror records and are read by the writers' transactions only;
+            // network users are read by whoever removes a network.
+            KeyKind::VtepClaim | KeyKind::VniClaim | KeyKind::AddressClaim | KeyKind::NetworkUser => Ok(()),
             KeyKind::Unknown => Err(RecordProblem::new(kv.key, "-", "", "not a key of this registry layout")),
         };
         if let Err(problem) = result {

@@ -32,7 +32,8 @@ impl Variant {
             loader.map_pin_path(*name, pins.map(name));
         }
         let mut ebpf = loader.load_file(object).with_context(|| format!("loading variant {label} from {}", object.display()))?;
-        for name in [programs::DECAP_XDP, programs::DECAP_TC, programs::ENDPOINT_TC] {
+        // All of them: a variant the verifier refuses is refused here, whole.
+        for name in programs::ALL {
             let program = ebpf.program_mut(name).with_context(|| format!("variant {label} has no program {name}"))?;
             let result = match program {
                 aya::programs::Program::Xdp(xdp) => xdp.load(),

@@ -1,18 +1,17 @@
-//! `cargo xtask demo`: a three-host lab running the real agent on each host.
+//! `cargo xtask demo --static`: a three-host lab whose agents read
+//! generated files listing every container (no etcd, no Docker).
 use std::{
     net::Ipv4Addr,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use overlay_lab::{
     lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU, ping, tcp_transfer},
     netns,
     probe::{NameServer, ask_name},
 };
-
-use crate::{build, is_root, setup};
 
 const SCOPE: &str = "demo";
 const TRANSFER_BYTES: u64 = 100 * 1024 * 1024;
@@ -39,12 +38,7 @@ fn tenant_of(vni: u32) -> &'static str {
     if vni == BLUE { "blue" } else { "green" }
 }
 
-pub fn demo() -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("the demo creates network namespaces and loads BPF programs: run it as root");
-    }
-    setup::ensure_lab_tools()?;
-    let overlay_bin = build::build()?;
+pub fn demo(overlay_bin: &std::path::Path) -> anyhow::Result<()> {
     install_interrupt_handler()?;
 
     let spec = LabSpec {
@@ -77,7 +71,7 @@ pub fn demo() -> anyhow::Result<()> {
     }
 
     println!("\n== starting `overlay run` on every host ({})", overlay_bin.display());
-    lab.start_agents(&overlay_bin)?;
+    lab.start_agents(overlay_bin)?;
     AGENT_PIDS.lock().unwrap().extend(lab.agents.iter().filter_map(|a| a.pid()));
     for agent in &lab.agents {
         if let Some(line) = agent.log().lines().find(|l| l.contains("forwarding:")) {
