@@ -10,8 +10,7 @@ pub mod datapath;
 pub mod docker;
 pub mod doctor;
 pub mod http;
-#[cfg(test)]
-mod json_fuzz;
+pub mod json_fuzz;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -162,7 +162,12 @@ pub fn invoke(plugin: &Path, env: &CniEnv, stdin: &str) -> anyhow::Result<Invoca
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {}", plugin.display()))?;
-    child.stdin.take().context("plugin stdin")?.write_all(stdin.as_bytes())?;
+    // A plugin may answer without reading stdin (a bad variable): as a
+    // runtime, take its answer rather than the broken pipe.
+    match child.stdin.take().context("plugin stdin")?.write_all(stdin.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     let output = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(Invocation {

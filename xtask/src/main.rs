@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod parser_fuzz;
 mod setup;
 mod vm;
 
@@ -58,6 +59,13 @@ enum Task {
         /// PRNG seed, decimal or 0x-hex (default: the fixed seed of `cargo xtask test`).
         #[arg(long)]
         seed: Option<String>,
+        /// Instead of the datapath: run each `cargo fuzz` (libFuzzer) target
+        /// of the agent's parsers (overlay-user/fuzz) for this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// With --seconds: only this target (config_toml, api_json, cni_stdin, docker_requests, etcd_records).
+        #[arg(long, requires = "seconds")]
+        target: Option<String>,
     },
     /// Build, then run the churn soak (tests/tests/churn.rs `soak`): 5,000
     /// endpoints and 200 peers in and out of a two-node lab under traffic,
@@ -86,7 +94,8 @@ fn main() -> std::process::ExitCode {
         Task::Test { filter } => test(filter),
         Task::Bench(options) if options.cluster_scale => bench::cluster_scale::run(&options),
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
-        Task::Fuzz { frames, seed } => fuzz(frames, seed),
+        Task::Fuzz { seconds: Some(seconds), target, .. } => parser_fuzz::fuzz(seconds, target.as_deref()),
+        Task::Fuzz { frames, seed, .. } => fuzz(frames, seed),
         Task::Soak { minutes, restart_every } => soak(minutes, restart_every),
         Task::VmTest(options) => vm::vm_test(&options),
     };

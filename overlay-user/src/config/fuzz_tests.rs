@@ -7,6 +7,8 @@
 //! broken syntax) and are mutated structurally (lines, values, keys, table
 //! headers) and byte by byte, with a seeded PRNG. Bounded in the unit
 //! tests; `OVERLAY_CONFIG_FUZZ_CASES` and `OVERLAY_CONFIG_FUZZ_SEED` run more.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use std::path::Path;
 
 use super::{Config, ConfigError};
@@ -202,8 +204,9 @@ fn mutate(rng: &mut Rng, text: &str, corpus: &[(String, String)]) -> String {
     lines.join("\n")
 }
 
-/// What is wrong with the outcome of parsing `text`, if anything.
-fn check(text: &str) -> Option<String> {
+/// What is wrong with the outcome of parsing `text`, if anything (also the
+/// `cargo fuzz` target's property, overlay-user/fuzz).
+pub fn check(text: &str) -> Option<String> {
     let outcome = std::panic::catch_unwind(|| Config::parse(text, Path::new("fuzz.toml")));
     match outcome {
         Err(_) => Some("Config::parse panicked".to_owned()),

@@ -250,5 +250,5 @@ impl Config {
 #[cfg(test)]
 mod tests;
 
-#[cfg(test)]
-mod fuzz_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_tests;

@@ -38,13 +38,13 @@ fn change_failure(what: &str, error: ChangeError) -> Failure {
 
 /// The `--opt` values of CreateNetwork that this driver understands.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct NetworkOptions {
+pub(super) struct NetworkOptions {
     name: Option<String>,
     vni: Option<u32>,
     mtu: Option<u32>,
 }
 
-fn network_options(options: &BTreeMap<String, Value>) -> Result<NetworkOptions, Failure> {
+pub(super) fn network_options(options: &BTreeMap<String, Value>) -> Result<NetworkOptions, Failure> {
     let mut parsed = NetworkOptions::default();
     let Some(generic) = options.get(protocol::GENERIC_OPTIONS) else { return Ok(parsed) };
     let Some(generic) = generic.as_object() else { return Ok(parsed) };
@@ -92,6 +92,7 @@ const MAX_MTU: u32 = 65535;
 
 pub(super) async fn create_network(plugin: &Plugin, body: &Bytes) -> Result<Empty, Failure> {
     let request: protocol::CreateNetworkRequest = parse("CreateNetwork", body)?;
+    check_id("NetworkID", &request.network_id)?;
     if request.ipv6_data.iter().any(|data| !data.pool.is_empty()) {
         return Err(Failure::bad("--ipv6: IPv6 subnets are not supported by this driver yet; create the network without --ipv6"));
     }
@@ -183,6 +184,7 @@ fn bind_pool(state: &mut DockerState, subnet: &Ipv4Net, network_id: &str) -> Opt
 
 pub(super) async fn delete_network(plugin: &Plugin, body: &Bytes) -> Result<Empty, Failure> {
     let request: protocol::NetworkRequest = parse("DeleteNetwork", body)?;
+    check_id("NetworkID", &request.network_id)?;
     let mut state = plugin.state.lock().await;
     let Some(network) = state.networks.get(&request.network_id).cloned() else {
         log::info!("Docker network {} deleted: not one of this driver's, nothing to do", short(&request.network_id));
@@ -220,6 +222,8 @@ pub(super) async fn delete_network(plugin: &Plugin, body: &Bytes) -> Result<Empt
 
 pub(super) async fn create_endpoint(plugin: &Plugin, body: &Bytes) -> Result<protocol::CreateEndpointResponse, Failure> {
     let request: protocol::CreateEndpointRequest = parse("CreateEndpoint", body)?;
+    check_id("NetworkID", &request.network_id)?;
+    check_id("EndpointID", &request.endpoint_id)?;
     let mut state = plugin.state.lock().await;
     let network = known_network(&state, &request.network_id)?;
     let interface = request.interface.unwrap_or_default();
@@ -252,6 +256,8 @@ pub(super) async fn create_endpoint(plugin: &Plugin, body: &Bytes) -> Result<pro
 
 pub(super) async fn endpoint_oper_info(plugin: &Plugin, body: &Bytes) -> Result<protocol::EndpointOperInfoResponse, Failure> {
     let request: protocol::EndpointRequest = parse("EndpointOperInfo", body)?;
+    check_id("NetworkID", &request.network_id)?;
+    check_id("EndpointID", &request.endpoint_id)?;
     let state = plugin.state.lock().await;
     let mut value = BTreeMap::new();
     if let Some(endpoint) = state.endpoints.get(&request.endpoint_id) {
@@ -263,6 +269,8 @@ pub(super) async fn endpoint_oper_info(plugin: &Plugin, body: &Bytes) -> Result<
 
 pub(super) async fn join(plugin: &Plugin, body: &Bytes) -> Result<protocol::JoinResponse, Failure> {
     let request: protocol::JoinRequest = parse("Join", body)?;
+    check_id("NetworkID", &request.network_id)?;
+    check_id("EndpointID", &request.endpoint_id)?;
     let mut state = plugin.state.lock().await;
     let network = known_network(&state, &request.network_id)?;
     let endpoint = state
@@ -311,6 +319,8 @@ pub(super) async fn join(plugin: &Plugin, body: &Bytes) -> Result<protocol::Join
 
 pub(super) async fn leave(plugin: &Plugin, body: &Bytes) -> Result<Empty, Failure> {
     let request: protocol::EndpointRequest = parse("Leave", body)?;
+    check_id("NetworkID", &request.network_id)?;
+    check_id("EndpointID", &request.endpoint_id)?;
     let mut state = plugin.state.lock().await;
     withdraw(plugin, &request.endpoint_id).await?;
     if let Some(stored) = state.endpoints.get_mut(&request.endpoint_id) {
@@ -323,6 +333,8 @@ pub(super) async fn leave(plugin: &Plugin, body: &Bytes) -> Result<Empty, Failur
 
 pub(super) async fn delete_endpoint(plugin: &Plugin, body: &Bytes) -> Result<Empty, Failure> {
     let request: protocol::EndpointRequest = parse("DeleteEndpoint", body)?;
+    check_id("NetworkID", &request.network_id)?;
+    check_id("EndpointID", &request.endpoint_id)?;
     let mut state = plugin.state.lock().await;
     withdraw(plugin, &request.endpoint_id).await?;
     state.endpoints.remove(&request.endpoint_id);
@@ -346,6 +358,17 @@ async fn withdraw(plugin: &Plugin, endpoint_id: &str) -> Result<(), Failure> {
         .await
         .map_err(|error| Failure::internal(format!("deleting the veth of endpoint {}: {error}", short(endpoint_id))))?;
     Ok(())
+}
+
+/// Refuses an id that is not Docker's kind (found by fuzzing: the plugin
+/// names veths and API endpoints after an id's first characters, and cut a
+/// multi-byte character in two, a panic; `/` or spaces made a veth name the
+/// kernel refuses, after CreateEndpoint had kept the endpoint).
+fn check_id(field: &str, id: &str) -> Result<(), Failure> {
+    match protocol::id_problem(id) {
+        Some(problem) => Err(Failure::bad(format!("{field} {id:?}: {problem}"))),
+        None => Ok(()),
+    }
 }
 
 /// Deletes the host ends (`dk` and 11 hex digits) of veths this plugin made for
@@ -406,17 +429,23 @@ const HOST_INTERFACE_PREFIX: &str = "dk";
 
 /// The host end of the endpoint's veth (15 characters at most).
 fn host_interface(endpoint_id: &str) -> String {
-    format!("{HOST_INTERFACE_PREFIX}{}", &short(endpoint_id)[..11.min(short(endpoint_id).len())])
+    format!("{HOST_INTERFACE_PREFIX}{}", first_chars(endpoint_id, 11))
 }
 
 /// The container end, until Docker renames it `eth<N>` inside the container.
 fn container_interface(endpoint_id: &str) -> String {
-    format!("dc{}", &short(endpoint_id)[..11.min(short(endpoint_id).len())])
+    format!("dc{}", first_chars(endpoint_id, 11))
 }
 
 /// Docker's ids are 64 hex digits; 12 name one, as `docker ps` shows them.
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    first_chars(id, 12)
+}
+
+/// The first `count` characters of `text` (whole characters: ids reach the
+/// logs before they are checked).
+fn first_chars(text: &str, count: usize) -> &str {
+    &text[..text.char_indices().nth(count).map_or(text.len(), |(at, _)| at)]
 }
 
 #[cfg(test)]

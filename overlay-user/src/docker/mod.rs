@@ -142,9 +142,23 @@ fn reply<T: Serialize>(result: Result<T, Failure>) -> Response {
     }
 }
 
-/// The request of `call`, or a failure naming what is wrong with it.
-fn parse<T: DeserializeOwned>(call: &str, body: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|error| Failure::bad(format!("{call}: malformed request: {error}")))
+/// The request of `call`, or a failure naming what is wrong with it: the
+/// field's path (`IPv4Data[0].Pool`) when the body is an object, and serde's
+/// sentence, which gives the value of a wrong type (found by fuzzing: serde
+/// alone says "invalid type: integer `5`, expected a string" and no field).
+fn parse<T: DeserializeOwned>(call: &str, body: &[u8]) -> Result<T, Failure> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let request = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let error = error.into_inner();
+        if path == "." || path.is_empty() {
+            Failure::bad(format!("{call}: malformed request: {error}"))
+        } else {
+            Failure::bad(format!("{call}: {path}: malformed: {error}"))
+        }
+    })?;
+    deserializer.end().map_err(|error| Failure::bad(format!("{call}: malformed request: {error}")))?;
+    Ok(request)
 }
 
 /// The plugin's routes: every call Docker makes of a network and IPAM
@@ -228,6 +242,9 @@ pub fn serve(
     tokio::spawn(async move { driver::collect_orphan_veths(&state).await });
     Ok(crate::http::serve_bound_unix(bound, router(plugin)))
 }
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

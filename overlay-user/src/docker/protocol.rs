@@ -24,6 +24,17 @@ pub const NAME_OPTION: &str = "name";
 pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
 pub const GATEWAY_ADDRESS_TYPE: &str = "com.docker.network.gateway";
 
+/// Why a NetworkID or EndpointID is refused, if it is. Docker's are 64 hex
+/// digits; the plugin names veths (`dk` and 11 characters) and API
+/// endpoints after them, so plain ASCII letters and digits only.
+pub fn id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Some("not a Docker id (1 to 64 ASCII letters and digits, as Docker's 64 hex digits)")
+    } else {
+        None
+    }
+}
+
 /// Every failure: a sentence a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {

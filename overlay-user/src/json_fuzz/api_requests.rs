@@ -2,6 +2,8 @@
 //! /v1/endpoints`, `POST /v1/networks/{name}/addresses`): each mutated body is accepted with a value that passes
 //! the same checks and reads back the same, or refused with HTTP 400 naming
 //! a field of the request (or the body) and the value as sent.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Rng, Tally, corpus, interesting_values, mutate, run_size, sent_fields, shown};
@@ -142,6 +144,15 @@ pub fn check_allocation(body: &[u8], tally: &mut Tally) -> Option<String> {
             refusal_problem(body, &error, ALLOCATION_FIELDS)
         }
     }
+}
+
+/// One body checked as every request (the `cargo fuzz` target's property).
+pub fn check_every_request(body: &[u8]) -> Option<String> {
+    let tally = &mut Tally::default();
+    check_network(body, tally)
+        .map(|p| format!("as POST /v1/networks: {p}"))
+        .or_else(|| check_endpoint(body, tally).map(|p| format!("as POST /v1/endpoints: {p}")))
+        .or_else(|| check_allocation(body, tally).map(|p| format!("as POST /v1/networks/N/addresses: {p}")))
 }
 
 fn count_refusal(tally: &mut Tally, error: &ApiError) {

@@ -10,8 +10,17 @@
 //! deleted, flipped). Bounded in the unit tests; `OVERLAY_JSON_FUZZ_CASES`
 //! and `OVERLAY_JSON_FUZZ_SEED` run more, and a failure prints the seed
 //! and case to replay.
-mod api_requests;
-mod records;
+//!
+//! The generator is public: the integration tests (`tests/tests/docker_refusals.rs`,
+//! `cni_refusals.rs`) send its bodies to a real agent.
+// The checks are also the `cargo fuzz` targets' properties (overlay-user/fuzz).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod api_requests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod cni_input;
+pub mod docker_requests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod records;
 
 use std::path::Path;
 

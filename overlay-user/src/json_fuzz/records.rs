@@ -4,6 +4,8 @@
 //! [`RecordProblem`] that names the key, a field of the record (or `-` for a
 //! value that is not a JSON object) and a reason. Another node, an older
 //! agent or a person with etcdctl writes these; none of it may panic an agent.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use super::{Rng, Tally, corpus, interesting_values, mutate, run_size, shown};
 use crate::registry::{BlockRecord, ConflictReport, EndpointRecord, NetworkRecord, NodeRecord, RecordProblem};
 
@@ -93,6 +95,11 @@ fn check(kind: &Kind, value: &[u8], tally: &mut Tally) -> Option<String> {
             }
         }
     }
+}
+
+/// One value checked as every kind of record (the `cargo fuzz` target's property).
+pub fn check_every_kind(value: &[u8]) -> Option<String> {
+    KINDS.iter().find_map(|kind| check(kind, value, &mut Tally::default()).map(|problem| format!("as a {} record: {problem}", kind.prefix)))
 }
 
 /// Runs `cases` mutated values of every kind; returns each kind's tally.

@@ -1,0 +1,231 @@
+//! The CNI plugin's input (`overlay-cni`): the network configuration on
+//! stdin (with `ipam`, `runtimeConfig`, `prevResult`) and the CNI_*
+//! environment, from `tests/corpus/cni/` (`conf-*.json`, `env-*.json`),
+//! mutated together. Read as the plugin reads them (rscni's variables and
+//! decoding, then [`crate::cni`]'s parsers, up to the first call to the
+//! agent): each invocation is taken, or refused with a CNI error whose code
+//! says what is wrong and whose message names the key or variable and the
+//! value; nothing panics. What the plugin then does against a real agent
+//! (and that a refusal changes nothing) is `tests/tests/cni_refusals.rs`.
+// Outside the unit tests (feature "fuzzing") only the checks are used.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+use std::str::FromStr as _;
+
+use rscni_plugin::{
+    error::Error,
+    test_util::ArgsBuilder,
+    types::{Args, Cmd},
+};
+use serde_json::{Map, Value, json};
+
+use super::{Rng, Tally, corpus, interesting_values, mutate, run_size, shown};
+use crate::cni::{
+    conf::{Attachment, PluginConf, Requested},
+    ipam::IpamConf,
+};
+
+/// The configuration's keys, for the mutator (nested ones by their own names).
+pub const CONF_FIELDS: &[&str] = &[
+    "cniVersion", "name", "type", "agent_socket", "network", "mtu", "host_netns", "ipam", "routes", "dst", "gw", "runtimeConfig", "ips", "mac",
+    "prevResult", "interfaces", "capabilities", "dns", "cni.dev/valid-attachments",
+];
+/// The CNI_* variables.
+pub const ENV_FIELDS: &[&str] = &["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"];
+
+/// Values a runtime, or a hostile caller, could put in a variable.
+pub fn env_values() -> Vec<Value> {
+    let mut values: Vec<Value> = [
+        "ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION", "add", "", "ADD ", "IgnoreUnknown=1", "IP=10.10.0.999", "IP=10.10.0.70/24", "MAC=zz",
+        "MAC=01:00:5e:00:00:01", "IP", "=", ";;", "IP=10.10.0.71;IP=10.10.0.72", "K8S_POD_NAME=a;MAC=02:00:00:00:0c:4f", "eth0", "lo", "eth 0",
+        "a/b", "abcdefghijklmnop", "../x", "/nonexistent/netns", "/var/run/netns/", "/dev/null",
+    ]
+    .iter()
+    .map(|text| json!(text))
+    .collect();
+    values.extend(interesting_values());
+    values
+}
+
+/// A mutated environment: each variable's value, or none for unset (a
+/// non-string value becomes its JSON text, as a careless runtime would pass it).
+pub fn environment(env: &[u8]) -> Vec<(String, Option<String>)> {
+    let map: Map<String, Value> = match serde_json::from_slice::<Value>(env) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    ENV_FIELDS
+        .iter()
+        .map(|name| {
+            let value = match map.get(*name) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(text)) => Some(text.replace('\0', "")),
+                Some(other) => Some(other.to_string()),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// Builds the plugin's arguments as rscni does from the environment and stdin.
+fn args(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(Cmd, Args), Error> {
+    let get = |name: &str| env.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.clone());
+    let command = Cmd::from_str(&get("CNI_COMMAND").unwrap_or_default())?;
+    let mut builder = ArgsBuilder::new();
+    if let Some(id) = get("CNI_CONTAINERID") {
+        builder = builder.container_id(&id)?;
+    }
+    if let Some(netns) = get("CNI_NETNS") {
+        builder = builder.netns(&netns);
+    }
+    if let Some(ifname) = get("CNI_IFNAME") {
+        builder = builder.ifname(&ifname)?;
+    }
+    if let Some(args) = get("CNI_ARGS") {
+        builder = builder.args(&args);
+    }
+    if let Some(path) = get("CNI_PATH") {
+        builder = builder.path(&path);
+    }
+    let missing: Vec<&str> = match command {
+        Cmd::Add | Cmd::Check => ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"].into_iter().filter(|n| get(n).is_none()).collect(),
+        Cmd::Del => ["CNI_CONTAINERID", "CNI_IFNAME"].into_iter().filter(|n| get(n).is_none()).collect(),
+        Cmd::Gc => ["CNI_PATH"].into_iter().filter(|n| get(n).is_none_or(|p| p.is_empty())).collect(),
+        _ => Vec::new(),
+    };
+    if !missing.is_empty() {
+        return Err(Error::missing_env(&missing));
+    }
+    let text = std::str::from_utf8(stdin).map_err(|error| Error::IOFailure(error.to_string()))?;
+    Ok((command, builder.config(text)?.build()?))
+}
+
+/// Reads an invocation as [`crate::cni::OverlayCni`] does, up to the agent.
+fn read(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(), Error> {
+    let (command, args) = args(env, stdin)?;
+    if matches!(command, Cmd::Version) {
+        return Ok(());
+    }
+    match IpamConf::delegated(args.config())? {
+        Some(_) if matches!(command, Cmd::Add | Cmd::Del | Cmd::Check) => {
+            Attachment::of(&args)?;
+            Requested::of(&args).map(drop)
+        }
+        Some(_) => Ok(()),
+        None => {
+            PluginConf::parse(args.config())?;
+            if matches!(command, Cmd::Add | Cmd::Del | Cmd::Check) {
+                Attachment::of(&args)?;
+                Requested::of(&args)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What is wrong with a refusal, if anything: a code of the spec's (or
+/// ours), and for a bad configuration or variable a message that names it.
+/// Decoding failures (code 6) come from serde through rscni and give the
+/// line and column; they are counted apart.
+pub fn refusal_problem(code: u32, message: &str, stdin: &[u8]) -> Option<String> {
+    match code {
+        // rscni's own checks call CNI_CONTAINERID and CNI_IFNAME by what they hold.
+        4 if !["CNI_", "containerID", "interface name"].iter().any(|name| message.contains(name)) => Some(format!("a bad variable (code 4) should name it: {message:?}")),
+        7 => {
+            let conf: Option<Map<String, Value>> = match serde_json::from_slice(stdin) {
+                Ok(Value::Object(map)) => Some(map),
+                _ => None,
+            };
+            let mut names: Vec<String> = CONF_FIELDS.iter().map(|f| f.to_string()).collect();
+            names.extend(conf.iter().flat_map(|map| map.keys().cloned()));
+            names.iter().any(|name| message.contains(name.as_str())).then_some(()).map_or_else(
+                || Some(format!("a bad configuration (code 7) should name its key: {message:?}")),
+                |()| None,
+            )
+        }
+        1 | 2 | 4 | 5 | 6 => None,
+        other => Some(format!("code {other} is not one a malformed invocation should get: {message:?}")),
+    }
+}
+
+/// Counts of what a run came to.
+#[derive(Debug, Default)]
+struct CniTally {
+    tally: Tally,
+    by_code: std::collections::BTreeMap<u32, u64>,
+}
+
+fn check(env: &[u8], stdin: &[u8], tally: &mut CniTally) -> Option<String> {
+    let environment = environment(env);
+    match std::panic::catch_unwind(|| read(&environment, stdin)) {
+        Err(_) => Some("reading the invocation panicked".to_owned()),
+        Ok(Ok(())) => {
+            tally.tally.valid += 1;
+            None
+        }
+        Ok(Err(error)) => {
+            let code = u32::from(&error);
+            *tally.by_code.entry(code).or_default() += 1;
+            if code == 6 {
+                tally.tally.refused_as_not_json += 1;
+            } else {
+                tally.tally.refused_naming_a_field += 1;
+            }
+            refusal_problem(code, &format!("{} {}", error.msg(), error.details()), stdin)
+        }
+    }
+}
+
+/// The environments of every command, for a fuzzed stdin.
+pub const ENVIRONMENTS: &[&str] = &[
+    r#"{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;IP=10.10.0.60", "CNI_PATH": "/opt/cni/bin"}"#,
+    r#"{"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c0ffee", "CNI_IFNAME": "eth0"}"#,
+    r#"{"CNI_COMMAND": "CHECK", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0"}"#,
+    r#"{"CNI_COMMAND": "STATUS"}"#,
+    r#"{"CNI_COMMAND": "GC", "CNI_PATH": "/opt/cni/bin"}"#,
+];
+
+/// One invocation checked (the `cargo fuzz` target's property).
+pub fn check_invocation(env: &[u8], stdin: &[u8]) -> Option<String> {
+    check(env, stdin, &mut CniTally::default())
+}
+
+#[test]
+fn every_cni_corpus_invocation_is_read() {
+    for (env_name, env) in corpus("cni", "env-") {
+        for (conf_name, conf) in corpus("cni", "conf-") {
+            let environment = environment(&serde_json::to_vec(&env).unwrap());
+            let result = read(&environment, &serde_json::to_vec(&conf).unwrap());
+            assert!(result.is_ok(), "{env_name} with {conf_name} should be read: {result:?}");
+        }
+    }
+}
+
+#[test]
+fn mutated_cni_invocations_are_read_or_refused_naming_the_key() {
+    let (seed, cases) = run_size();
+    let (values, env_values) = (interesting_values(), env_values());
+    let (envs, confs) = (corpus("cni", "env-"), corpus("cni", "conf-"));
+    let mut tally = CniTally::default();
+    for case in 0..cases {
+        let mut rng = Rng::for_case(seed ^ 0xc41, case);
+        let (env_name, env) = &envs[rng.below(envs.len())];
+        let (conf_name, conf) = &confs[rng.below(confs.len())];
+        // The environment, the configuration, or both, mutated.
+        let which = rng.below(3);
+        let env = if which != 1 { mutate(&mut rng, env, ENV_FIELDS, &env_values) } else { serde_json::to_vec(env).unwrap() };
+        let stdin = if which != 0 { mutate(&mut rng, conf, CONF_FIELDS, &values) } else { serde_json::to_vec(conf).unwrap() };
+        tally.tally.cases += 1;
+        if let Some(problem) = check(&env, &stdin, &mut tally) {
+            panic!(
+                "CNI case {case} (OVERLAY_JSON_FUZZ_SEED={seed:#x}, from {env_name} and {conf_name}): {problem}\nenv: {}\nstdin: {}",
+                shown(&env),
+                shown(&stdin)
+            );
+        }
+    }
+    println!("CNI invocations: {:?}, by code {:?}", tally.tally, tally.by_code);
+    assert!(
+        tally.tally.valid * 20 > tally.tally.cases && tally.tally.refused_naming_a_field * 10 > tally.tally.cases,
+        "the mutations should give valid invocations and refusals of keys: {tally:?}"
+    );
+}
