@@ -13,7 +13,7 @@
 //!
 //! `OVERLAY_DOCKER_FUZZ_CASES` (per call, default 120) and
 //! `OVERLAY_JSON_FUZZ_SEED` run more; a failure gives the seed and case.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use overlay::{
     api::client::{self, Method},

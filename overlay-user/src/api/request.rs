@@ -80,6 +80,15 @@ impl Fields {
         }
     }
 
+    /// [`Fields::parsed`], with the text as sent: later refusals of the
+    /// value quote what the client wrote, not its normalised form.
+    fn parsed_with_text<T: std::str::FromStr>(&mut self, field: &str, expected: &str) -> Result<Option<(T, String)>, ApiError> {
+        match self.string(field)? {
+            None => Ok(None),
+            Some(text) => text.parse().map(|value| Some((value, text.clone()))).map_err(|_| self.refuse(field, &text, expected)),
+        }
+    }
+
     fn object(&mut self, field: &str) -> Result<Option<Fields>, ApiError> {
         match self.map.remove(field) {
             None | Some(Value::Null) => Ok(None),
@@ -110,16 +119,17 @@ pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
     }
     let subnet: Option<Ipv4Net> = fields.parsed("subnet", "not an IPv4 prefix (expected a form like 10.0.9.0/24)")?;
     let subnet6: Option<Ipv6Net> = fields.parsed("subnet6", "not an IPv6 prefix (expected a form like fd00:9::/64)")?;
-    let ip_range: Option<Ipv4Net> = fields.parsed("ip_range", "not an IPv4 prefix (expected a form like 10.0.9.64/26)")?;
-    if let Some(range) = ip_range {
+    let ip_range: Option<(Ipv4Net, String)> = fields.parsed_with_text("ip_range", "not an IPv4 prefix (expected a form like 10.0.9.64/26)")?;
+    if let Some((range, sent)) = &ip_range {
         match subnet {
-            None => return Err(ApiError::bad_request("ip_range", &range.to_string(), "needs a subnet to lie in")),
-            Some(subnet) if !subnet.contains(&range) => {
-                return Err(ApiError::bad_request("ip_range", &range.to_string(), &format!("is not inside the subnet {subnet}")));
+            None => return Err(ApiError::bad_request("ip_range", sent, "needs a subnet to lie in")),
+            Some(subnet) if !subnet.contains(range) => {
+                return Err(ApiError::bad_request("ip_range", sent, &format!("is not inside the subnet {subnet}")));
             }
             Some(_) => {}
         }
     }
+    let ip_range = ip_range.map(|(range, _)| range);
     let mtu = fields.number("mtu")?;
     let flood_limit = fields.number("flood_limit")?;
     if let Some(message) = flood_limit.and_then(flood_limit_problem) {

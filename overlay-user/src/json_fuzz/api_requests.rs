@@ -227,3 +227,14 @@ fn mutated_api_bodies_are_accepted_whole_or_refused_naming_the_field() {
         );
     }
 }
+
+/// Found by the libFuzzer target `api_json`: an `ip_range` the prefix
+/// parser normalises (a leading zero) was refused quoting the normalised
+/// value, not the one sent.
+#[test]
+fn found_by_fuzzing_a_refused_ip_range_is_quoted_as_sent() {
+    let body = br#"{"name": "n", "vni": 100, "subnet": "10.0.9.0/24", "ip_range": "05.40.8.0/24"}"#;
+    assert_eq!(check_network(body, &mut Tally::default()), None);
+    let error = request::network(body).expect_err("a range outside the subnet is refused");
+    assert!(format!("{error:?}").contains("\"05.40.8.0/24\""), "the refusal should quote \"05.40.8.0/24\" as sent, it says: {error:?}");
+}
