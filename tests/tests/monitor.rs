@@ -21,12 +21,16 @@ fn two_hosts(scope: &str) -> Lab {
 }
 
 /// `overlay monitor --node h1 --json` plus `args`, running in h1's namespace.
-fn start_monitor(lab: &Lab, args: &[&str]) -> Child {
+/// `overlay monitor` on h1 for `seconds` (stretched with the lab's time
+/// scale, as the wait before traffic is: in the emulated 6.1 guest an
+/// unstretched run ended before the traffic started).
+fn start_monitor(lab: &Lab, seconds: u64, args: &[&str]) -> Child {
+    let seconds = overlay_lab::lab::scaled(Duration::from_secs(seconds)).as_secs().to_string();
     let mut child = lab
         .host("h1")
         .netns
         .command(overlay_binary().unwrap().to_str().unwrap())
-        .args(["monitor", "--node", "h1", "--json"])
+        .args(["monitor", "--node", "h1", "--json", "--seconds", &seconds])
         .args(args)
         .arg("--bpffs-dir")
         .arg(lab.bpffs_dir())
@@ -78,7 +82,7 @@ fn send_unknown_vni(h2: &Netns, count: usize) {
 #[test]
 fn drops_are_reported_with_reason_vni_and_addresses() {
     let lab = two_hosts("monitor");
-    let monitor = start_monitor(&lab, &["--seconds", "3"]);
+    let monitor = start_monitor(&lab, 3, &[]);
     send_unknown_vni(&lab.host("h2").netns, 20);
     assert_eq!(ping(&lab.container("h1", "c").netns, Ipv4Addr::new(10, 10, 0, 2), 2).unwrap().1, 2, "traffic while monitoring");
     let events = monitor_output(monitor);
@@ -104,20 +108,22 @@ fn drops_are_reported_with_reason_vni_and_addresses() {
 #[test]
 fn event_rate_is_limited_and_events_stop_with_the_monitor() {
     let lab = two_hosts("monrate");
-    let monitor = start_monitor(&lab, &["--seconds", "2", "--rate", "10", "--burst", "5"]);
+    let monitor = start_monitor(&lab, 2, &["--rate", "10", "--burst", "5"]);
     send_unknown_vni(&lab.host("h2").netns, 3000);
     assert_eq!(ping(&lab.container("h1", "c").netns, Ipv4Addr::new(10, 10, 0, 2), 2).unwrap().1, 2, "traffic under an event flood");
     let events = monitor_output(monitor);
     let shown = events.iter().filter(|e| e["kind"] == "drop").count();
     let lost: u64 = events.iter().filter(|e| e["kind"] == "lost").map(|e| e["events"].as_u64().unwrap()).sum();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Per CPU: the burst, plus 10 a second for the ~2.5 s the monitor ran.
-    let allowed = cpus * (5 + 30);
+    // Per CPU: the burst, plus 10 a second for the time the monitor ran
+    // (2 s, stretched in the guest) and a second more.
+    let ran = overlay_lab::lab::scaled(Duration::from_secs(2)).as_secs() as usize + 1;
+    let allowed = cpus * (5 + 10 * ran);
     assert!(shown >= 1 && shown <= allowed, "expected between 1 and {allowed} events under the limit, got {shown}");
     assert!(shown as u64 + lost >= 3000, "shown ({shown}) and lost ({lost}) events should account for the 3000 drops");
 
     // After the monitor is gone, nothing is emitted: a new monitor sees no backlog.
     send_unknown_vni(&lab.host("h2").netns, 50);
-    let later = monitor_output(start_monitor(&lab, &["--seconds", "1"]));
+    let later = monitor_output(start_monitor(&lab, 1, &[]));
     assert!(later.iter().all(|e| e["kind"] != "drop"), "events emitted while no monitor listened: {later:?}");
 }
