@@ -74,10 +74,7 @@ impl Fields {
     }
 
     fn parsed<T: std::str::FromStr>(&mut self, field: &str, expected: &str) -> Result<Option<T>, ApiError> {
-        match self.string(field)? {
-            None => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(|_| self.refuse(field, &text, expected)),
-        }
+        Ok(self.parsed_with_text(field, expected)?.map(|(value, _)| value))
     }
 
     /// [`Fields::parsed`], with the text as sent: later refusals of the
@@ -85,7 +82,10 @@ impl Fields {
     fn parsed_with_text<T: std::str::FromStr>(&mut self, field: &str, expected: &str) -> Result<Option<(T, String)>, ApiError> {
         match self.string(field)? {
             None => Ok(None),
-            Some(text) => text.parse().map(|value| Some((value, text.clone()))).map_err(|_| self.refuse(field, &text, expected)),
+            Some(text) => match text.parse() {
+                Ok(value) => Ok(Some((value, text))),
+                Err(_) => Err(self.refuse(field, &text, expected)),
+            },
         }
     }
 
