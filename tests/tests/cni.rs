@@ -83,12 +83,19 @@ fn bad_invocations_get_the_spec_codes_and_build_nothing() {
     let version = expect_success("VERSION", run(&CniEnv { command: "VERSION".into(), ..CniEnv::default() }, &good));
     let supported: Vec<&str> = version["supportedVersions"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(supported.contains(&"0.4.0") && supported.contains(&"1.1.0"), "VERSION: {version}");
+    // VERSION does not read stdin (the plugin decodes it only for the other commands).
+    expect_success("VERSION with stdin that is not JSON", invoke(&cni_binary().unwrap(), &CniEnv { command: "VERSION".into(), ..CniEnv::default() }, "[").unwrap());
 
     let malformed = invoke(&cni_binary().unwrap(), &add, "{\"cniVersion\": \"1.0.0\", \"name\": ").unwrap();
     expect_error("malformed stdin", &malformed, 6, "");
+    // JSON whose value has the wrong type: still 6 (it does not unmarshal), naming the key.
+    expect_error("a numeric name", &run(&add, &with("name", json!(5))), 6, "name: invalid type: integer `5`");
+    expect_error("a list for ipam", &run(&add, &with("ipam", json!([]))), 6, "ipam: invalid type: sequence");
+    expect_error("a boolean cniVersion", &run(&add, &with("cniVersion", json!(true))), 6, "cniVersion: invalid type: boolean `true`");
     let mut no_netns = add.clone();
     no_netns.netns = None;
     expect_error("ADD without CNI_NETNS", &run(&no_netns, &good), 4, "CNI_NETNS");
+    expect_error("ADD without CNI_NETNS, ipam a list", &run(&no_netns, &with("ipam", json!([]))), 4, "CNI_NETNS");
     let mut no_command = add.clone();
     no_command.command = "FROB".into();
     expect_error("an unknown CNI_COMMAND", &run(&no_command, &good), 4, "");

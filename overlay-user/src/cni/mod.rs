@@ -7,8 +7,10 @@
 //! The protocol (variables, version negotiation, result layouts, the error
 //! JSON on stdout) is the `rscni-plugin` crate's; what each command does is
 //! here: ADD and CHECK in [`attach`], DEL and GC in [`teardown`], STATUS
-//! below; as another plugin's IPAM (addresses only) in [`ipam`]. Codes: 1 incompatible version, 4 bad variables, 6 undecodable
-//! stdin, 7 bad configuration (named key and value), 11 no agent (try
+//! below; as another plugin's IPAM (addresses only) in [`ipam`]; stdin is
+//! decoded first in [`stdin`], to name the key of a value that does not
+//! decode. Codes: 1 incompatible version, 4 bad variables, 6 undecodable
+//! stdin (named key), 7 bad configuration (named key and value), 11 no agent (try
 //! again), 50 STATUS without an agent, 999 ours (a refusal by the agent, a
 //! failed kernel call, a CHECK that found something missing).
 pub mod agent;
@@ -16,6 +18,7 @@ pub mod attach;
 pub mod conf;
 pub mod ipam;
 mod netns;
+pub mod stdin;
 pub mod teardown;
 
 use rscni_plugin::{
@@ -51,10 +54,21 @@ fn host_namespace(conf: &PluginConf, agent: &Agent) -> Result<Namespace, Error> 
 }
 
 /// The plugin's commands.
-pub struct OverlayCni;
+#[derive(Debug, Default)]
+pub struct OverlayCni {
+    /// Why stdin did not decode ([`stdin::take`]): every command answers with it.
+    pub undecodable: Option<Error>,
+}
+
+impl OverlayCni {
+    fn decoded(&self) -> Result<(), Error> {
+        self.undecodable.clone().map_or(Ok(()), Err)
+    }
+}
 
 impl Cni for OverlayCni {
     fn add(&self, args: Args) -> Result<CNIResult, Error> {
+        self.decoded()?;
         match IpamConf::delegated(args.config())? {
             Some(ipam) => ipam::add(&ipam, &args),
             None => attach::add(&args),
@@ -62,6 +76,7 @@ impl Cni for OverlayCni {
     }
 
     fn del(&self, args: Args) -> Result<(), Error> {
+        self.decoded()?;
         match IpamConf::delegated(args.config())? {
             Some(ipam) => ipam::del(&ipam, &args),
             None => teardown::del(&args),
@@ -69,6 +84,7 @@ impl Cni for OverlayCni {
     }
 
     fn check(&self, args: Args) -> Result<(), Error> {
+        self.decoded()?;
         match IpamConf::delegated(args.config())? {
             Some(ipam) => ipam::check(&ipam, &args),
             None => attach::check(&args),
@@ -77,6 +93,7 @@ impl Cni for OverlayCni {
 
     /// Ready when the agent answers and has the network.
     fn status(&self, args: Args) -> Result<(), Error> {
+        self.decoded()?;
         let (socket, network) = match IpamConf::delegated(args.config())? {
             Some(ipam) => (ipam.agent_socket, ipam.network),
             None => {
@@ -94,6 +111,7 @@ impl Cni for OverlayCni {
     }
 
     fn gc(&self, args: Args) -> Result<(), Error> {
+        self.decoded()?;
         match IpamConf::delegated(args.config())? {
             Some(ipam) => ipam::gc(&ipam, &args),
             None => teardown::gc(&args),
@@ -108,7 +126,16 @@ pub fn run() -> std::process::ExitCode {
         env!("CARGO_PKG_VERSION"),
         ": attaches containers to overlay networks through the node's overlay agent"
     ));
-    match plugin.run(&OverlayCni) {
+    let undecodable = match stdin::take() {
+        Ok(undecodable) => undecodable,
+        // Stdin could not be handed on: rscni would read nothing, so answer here as it would.
+        Err(error) => {
+            let answer = rscni_plugin::types::ErrorResult::new(rscni_plugin::version::SpecVersion::CURRENT, &error);
+            println!("{}", serde_json::to_string(&answer).unwrap_or_default());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match plugin.run(&OverlayCni { undecodable }) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(_) => std::process::ExitCode::FAILURE,
     }

@@ -66,10 +66,14 @@ pub fn environment(env: &[u8]) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// Builds the plugin's arguments as rscni does from the environment and stdin.
-fn args(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(Cmd, Args), Error> {
+/// Builds the plugin's arguments as rscni does from the environment and
+/// stdin (none for VERSION, which rscni answers without reading stdin).
+fn args(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(Cmd, Option<Args>), Error> {
     let get = |name: &str| env.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.clone());
     let command = Cmd::from_str(&get("CNI_COMMAND").unwrap_or_default())?;
+    if matches!(command, Cmd::Version) {
+        return Ok((command, None));
+    }
     let mut builder = ArgsBuilder::new();
     if let Some(id) = get("CNI_CONTAINERID") {
         builder = builder.container_id(&id)?;
@@ -96,15 +100,16 @@ fn args(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(Cmd, Args), E
         return Err(Error::missing_env(&missing));
     }
     let text = std::str::from_utf8(stdin).map_err(|error| Error::IOFailure(error.to_string()))?;
-    Ok((command, builder.config(text)?.build()?))
+    // The plugin decodes stdin before rscni does, to name the key (crate::cni::stdin).
+    if let Some(problem) = crate::cni::stdin::decode_problem(stdin) {
+        return Err(problem);
+    }
+    Ok((command, Some(builder.config(text)?.build()?)))
 }
 
 /// Reads an invocation as [`crate::cni::OverlayCni`] does, up to the agent.
 fn read(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(), Error> {
-    let (command, args) = args(env, stdin)?;
-    if matches!(command, Cmd::Version) {
-        return Ok(());
-    }
+    let (command, Some(args)) = args(env, stdin)? else { return Ok(()) };
     match IpamConf::delegated(args.config())? {
         Some(_) if matches!(command, Cmd::Add | Cmd::Del | Cmd::Check) => {
             Attachment::of(&args)?;
@@ -122,14 +127,22 @@ fn read(env: &[(String, Option<String>)], stdin: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// What is wrong with a refusal, if anything: a code of the spec's (or
-/// ours), and for a bad configuration or variable a message that names it.
-/// Decoding failures (code 6) come from serde through rscni and give the
-/// line and column; they are counted apart.
-pub fn refusal_problem(code: u32, message: &str, stdin: &[u8]) -> Option<String> {
+/// The codes reading an invocation may end in: a version, a field, a
+/// variable, I/O (stdin not UTF-8), decoding, the configuration.
+pub const READING_CODES: &[u32] = &[1, 2, 4, 5, 6, 7];
+
+/// What is wrong with a refusal, if anything: a code a malformed invocation
+/// may get (one of [`READING_CODES`] or of `also`), and a message that names
+/// what is wrong: a bad variable (4) by its name, a value of the wrong type
+/// in stdin that is JSON (6) by its key's path, a bad configuration (7) by
+/// its key. Stdin that is not JSON (6) gets serde's sentence (line and
+/// column).
+pub fn refusal_problem(code: u32, msg: &str, details: &str, stdin: &[u8], also: &[u32]) -> Option<String> {
+    let message = format!("{msg} {details}");
     match code {
         // rscni's own checks call CNI_CONTAINERID and CNI_IFNAME by what they hold.
         4 if !["CNI_", "containerID", "interface name"].iter().any(|name| message.contains(name)) => Some(format!("a bad variable (code 4) should name it: {message:?}")),
+        6 => (!names_undecodable_key(details, stdin)).then(|| format!("stdin that is JSON but does not decode (code 6) should name the key's path: {message:?}")),
         7 => {
             let conf: Option<Map<String, Value>> = match serde_json::from_slice(stdin) {
                 Ok(Value::Object(map)) => Some(map),
@@ -137,13 +150,26 @@ pub fn refusal_problem(code: u32, message: &str, stdin: &[u8]) -> Option<String>
             };
             let mut names: Vec<String> = CONF_FIELDS.iter().map(|f| f.to_string()).collect();
             names.extend(conf.iter().flat_map(|map| map.keys().cloned()));
-            names.iter().any(|name| message.contains(name.as_str())).then_some(()).map_or_else(
-                || Some(format!("a bad configuration (code 7) should name its key: {message:?}")),
-                |()| None,
-            )
+            (!names.iter().any(|name| message.contains(name.as_str()))).then(|| format!("a bad configuration (code 7) should name its key: {message:?}"))
         }
-        1 | 2 | 4 | 5 | 6 => None,
+        code if READING_CODES.contains(&code) || also.contains(&code) => None,
         other => Some(format!("code {other} is not one a malformed invocation should get: {message:?}")),
+    }
+}
+
+/// Whether a decoding error's details start with the path of the value
+/// that does not decode (`ipam.routes[0]: invalid type...`): a key of the
+/// configuration, or the configuration itself for a missing or repeated
+/// key (which serde's sentence names) or a document that is not an object.
+fn names_undecodable_key(details: &str, stdin: &[u8]) -> bool {
+    let whole = |sentences: &[&str]| details.strip_prefix("the network configuration: ").is_some_and(|rest| sentences.iter().any(|s| rest.starts_with(s)));
+    match serde_json::from_slice::<Value>(stdin) {
+        Err(_) => true,
+        Ok(Value::Object(map)) => {
+            map.keys().any(|key| details.strip_prefix(key.as_str()).is_some_and(|rest| rest.starts_with(['.', '[', ':'])))
+                || whole(&["missing field `", "duplicate field `"])
+        }
+        Ok(_) => whole(&["invalid type: "]),
     }
 }
 
@@ -165,12 +191,12 @@ fn check(env: &[u8], stdin: &[u8], tally: &mut CniTally) -> Option<String> {
         Ok(Err(error)) => {
             let code = u32::from(&error);
             *tally.by_code.entry(code).or_default() += 1;
-            if code == 6 {
+            if code == 6 && serde_json::from_slice::<Value>(stdin).is_err() {
                 tally.tally.refused_as_not_json += 1;
             } else {
                 tally.tally.refused_naming_a_field += 1;
             }
-            refusal_problem(code, &format!("{} {}", error.msg(), error.details()), stdin)
+            refusal_problem(code, error.msg(), error.details(), stdin, &[])
         }
     }
 }
@@ -228,4 +254,37 @@ fn mutated_cni_invocations_are_read_or_refused_naming_the_key() {
         tally.tally.valid * 20 > tally.tally.cases && tally.tally.refused_naming_a_field * 10 > tally.tally.cases,
         "the mutations should give valid invocations and refusals of keys: {tally:?}"
     );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_refused_naming_its_key_after_the_variables() {
+    let add = environment(ENVIRONMENTS[0].as_bytes());
+    let conf = |key: &str, value: Value| {
+        let mut conf = json!({"cniVersion": "1.0.0", "name": "blue", "type": "overlay-cni", "agent_socket": "/s"});
+        conf[key] = value;
+        serde_json::to_vec(&conf).unwrap()
+    };
+    for (stdin, named) in [
+        (conf("name", json!(5)), "name: invalid type: integer `5`"),
+        (conf("ipam", json!([])), "ipam: invalid type: sequence"),
+        (conf("cniVersion", json!(true)), "cniVersion: invalid type: boolean `true`"),
+        (conf("runtimeConfig", json!({"portMappings": 1})), "runtimeConfig.portMappings: invalid type: integer `1`"),
+    ] {
+        let error = read(&add, &stdin).expect_err(named);
+        assert!(
+            u32::from(&error) == 6 && error.details().starts_with(named) && refusal_problem(6, error.msg(), error.details(), &stdin, &[]).is_none(),
+            "{}: expected code 6 whose details start {named:?}, got {error:?}",
+            shown(&stdin)
+        );
+        // serde's sentence alone, as rscni gave it, no longer passes.
+        let unnamed = error.details().split_once(": ").unwrap().1;
+        assert!(refusal_problem(6, error.msg(), unnamed, &stdin, &[]).is_some(), "the oracle should refuse {unnamed:?} for {}", shown(&stdin));
+    }
+    // rscni's order: the variables first; VERSION does not read stdin.
+    let mut no_netns = add.clone();
+    no_netns.retain(|(name, _)| name != "CNI_NETNS");
+    let error = read(&no_netns, &conf("ipam", json!([]))).expect_err("ADD without CNI_NETNS");
+    assert!(u32::from(&error) == 4 && error.details().contains("CNI_NETNS"), "ADD without CNI_NETNS and a bad ipam: expected code 4 naming CNI_NETNS, got {error:?}");
+    let version = environment(br#"{"CNI_COMMAND": "VERSION"}"#);
+    assert!(read(&version, b"[").is_ok(), "VERSION should be answered whatever stdin holds");
 }
