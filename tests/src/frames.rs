@@ -14,6 +14,9 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
+mod sender;
+pub use sender::send_vxlan;
+
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86DD;

@@ -6,7 +6,7 @@
 //! MAC would poison the table, and teaches nothing; a frame from the
 //! admitted peer claiming a configured (local) MAC is refused too.
 use std::{
-    net::{Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -18,7 +18,7 @@ use overlay::{
 };
 use overlay_common::{Direction, Reason};
 use overlay_lab::{
-    frames::{Ethernet, Mac, Vxlan},
+    frames::{self, Ethernet, Mac, Vxlan},
     lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, format_mac, overlay_binary, ping},
 };
 use serde_json::{Value, json};
@@ -137,15 +137,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 /// namespace): `count` frames from inner source `inner_source` to c1.
 fn send_vxlan(from: &overlay_lab::netns::Netns, source: Ipv4Addr, inner_source: [u8; 6], count: usize) {
     let inner = Ethernet { dst: Mac(C1_MAC), src: Mac(inner_source), ethertype: ETHERTYPE_EXPERIMENTAL }.frame(&[0; 46]);
-    let datagram = Vxlan::new(VNI).packet(&inner);
-    from.run_inside(move || {
-        let socket = UdpSocket::bind((source, 0))?;
-        for _ in 0..count {
-            socket.send_to(&datagram, (Ipv4Addr::new(192, 0, 2, 1), 4789))?;
-        }
-        Ok(())
-    })
-    .expect("sending crafted VXLAN");
+    frames::send_vxlan(from, source, SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789), Vxlan::new(VNI), &inner, count).expect("sending crafted VXLAN");
 }
 
 #[test]

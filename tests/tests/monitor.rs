@@ -2,12 +2,13 @@
 //! rate limited in the kernel, switched off when the monitor exits.
 use std::{
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4},
     process::{Child, Stdio},
     time::Duration,
 };
 
 use overlay_lab::{
+    frames::{BROADCAST, ETHERTYPE_ARP, Ethernet, Mac, Vxlan, send_vxlan},
     lab::{Lab, LabSpec, overlay_binary, ping},
     netns::Netns,
 };
@@ -62,19 +63,9 @@ fn monitor_output(child: Child) -> Vec<serde_json::Value> {
 /// Sends `count` VXLAN datagrams for a VNI h1 does not carry, from h2's
 /// VTEP (a configured peer) to h1's: each is dropped as unknown-vni.
 fn send_unknown_vni(h2: &Netns, count: usize) {
-    h2.run_inside(move || {
-        let socket = UdpSocket::bind((Ipv4Addr::new(192, 0, 2, 2), 0))?;
-        let mut datagram = vec![0x08, 0, 0, 0, (UNKNOWN_VNI >> 16) as u8, (UNKNOWN_VNI >> 8) as u8, UNKNOWN_VNI as u8, 0];
-        datagram.extend_from_slice(&[0xff; 6]); // inner destination: broadcast
-        datagram.extend_from_slice(&[2, 0, 0, 0, 0x60, 0x99]); // inner source
-        datagram.extend_from_slice(&[0x08, 0x06]);
-        datagram.extend_from_slice(&[0; 28]);
-        for _ in 0..count {
-            socket.send_to(&datagram, (Ipv4Addr::new(192, 0, 2, 1), 4789))?;
-        }
-        Ok(())
-    })
-    .expect("sending VXLAN for an unknown VNI");
+    let arp = Ethernet { dst: BROADCAST, src: Mac([2, 0, 0, 0, 0x60, 0x99]), ethertype: ETHERTYPE_ARP }.frame(&[0; 28]);
+    let (h2_vtep, h1_vtep) = (Ipv4Addr::new(192, 0, 2, 2), SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789));
+    send_vxlan(h2, h2_vtep, h1_vtep, Vxlan::new(UNKNOWN_VNI), &arp, count).expect("sending VXLAN for an unknown VNI");
 }
 
 /// Each drop shows up with its reason, direction, VNI and outer and inner
