@@ -11,3 +11,4 @@ pub mod fuzz;
 pub mod lab;
 pub mod netns;
 pub mod probe;
+pub mod saved_state;

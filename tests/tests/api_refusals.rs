@@ -14,7 +14,10 @@ use overlay::{
     pinning::PinDir,
     state::MapState,
 };
-use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
+use overlay_lab::{
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary},
+    saved_state::api_state,
+};
 use serde_json::{Value, json};
 
 /// Everything a request could change: the API's views, its state file, the maps.
@@ -22,7 +25,8 @@ use serde_json::{Value, json};
 struct Snapshot {
     networks: String,
     endpoints: String,
-    api_file: String,
+    /// The agent's saved API state (no file yet is the empty state).
+    api_state: Value,
     maps: MapState,
 }
 
@@ -35,7 +39,7 @@ fn snapshot(lab: &Lab, socket: &Path) -> Snapshot {
     Snapshot {
         networks: get(socket, "/v1/networks"),
         endpoints: get(socket, "/v1/endpoints"),
-        api_file: std::fs::read_to_string(lab.dir.join("run").join("h1.api.json")).unwrap_or_default(),
+        api_state: api_state(lab, "h1"),
         maps: Datapath::pinned_state(&PinDir::new(&lab.bpffs_dir(), "h1")).expect("reading h1's pinned maps"),
     }
 }
@@ -116,7 +120,7 @@ fn send_all(lab: &Lab, socket: &Path, path: &str, bodies: Vec<Vec<u8>>, remove: 
             outcomes.refused += 1;
         } else {
             let created: Value = serde_json::from_slice(&answer.body).unwrap();
-            assert_ne!(snapshot(lab, socket).api_file, before.api_file, "{shown} was accepted ({created}) but the API state did not change");
+            assert_ne!(snapshot(lab, socket).api_state, before.api_state, "{shown} was accepted ({created}) but the API state did not change");
             let delete = remove(&created);
             client::call_blocking(socket, Method::DELETE, &delete, None).unwrap_or_else(|error| panic!("{delete} after {shown}: {error}"));
             let after = snapshot(lab, socket);

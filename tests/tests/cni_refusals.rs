@@ -25,6 +25,7 @@ use overlay_lab::{
     etcd,
     lab::cni_binary,
     netns::Netns,
+    saved_state::api_state,
 };
 use serde_json::{Map, Value, json};
 
@@ -61,10 +62,7 @@ fn snapshot(lab: &CniLab, container: &Netns) -> Snapshot {
     Snapshot {
         endpoints: get("/v1/endpoints"),
         addresses: get(&format!("/v1/networks/{NETWORK}/addresses")),
-        api_state: match std::fs::read(lab.lab.dir.join("run").join("h1.api.json")) {
-            Ok(text) => serde_json::from_slice(&text).expect("the agent's API state file is JSON"),
-            Err(_) => json!({"networks": [], "endpoints": []}),
-        },
+        api_state: api_state(&lab.lab, "h1"),
         maps: Datapath::pinned_state(&PinDir::new(&lab.lab.bpffs_dir(), "h1")).expect("reading h1's pinned maps"),
         host_links: links(&lab.lab.host("h1").netns),
         container_links: links(container),

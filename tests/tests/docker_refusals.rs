@@ -26,7 +26,10 @@ use overlay::{
     pinning::PinDir,
     state::MapState,
 };
-use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
+use overlay_lab::{
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary},
+    saved_state::api_state,
+};
 use serde_json::{Value, json};
 
 /// The base state's Docker network and endpoint (the corpus refers to them).
@@ -42,7 +45,8 @@ struct Snapshot {
     networks: String,
     endpoints: String,
     addresses: String,
-    api_file: String,
+    /// The agent's saved API state (no file yet is the empty state).
+    api_state: Value,
     maps: MapState,
     links: Vec<String>,
 }
@@ -73,7 +77,7 @@ impl Node {
             networks: self.get("/v1/networks"),
             endpoints: self.get("/v1/endpoints"),
             addresses: self.get("/v1/networks/hdnet/addresses"),
-            api_file: std::fs::read_to_string(run.join("h1.api.json")).unwrap_or_default(),
+            api_state: api_state(&self.lab, "h1"),
             maps: Datapath::pinned_state(&PinDir::new(&self.lab.bpffs_dir(), "h1")).expect("reading h1's pinned maps"),
             links,
         }
