@@ -27,8 +27,9 @@ use super::conf::PLUGIN_TYPE;
 
 /// Why stdin does not decode as a network configuration, naming the key
 /// path of the value that does not (`ipam: invalid type: sequence, expected
-/// struct Ipam at line 1 column 51`); `None` when it decodes, or when it is
-/// not UTF-8 (rscni refuses that itself, as an I/O failure, code 5).
+/// struct Ipam at line 1 column 51`, `cniVersion: invalid version format:
+/// 192.0.2.1`); `None` when it decodes, or when it is not UTF-8 (rscni
+/// refuses that itself, as an I/O failure, code 5).
 ///
 /// Code 6 (the spec's "failed to decode content", e.g. "failed to unmarshal
 /// network config from bytes"), not 7: the bytes do not unmarshal into the
@@ -42,7 +43,10 @@ pub fn decode_problem(stdin: &[u8]) -> Option<Error> {
     let mut decoder = serde_json::Deserializer::from_str(text);
     let error = match serde_path_to_error::deserialize::<_, Option<NetConf>>(&mut decoder) {
         // rscni reads with `serde_json::from_str`, which also refuses trailing bytes.
-        Ok(_) => decoder.end().err().map(|error| (".".to_owned(), error))?,
+        Ok(conf) => match decoder.end() {
+            Err(error) => (".".to_owned(), error),
+            Ok(()) => return conf.and_then(|conf| version_problem(&conf)),
+        },
         Err(error) => (error.path().to_string(), error.into_inner()),
     };
     Some(Error::FailedToDecode(match error {
@@ -50,6 +54,17 @@ pub fn decode_problem(stdin: &[u8]) -> Option<Error> {
         (path, error) if path == "." || path == "?" => format!("the network configuration: {error}"),
         (path, error) => format!("{path}: {error}"),
     }))
+}
+
+/// A `cniVersion` that is not a version, which rscni decodes next (code 6,
+/// "invalid version format: 192.0.2.1", the value without the key), after
+/// its check of the name (code 7), which is left to it to keep its order.
+fn version_problem(conf: &NetConf) -> Option<Error> {
+    conf.validate_name().ok()?;
+    match conf.version() {
+        Err(Error::FailedToDecode(details)) => Some(Error::FailedToDecode(format!("cniVersion: {details}"))),
+        _ => None,
+    }
 }
 
 /// What rscni is given on stdin in place of a configuration that does not
@@ -108,6 +123,7 @@ mod tests {
                 "cni.dev/valid-attachments[0].containerID: invalid type: integer `7`",
             ),
             (r#"{"cniVersion": "1.0.0", "name": "blue"}"#, "the network configuration: missing field `type`"),
+            (r#"{"cniVersion": "192.0.2.1", "name": "blue", "type": "overlay-cni"}"#, "cniVersion: invalid version format: 192.0.2.1"),
             ("[1, 2]", "the network configuration: invalid type: sequence, expected struct NetConf"),
             (r#"{"cniVersion": "1.0.0", "name": "blue", "type": "overlay-cni"} {}"#, "the network configuration: trailing characters"),
             (r#"{"cniVersion": "1.0.0", "name": "#, "name: EOF while parsing a value"),
@@ -124,6 +140,8 @@ mod tests {
         for stdin in [
             r#"{"cniVersion": "1.0.0", "name": "blue", "type": "overlay-cni", "agent_socket": "/s", "mtu": "x"}"#.as_bytes(),
             b"null",
+            // A bad name as well as a bad version: rscni's name check (code 7) comes first.
+            br#"{"cniVersion": "192.0.2.1", "name": "-blue", "type": "overlay-cni"}"#,
             b"{\"name\": \"\xff\"}",
         ] {
             assert!(decode_problem(stdin).is_none(), "{}: expected no decoding problem", String::from_utf8_lossy(stdin));
