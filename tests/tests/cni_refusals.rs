@@ -1,11 +1,13 @@
 //! Issue 12, "never apply half", for the CNI plugin against a real agent
 //! (cluster mode, as `cni.rs`): the network configuration on stdin and the
 //! CNI_* variables, from the corpus in `overlay-user/tests/corpus/cni/`
-//! mutated together by the seeded generator of `overlay::json_fuzz`, given to
-//! the real `overlay-cni` binary as a runtime gives them. Each invocation
-//! succeeds, or fails with the CNI error JSON on stdout (never a panic or a
-//! crash), with a code a malformed invocation may get and, for a bad
-//! configuration (7) or variable (4), a message naming the key or variable.
+//! mutated together by the seeded generator of the unit property test
+//! (`overlay::json_fuzz::cni_input::CniCases`), given to the real
+//! `overlay-cni` binary as a runtime gives them. Each invocation succeeds,
+//! or fails with the CNI error JSON on stdout (never a panic or a crash),
+//! and passes that test's oracle: a code a malformed invocation may get
+//! and, for a bad variable (4), stdin that is JSON but does not decode (6)
+//! or a bad configuration (7), a message naming the variable or key.
 //! A refusal leaves the agent's endpoints, allocations, API state file,
 //! h1's pinned maps, h1's links and the container's namespace exactly as
 //! before; a successful ADD is undone by DEL (with the same input), after
@@ -16,7 +18,10 @@
 use overlay::{
     api::client::{self, Method},
     datapath::Datapath,
-    json_fuzz::{Rng, corpus, interesting_values, mutate, run_size, shown},
+    json_fuzz::{
+        cni_input::{CniCases, environment, refusal_problem},
+        corpus, run_size,
+    },
     pinning::PinDir,
     state::MapState,
 };
@@ -27,14 +32,7 @@ use overlay_lab::{
     netns::Netns,
     saved_state::api_state,
 };
-use serde_json::{Map, Value, json};
-
-/// The configuration's keys and the variables, for the mutator.
-const CONF_FIELDS: &[&str] = &[
-    "cniVersion", "name", "type", "agent_socket", "network", "mtu", "host_netns", "ipam", "routes", "dst", "gw", "runtimeConfig", "ips", "mac",
-    "prevResult", "interfaces", "capabilities", "dns", "cni.dev/valid-attachments",
-];
-const ENV_FIELDS: &[&str] = &["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"];
+use serde_json::{Value, json};
 
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -79,18 +77,10 @@ fn placed(value: &Value, places: &[(&str, String)]) -> Value {
     }
 }
 
-/// The variables of a mutated environment (a non-string value passed as its
-/// JSON text; NUL cannot be in a variable).
-fn environment(env: &[u8]) -> CniEnv {
-    let map: Map<String, Value> = match serde_json::from_slice::<Value>(env) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    let get = |name: &str| match map.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.replace('\0', "")),
-        Some(other) => Some(other.to_string()),
-    };
+/// The variables of a generated environment, as [`invoke`] takes them.
+fn variables(env: &[u8]) -> CniEnv {
+    let variables = environment(env);
+    let get = |name: &str| variables.iter().find(|(n, _)| n == name).and_then(|(_, value)| value.clone());
     CniEnv {
         command: get("CNI_COMMAND").unwrap_or_default(),
         container_id: get("CNI_CONTAINERID"),
@@ -101,28 +91,20 @@ fn environment(env: &[u8]) -> CniEnv {
     }
 }
 
-/// What is wrong with a failed invocation's answer, if anything.
-fn refusal_problem(invocation: &Invocation, stdin: &[u8]) -> Option<String> {
+/// Codes beyond reading the invocation, which a real agent and kernel add:
+/// no such container or namespace, agent unreachable, STATUS, ours (a
+/// refusal by the agent).
+const AGAINST_THE_AGENT: &[u32] = &[3, 8, 11, 50, 999];
+
+/// What is wrong with a failed invocation's answer, if anything: a crash,
+/// no error JSON, or what the property test's oracle finds wrong with it.
+fn failure_problem(invocation: &Invocation, stdin: &[u8]) -> Option<String> {
     if invocation.stderr.contains("panicked") || invocation.code < 0 || invocation.code == 101 {
         return Some(format!("the plugin crashed (exit {}): {}", invocation.code, invocation.stderr));
     }
-    let code = invocation.stdout["code"].as_u64();
-    let message = format!("{} {}", invocation.stdout["msg"].as_str().unwrap_or_default(), invocation.stdout["details"].as_str().unwrap_or_default());
-    let Some(code) = code else { return Some(format!("a failure without the CNI error JSON on stdout: {}", invocation.stdout)) };
-    match code {
-        // rscni's own checks call CNI_CONTAINERID and CNI_IFNAME by what they hold.
-        4 if !["CNI_", "containerID", "interface name"].iter().any(|name| message.contains(name)) => Some(format!("a bad variable (code 4) should name it: {message:?}")),
-        7 => {
-            let mut names: Vec<String> = CONF_FIELDS.iter().map(|f| f.to_string()).collect();
-            if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(stdin) {
-                names.extend(map.keys().cloned());
-            }
-            (!names.iter().any(|name| message.contains(name.as_str()))).then(|| format!("a bad configuration (code 7) should name its key: {message:?}"))
-        }
-        // Version, variables, I/O, decoding, no such namespace, agent unreachable, STATUS, ours (a refusal by the agent).
-        1 | 2 | 3 | 4 | 5 | 6 | 8 | 11 | 50 | 999 => None,
-        other => Some(format!("code {other} is not one a malformed invocation should get: {message:?}")),
-    }
+    let Some(code) = invocation.stdout["code"].as_u64() else { return Some(format!("a failure without the CNI error JSON on stdout: {}", invocation.stdout)) };
+    let text = |key: &str| invocation.stdout[key].as_str().unwrap_or_default().to_owned();
+    refusal_problem(u32::try_from(code).unwrap_or(u32::MAX), &text("msg"), &text("details"), stdin, AGAINST_THE_AGENT)
 }
 
 #[derive(Debug, Default)]
@@ -148,34 +130,19 @@ fn mutated_cni_invocations_are_refused_whole_or_undone_whole() {
         ("@netns", format!("/var/run/netns/{}", container.name())),
         ("@host_netns", format!("/var/run/netns/{}", lab.lab.host("h1").netns.name())),
     ];
-    let envs: Vec<(String, Value)> = corpus("cni", "env-").into_iter().map(|(n, v)| (n, placed(&v, &places))).collect();
-    let confs: Vec<(String, Value)> = corpus("cni", "conf-").into_iter().map(|(n, v)| (n, placed(&v, &places))).collect();
-    let mut env_values: Vec<Value> =
-        ["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION", "add", "", "IgnoreUnknown=1", "IP=10.10.0.999", "IP=10.10.0.70/24", "MAC=zz", "MAC=01:00:5e:00:00:01", "IP", ";;", "eth0", "lo", "eth 0", "a/b", "/nonexistent/netns", "/var/run/netns/"]
-            .iter()
-            .map(|text| json!(text))
-            .collect();
-    env_values.extend(interesting_values());
-    let values = interesting_values();
+    let placed_corpus = |prefix: &str| corpus("cni", prefix).into_iter().map(|(name, value)| (name, placed(&value, &places))).collect();
+    let generator = CniCases::new(seed, placed_corpus("env-"), placed_corpus("conf-"));
     let plugin = cni_binary().unwrap();
     let base = snapshot(&lab, &container);
     let mut outcomes = Outcomes::default();
     for case in 0..cases {
-        let mut rng = Rng::for_case(seed ^ 0xc41, case);
-        let (env_name, env) = &envs[rng.below(envs.len())];
-        let (conf_name, conf) = &confs[rng.below(confs.len())];
-        let which = rng.below(4);
-        let env = if which == 0 || which == 2 { mutate(&mut rng, env, ENV_FIELDS, &env_values) } else { serde_json::to_vec(env).unwrap() };
-        let stdin = if which == 1 || which == 2 { mutate(&mut rng, conf, CONF_FIELDS, &values) } else { serde_json::to_vec(conf).unwrap() };
-        let replay = format!(
-            "CNI case {case} (OVERLAY_JSON_FUZZ_SEED={seed:#x}, from {env_name} and {conf_name})\nenv: {}\nstdin: {}",
-            shown(&env),
-            shown(&stdin)
-        );
-        let variables = environment(&env);
-        let invocation = invoke(&plugin, &variables, &String::from_utf8_lossy(&stdin)).expect("running overlay-cni");
+        let generated = generator.case(case);
+        // What the plugin is given (invalid UTF-8 replaced: a runtime passes text).
+        let (replay, stdin) = (generated.to_string(), String::from_utf8_lossy(&generated.stdin).into_owned());
+        let variables = variables(&generated.env);
+        let invocation = invoke(&plugin, &variables, &stdin).expect("running overlay-cni");
         if invocation.code != 0 {
-            if let Some(problem) = refusal_problem(&invocation, &stdin) {
+            if let Some(problem) = failure_problem(&invocation, stdin.as_bytes()) {
                 panic!("{replay}: {problem}");
             }
             let after = snapshot(&lab, &container);
@@ -185,7 +152,7 @@ fn mutated_cni_invocations_are_refused_whole_or_undone_whole() {
             continue;
         }
         if variables.command == "ADD" {
-            let deleted = invoke(&plugin, &CniEnv { command: "DEL".into(), ..variables.clone() }, &String::from_utf8_lossy(&stdin)).expect("running overlay-cni");
+            let deleted = invoke(&plugin, &CniEnv { command: "DEL".into(), ..variables.clone() }, &stdin).expect("running overlay-cni");
             assert_eq!(deleted.code, 0, "{replay}\nADD succeeded ({}), DEL with the same input failed: {:?}", invocation.stdout, deleted);
             let after = snapshot(&lab, &container);
             assert!(after == base, "{replay}\nADD ({}) then DEL left something changed:\nbefore {base:?}\nafter  {after:?}", invocation.stdout);

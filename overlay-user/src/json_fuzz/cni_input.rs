@@ -6,7 +6,8 @@
 //! agent): each invocation is taken, or refused with a CNI error whose code
 //! says what is wrong and whose message names the key or variable and the
 //! value; nothing panics. What the plugin then does against a real agent
-//! (and that a refusal changes nothing) is `tests/tests/cni_refusals.rs`.
+//! (and that a refusal changes nothing) is `tests/tests/cni_refusals.rs`,
+//! on the same generator ([`CniCases`]) and oracle ([`refusal_problem`]).
 // Outside the unit tests (feature "fuzzing") only the checks are used.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
 use std::str::FromStr as _;
@@ -215,6 +216,51 @@ pub fn check_invocation(env: &[u8], stdin: &[u8]) -> Option<String> {
     check(env, stdin, &mut CniTally::default())
 }
 
+/// The seeded generator of CNI invocations, shared with
+/// `tests/tests/cni_refusals.rs` (which gives it the corpus with the lab's
+/// paths put in): case `n` of a seed is always the same invocation.
+pub struct CniCases {
+    seed: u64,
+    envs: Vec<(String, Value)>,
+    confs: Vec<(String, Value)>,
+    values: Vec<Value>,
+    env_values: Vec<Value>,
+}
+
+/// One generated invocation: the variables as JSON (see [`environment`]) and stdin.
+pub struct CniCase {
+    /// The case, the seed and the corpus files it came from, to replay it.
+    pub origin: String,
+    pub env: Vec<u8>,
+    pub stdin: Vec<u8>,
+}
+
+impl CniCases {
+    /// Cases of `seed` from the environments (`env-*.json`) and configurations (`conf-*.json`) of a corpus.
+    pub fn new(seed: u64, envs: Vec<(String, Value)>, confs: Vec<(String, Value)>) -> CniCases {
+        assert!(!envs.is_empty() && !confs.is_empty(), "the CNI corpus should have environments and configurations");
+        CniCases { seed, envs, confs, values: interesting_values(), env_values: env_values() }
+    }
+
+    pub fn case(&self, case: u64) -> CniCase {
+        let mut rng = Rng::for_case(self.seed ^ 0xc41, case);
+        let (env_name, env) = &self.envs[rng.below(self.envs.len())];
+        let (conf_name, conf) = &self.confs[rng.below(self.confs.len())];
+        // The variables, the configuration, both, or neither mutated (a
+        // corpus invocation as it is, which a real agent carries out).
+        let which = rng.below(4);
+        let env = if which == 0 || which == 2 { mutate(&mut rng, env, ENV_FIELDS, &self.env_values) } else { serde_json::to_vec(env).unwrap() };
+        let stdin = if which == 1 || which == 2 { mutate(&mut rng, conf, CONF_FIELDS, &self.values) } else { serde_json::to_vec(conf).unwrap() };
+        CniCase { origin: format!("CNI case {case} (OVERLAY_JSON_FUZZ_SEED={:#x}, from {env_name} and {conf_name})", self.seed), env, stdin }
+    }
+}
+
+impl std::fmt::Display for CniCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\nenv: {}\nstdin: {}", self.origin, shown(&self.env), shown(&self.stdin))
+    }
+}
+
 #[test]
 fn every_cni_corpus_invocation_is_read() {
     for (env_name, env) in corpus("cni", "env-") {
@@ -229,24 +275,13 @@ fn every_cni_corpus_invocation_is_read() {
 #[test]
 fn mutated_cni_invocations_are_read_or_refused_naming_the_key() {
     let (seed, cases) = run_size();
-    let (values, env_values) = (interesting_values(), env_values());
-    let (envs, confs) = (corpus("cni", "env-"), corpus("cni", "conf-"));
+    let generator = CniCases::new(seed, corpus("cni", "env-"), corpus("cni", "conf-"));
     let mut tally = CniTally::default();
     for case in 0..cases {
-        let mut rng = Rng::for_case(seed ^ 0xc41, case);
-        let (env_name, env) = &envs[rng.below(envs.len())];
-        let (conf_name, conf) = &confs[rng.below(confs.len())];
-        // The environment, the configuration, or both, mutated.
-        let which = rng.below(3);
-        let env = if which != 1 { mutate(&mut rng, env, ENV_FIELDS, &env_values) } else { serde_json::to_vec(env).unwrap() };
-        let stdin = if which != 0 { mutate(&mut rng, conf, CONF_FIELDS, &values) } else { serde_json::to_vec(conf).unwrap() };
+        let invocation = generator.case(case);
         tally.tally.cases += 1;
-        if let Some(problem) = check(&env, &stdin, &mut tally) {
-            panic!(
-                "CNI case {case} (OVERLAY_JSON_FUZZ_SEED={seed:#x}, from {env_name} and {conf_name}): {problem}\nenv: {}\nstdin: {}",
-                shown(&env),
-                shown(&stdin)
-            );
+        if let Some(problem) = check(&invocation.env, &invocation.stdin, &mut tally) {
+            panic!("{invocation}: {problem}");
         }
     }
     println!("CNI invocations: {:?}, by code {:?}", tally.tally, tally.by_code);
@@ -268,6 +303,8 @@ fn a_value_of_the_wrong_type_is_refused_naming_its_key_after_the_variables() {
         (conf("name", json!(5)), "name: invalid type: integer `5`"),
         (conf("ipam", json!([])), "ipam: invalid type: sequence"),
         (conf("cniVersion", json!(true)), "cniVersion: invalid type: boolean `true`"),
+        // Found by cni_refusals.rs: rscni's version negotiation gave the value alone.
+        (conf("cniVersion", json!("192.0.2.1")), "cniVersion: invalid version format: 192.0.2.1"),
         (conf("runtimeConfig", json!({"portMappings": 1})), "runtimeConfig.portMappings: invalid type: integer `1`"),
     ] {
         let error = read(&add, &stdin).expect_err(named);
