@@ -10,9 +10,10 @@
 //! below; as another plugin's IPAM (addresses only) in [`ipam`]; stdin is
 //! decoded first in [`stdin`], to name the key of a value that does not
 //! decode. Codes: 1 incompatible version, 4 bad variables, 6 undecodable
-//! stdin (named key), 7 bad configuration (named key and value), 11 no agent (try
-//! again), 50 STATUS without an agent, 999 ours (a refusal by the agent, a
-//! failed kernel call, a CHECK that found something missing).
+//! stdin (the key's path named), 7 bad configuration (named key and
+//! value), 11 no agent (try again), 50 STATUS without an agent, 999 ours (a
+//! refusal by the agent, a failed kernel call, a CHECK that found something
+//! missing).
 pub mod agent;
 pub mod attach;
 pub mod conf;
