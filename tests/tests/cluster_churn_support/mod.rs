@@ -395,7 +395,11 @@ impl ClusterChurn {
         self.figures.operations += 1;
         let position = self.cni.lab.agents.iter().position(|agent| agent.host == "h3").expect("h3's agent runs");
         let mut agent = self.cni.lab.agents.remove(position);
-        if kill { agent.kill() } else { agent.stop(); }
+        if kill {
+            agent.kill();
+        } else {
+            agent.stop();
+        }
         self.h3_up = false;
         self.figures.h3_departures += 1;
     }
