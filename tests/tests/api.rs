@@ -222,6 +222,27 @@ fn api_endpoints_survive_kill_9_without_loss_and_only_root_reaches_the_socket() 
         .expect("running setpriv");
     let text = String::from_utf8_lossy(&as_nobody.stderr);
     assert!(!as_nobody.status.success() && text.contains("ermission denied"), "an unprivileged user must not reach the API: {text}");
+    // The pins control the node's traffic: their directories are root's
+    // only, so an unprivileged user can neither read a counter nor open a
+    // map (BPF_OBJ_GET needs the path), whatever unprivileged_bpf_disabled says.
+    let pins = lab.bpffs_dir().join("h1");
+    for dir in [pins.clone(), pins.join("maps"), pins.join("links")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} should be root's only, found mode {mode:o}", dir.display());
+    }
+    let a_map = std::fs::read_dir(pins.join("maps")).unwrap().flatten().next().expect("a pinned map").path();
+    for (what, program, args) in [
+        ("read the counters", bin.to_str().unwrap(), vec!["stats", "--node", "h1", "--bpffs-dir", lab.bpffs_dir().to_str().unwrap(), "--run-dir", lab.dir.join("run").to_str().unwrap()]),
+        ("reach a pinned map", "stat", vec![a_map.to_str().unwrap()]),
+    ] {
+        let as_nobody = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+            .args(&args)
+            .output()
+            .expect("running setpriv");
+        let text = format!("{}{}", String::from_utf8_lossy(&as_nobody.stdout), String::from_utf8_lossy(&as_nobody.stderr));
+        assert!(!as_nobody.status.success() && text.contains("ermission denied"), "an unprivileged user must not {what}, it got (exit {}):\n{text}", as_nobody.status);
+    }
 
     // kill -9 under a ping flood, restart: the API's endpoint keeps forwarding.
     let c1 = &lab.container("h1", "c").netns;

@@ -42,22 +42,22 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("OVERLAY_EBPF_O
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The object could not be loaded into the kernel (maps, BTF, relocations).
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed: {}", with_causes(.0))]
     Load(aya::EbpfError),
     /// The verifier or the kernel refused one of the programs.
-    #[error("loading program {program} failed: {error}")]
+    #[error("loading program {program} failed: {}", with_causes(error))]
     Program { program: &'static str, error: ProgramError },
     /// The object lacks a map or program the agent expects: object and agent were built apart.
     #[error("the eBPF object has no {kind} named {name}: rebuild with `cargo xtask build`")]
     Missing { kind: &'static str, name: &'static str },
     /// A map update, delete or read failed.
-    #[error("{operation} on map {map} failed: {error}")]
+    #[error("{operation} on map {map} failed: {}", with_causes(error))]
     Map { map: &'static str, operation: &'static str, error: MapError },
     /// Attaching a program to an interface failed.
-    #[error("attaching {program} to interface {interface} failed: {error}{hint}")]
+    #[error("attaching {program} to interface {interface} failed: {}{hint}", with_causes(error))]
     Attach { program: &'static str, interface: String, error: ProgramError, hint: &'static str },
     /// A test run (BPF_PROG_TEST_RUN) failed.
-    #[error("test run of {program} failed: {error}")]
+    #[error("test run of {program} failed: {}", with_causes(error))]
     TestRun { program: &'static str, error: ProgramError },
     /// The pin directory could not be created or used.
     #[error("pin directory {path}: {error}")]
@@ -182,6 +182,23 @@ impl Datapath {
         let program = self.ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
         program.try_into().map_err(|_| DatapathError::Missing { kind: "TC program", name })
     }
+}
+
+/// An aya error with the errors under it: aya's syscall errors say which
+/// call failed (`BPF_OBJ_GET` failed) and keep the errno (permission
+/// denied, no such file) as their source, which `Display` alone drops.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn map_error(map: &'static str, operation: &'static str, error: MapError) -> DatapathError {

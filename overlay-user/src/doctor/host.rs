@@ -196,9 +196,9 @@ pub(super) fn offload_findings(underlay: &str, xdp_mode: Option<&str>) -> Vec<Fi
     if driver != "veth" {
         return vec![Finding::ok("offloads", format!("underlay {underlay} is a {driver} device: no offload setting known to break VXLAN checksums"))];
     }
-    let native = xdp_mode == Some("native");
-    let receiving = if native {
-        " This node receives with native XDP on a veth, so what arrives must carry complete checksums too: every peer's sending veth needs tx-checksumming off (doctor on each peer checks its own)."
+    let receives_in_xdp = matches!(xdp_mode, Some("native" | "generic"));
+    let receiving = if receives_in_xdp {
+        " This node receives with XDP on a veth, so what arrives must carry complete checksums too: every peer's sending veth needs tx-checksumming off (doctor on each peer checks its own)."
     } else {
         ""
     };
@@ -206,7 +206,7 @@ pub(super) fn offload_findings(underlay: &str, xdp_mode: Option<&str>) -> Vec<Fi
         Ok(true) => vec![Finding::warn(
             "offloads",
             format!(
-                "underlay {underlay} is a veth with tx-checksumming on: frames this node sends leave with unfinished (CHECKSUM_PARTIAL) checksums, which a peer receiving with native XDP on a veth delivers with bad inner TCP/UDP checksums.{receiving}"
+                "underlay {underlay} is a veth with tx-checksumming on: frames this node sends leave with unfinished (CHECKSUM_PARTIAL, GSO) checksums, which XDP decapsulation on a peer's veth would deliver with bad inner TCP/UDP checksums (so the agent refuses XDP decapsulation on a veth with tx-checksumming on; TC decapsulation, the default on a veth, keeps that state).{receiving}"
             ),
             format!("ethtool -K {underlay} tx off (a physical NIC completes checksums before the wire; a veth does not)"),
         )],

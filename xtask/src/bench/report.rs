@@ -285,9 +285,10 @@ impl Report {
     /// reference cell and every overlay cell on the wire-like underlay (the
     /// configuration the namespace tests prove) must have a positive value
     /// for every figure, and the micro-benchmark must have run. XDP overlay
-    /// cells on veth's default underlay may fail (native XDP on a veth loses
-    /// the skb's checksum state; TC decapsulation is the mode for it): those
-    /// are returned as warnings.
+    /// cells on veth's default underlay have no values: the agent refuses
+    /// XDP decapsulation on a veth with tx-checksumming on (XDP loses the
+    /// skb's checksum state there; TC decapsulation is the mode for it), and
+    /// the cell's failure carries its reason; those are returned as warnings.
     pub fn check_complete(&self, cells: &[Cell]) -> (Vec<String>, Vec<String>) {
         let (mut problems, mut warnings) = (Vec::new(), Vec::new());
         for figure in &self.figures {

@@ -98,11 +98,17 @@ pub fn vm_test(options: &Options) -> anyhow::Result<()> {
         return if outcome.failed > 0 { Err(anyhow::anyhow!("{} test(s) failed in the guest", outcome.failed)) } else { Ok(()) };
     }
     let binaries = test_binaries()?;
-    let runs = binaries
-        .iter()
-        .filter(|(name, _)| options.tests.is_empty() || options.tests.contains(name))
-        .map(|(name, _)| Run { binary: name.clone(), tests: options.filter.iter().cloned().collect(), exact: false })
-        .collect();
+    // In the order given (`--test a --test b`: the first ones run first, so
+    // a timeout costs the last), else the binaries' order.
+    let names: Vec<&String> = if options.tests.is_empty() {
+        binaries.iter().map(|(name, _)| name).collect()
+    } else {
+        if let Some(unknown) = options.tests.iter().find(|test| !binaries.iter().any(|(name, _)| name == *test)) {
+            bail!("--test {unknown}: no such lab test file (tests/tests/{unknown}.rs)");
+        }
+        options.tests.iter().collect()
+    };
+    let runs = names.into_iter().map(|name| Run { binary: name.clone(), tests: options.filter.iter().cloned().collect(), exact: false }).collect();
     let started = Instant::now();
     let outcome = run(&options.kernel, runs, &binaries, Duration::from_secs(options.timeout_minutes * 60))?;
     println!("vm-test (Linux {}): {} passed, {} failed in {:.0?}", options.kernel, outcome.passed, outcome.failed, started.elapsed());
