@@ -35,6 +35,12 @@ impl CniLab {
     /// Hosts `h1`.. `h<hosts>` with agents running against one etcd, and
     /// network [`NETWORK`] created on h1 (the others learn it from etcd).
     pub fn start(scope: &str, hosts: usize) -> anyhow::Result<CniLab> {
+        Self::start_with(scope, hosts, hosts)
+    }
+
+    /// As [`CniLab::start`], with agents on the first `running` hosts only
+    /// (the others' come and go in the test).
+    pub fn start_with(scope: &str, hosts: usize, running: usize) -> anyhow::Result<CniLab> {
         let host = |i: usize| HostSpec { name: format!("h{}", i + 1), kind: HostKind::Overlay, containers: Vec::new() };
         let mut lab = Lab::build(LabSpec { scope: scope.into(), vxlan_port: 4789, hosts: (0..hosts).map(host).collect() })?;
         for host in &lab.hosts {
@@ -48,11 +54,14 @@ impl CniLab {
         lab.wire.ip(&["addr", "add", &format!("{ETCD_ADDRESS}/24"), "dev", &bridge])?;
         let etcd = EtcdCluster::start_in_netns(scope, lab.wire.name(), ETCD_ADDRESS)?;
         let url = etcd.client_url(0);
-        lab.start_agents_with_args(&overlay_binary()?, &["--etcd", &url, "--etcd-lease-ttl", "5"])?;
+        for index in 0..running {
+            let agent = lab.start_agent_with_args(index, &overlay_binary()?, &["--etcd", &url, "--etcd-lease-ttl", "5"])?;
+            lab.agents.push(agent);
+        }
         let lab = CniLab { etcd, lab };
         let output = lab.overlay("h1", &["network", "create", NETWORK, "--vni", &VNI.to_string(), "--subnet", SUBNET])?;
         anyhow::ensure!(output.status.success(), "creating network {NETWORK}: {}", String::from_utf8_lossy(&output.stderr));
-        for index in 1..hosts {
+        for index in 1..running {
             let node = format!("h{}", index + 1);
             lab.wait_for_network(&node)?;
         }

@@ -2,6 +2,7 @@
 //! namespaces as guards, a multi-host topology builder, agents as child
 //! processes, and traffic checks (ping, a byte-checked TCP transfer, names).
 pub mod bpf_run;
+pub mod churn;
 pub mod cni;
 pub mod docker_lab;
 pub mod dockerd;

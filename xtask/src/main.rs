@@ -78,6 +78,11 @@ enum Task {
         /// Kill -9 and restart the agent every this many rounds of 1,000 changes (0: never).
         #[arg(long, default_value_t = 2)]
         restart_every: u64,
+        /// Instead: the cluster-mode churn (tests/tests/cluster_churn.rs
+        /// `cluster_soak`): containers in and out through the CNI plugin on
+        /// three agents, 200 virtual nodes in and out of etcd.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Build, then run the lab tests in a guest with another kernel
     /// (Debian 12's 6.1) under QEMU.
@@ -96,7 +101,7 @@ fn main() -> std::process::ExitCode {
         Task::Bench(options) => bench::bench(&options).map(|_| ()),
         Task::Fuzz { seconds: Some(seconds), target, .. } => parser_fuzz::fuzz(seconds, target.as_deref()),
         Task::Fuzz { frames, seed, .. } => fuzz(frames, seed),
-        Task::Soak { minutes, restart_every } => soak(minutes, restart_every),
+        Task::Soak { minutes, restart_every, cluster } => soak(minutes, restart_every, cluster),
         Task::VmTest(options) => vm::vm_test(&options),
     };
     match result {
@@ -219,8 +224,8 @@ fn fuzz(frames: u64, seed: Option<String>) -> anyhow::Result<()> {
     status(&mut command)
 }
 
-/// Runs the churn soak; its figures go to stdout.
-fn soak(minutes: u64, restart_every: u64) -> anyhow::Result<()> {
+/// Runs the churn soak (or the cluster-mode one); its figures go to stdout.
+fn soak(minutes: u64, restart_every: u64, cluster: bool) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the soak loads BPF programs and creates network namespaces: run as root");
     }
@@ -232,7 +237,9 @@ fn soak(minutes: u64, restart_every: u64) -> anyhow::Result<()> {
             .env("OVERLAY_BIN", &binary)
             .env("OVERLAY_SOAK_MINUTES", minutes.to_string())
             .env("OVERLAY_SOAK_RESTART_EVERY", restart_every.to_string())
-            .args(["test", "-p", "overlay-tests", "--test", "churn", "soak", "--", "--ignored", "--exact", "--nocapture"]),
+            .args(["test", "-p", "overlay-tests", "--test"])
+            .args(if cluster { ["cluster_churn", "cluster_soak"] } else { ["churn", "soak"] })
+            .args(["--", "--ignored", "--exact", "--nocapture"]),
     )
 }
 

@@ -102,20 +102,12 @@ impl AgentState {
         Ok(())
     }
 
-    /// The addresses handed out in `network` (by this node, in cluster mode).
-    pub fn addresses(&self, network: &str) -> Result<(Ipv4Net, Vec<Allocation>), AddressError> {
-        let model = self.model();
-        let (subnet, source) = subnet_of(&model, network)?;
-        let allocations = match (&self.cluster, source) {
-            (Some(cluster), SourceKind::Registry) => cluster
-                .ipam
-                .allocations(network)
-                .into_iter()
-                .map(|(address, owner)| Allocation { network: network.into(), address, owner })
-                .collect(),
-            _ => self.api.allocations.iter().filter(|a| a.network == network).cloned().collect(),
-        };
-        Ok((subnet, allocations))
+    /// The addresses handed out in `network` by the API's state (a
+    /// node-local network; a registry network's are its allocator's, see
+    /// [`ClusterAllocator::allocations`]).
+    pub(super) fn addresses_here(&self, network: &str) -> Result<(Ipv4Net, Vec<Allocation>), AddressError> {
+        let (subnet, _) = subnet_of(&self.model(), network)?;
+        Ok((subnet, self.api.allocations.iter().filter(|a| a.network == network).cloned().collect()))
     }
 
     /// Node-local: the allocations of the API's state, then every address an endpoint uses.
@@ -186,6 +178,13 @@ impl ClusterAllocator {
             return Err(error);
         }
         Ok(Allocated { allocation: Allocation { network: network.into(), address, owner: owner.into() }, subnet: self.subnet })
+    }
+
+    /// The addresses this node handed out in the network (its blocks read
+    /// from etcd on first use).
+    pub(super) async fn allocations(self) -> Result<(Ipv4Net, Vec<Allocation>), AddressError> {
+        let held = self.ipam.allocations(&self.network).await?;
+        Ok((self.subnet, held.into_iter().map(|(address, owner)| Allocation { network: self.network.clone(), address, owner }).collect()))
     }
 
     /// Gives `address` back and waits until etcd has it.

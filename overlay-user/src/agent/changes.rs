@@ -84,3 +84,13 @@ pub async fn release_address(shared: &Shared, network: &str, address: Ipv4Addr) 
         None => shared.lock().await.release_here(network, address),
     }
 }
+
+/// The addresses handed out in `network` (by this node, in cluster mode),
+/// without the agent's lock across the read of a registry network's blocks.
+pub async fn addresses(shared: &Shared, network: &str) -> Result<(crate::model::Ipv4Net, Vec<crate::addresses::Allocation>), AddressError> {
+    let allocator = shared.lock().await.cluster_allocator(network)?;
+    match allocator {
+        Some(allocator) => allocator.allocations().await,
+        None => shared.lock().await.addresses_here(network),
+    }
+}

@@ -152,7 +152,7 @@ fn address_error(error: AddressError) -> ApiError {
 }
 
 async fn list_addresses(State(context): State<ApiContext>, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
-    let (subnet, allocations) = context.shared.lock().await.addresses(&name).map_err(address_error)?;
+    let (subnet, allocations) = changes::addresses(&context.shared, &name).await.map_err(address_error)?;
     Ok(Json(allocations.into_iter().map(|a| views::AllocationView::new(a, subnet)).collect::<Vec<_>>()).into_response())
 }
 

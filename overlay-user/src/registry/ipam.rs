@@ -212,14 +212,18 @@ impl Ipam {
         Ok(())
     }
 
-    /// This node's allocations in a network, as held here (address -> owner).
-    pub fn allocations(&self, network: &str) -> BTreeMap<Ipv4Addr, String> {
+    /// This node's allocations in a network (address -> owner). The first
+    /// call for a network reads this node's blocks, as allocation does: an
+    /// agent restarted lists what it handed out before (and a runtime's
+    /// DEL, which finds its address there by owner, releases it).
+    pub async fn allocations(&self, network: &str) -> Result<BTreeMap<Ipv4Addr, String>, RegistryError> {
+        self.shared.pool(&mut *self.shared.pools.lock().await, network).await?;
         let blocks = self.shared.blocks.lock().unwrap();
-        blocks
+        Ok(blocks
             .iter()
             .filter(|((name, _), _)| name == network)
             .flat_map(|(_, block)| block.record.allocations.iter().map(|(address, owner)| (*address, owner.clone())))
-            .collect()
+            .collect())
     }
 }
 

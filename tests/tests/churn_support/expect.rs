@@ -1,11 +1,11 @@
 //! What h1's maps, TC hooks and pins must hold for the churn's live
-//! endpoints, networks and peers, and the agent's use of memory and files.
+//! endpoints, networks and peers.
 use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use overlay::{datapath::Datapath, state::MapState};
 
-use super::{C1_IP, C2_IP, Churn, FIXED_VNI, Figures};
+use super::{C1_IP, C2_IP, Churn, FIXED_VNI};
 
 /// Peer `peer`'s VTEP on the lab's underlay (h1 and h2 are .1 and .2).
 pub fn peer_vtep(peer: usize) -> Ipv4Addr {
@@ -173,57 +173,4 @@ pub fn check_attachments(churn: &Churn) {
     expected.extend(in_use.iter().map(|name| format!("tc-port-{name}")));
     let found: BTreeSet<String> = churn.pins.pinned_links().into_iter().collect();
     assert_eq!(found, expected, "pinned links should be the fixed ones plus one per port in use");
-}
-
-/// The agent's resident memory and open files.
-pub struct AgentUsage {
-    pub rss_kib: u64,
-    pub fds: usize,
-}
-
-impl AgentUsage {
-    pub fn of(churn: &Churn) -> AgentUsage {
-        let pid = churn.lab.agents[0].pid().expect("h1's agent runs");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
-        // The agent opens files for a moment after a change (its status
-        // file, a reload): the fewest of a few looks is what it holds.
-        let fds = (0..10)
-            .map(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-            })
-            .min()
-            .unwrap();
-        AgentUsage { rss_kib, fds }
-    }
-}
-
-/// How much the agent's resident memory may grow from the end of its
-/// first round to the end of its last (allocator arenas settle; a leak
-/// of a few hundred bytes per change would pass 16 MiB within the soak).
-pub const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
-
-/// Within each agent's life (between restarts), open files after every
-/// drain equal those after its first, and memory grows within the bound.
-pub fn check_usage(figures: &Figures) {
-    let mut lives: Vec<Vec<(usize, u64, usize)>> = Vec::new();
-    let mut last_life = usize::MAX;
-    for &(round, rss, fds, life) in &figures.usage {
-        if life != last_life {
-            lives.push(Vec::new());
-            last_life = life;
-        }
-        lives.last_mut().unwrap().push((round, rss, fds));
-    }
-    for life in lives {
-        let (first_round, first_rss, first_fds) = life[0];
-        for &(round, rss, fds) in &life[1..] {
-            assert_eq!(fds, first_fds, "the agent's open files after round {round}'s drain should equal those after round {first_round}'s: {figures}");
-            assert!(
-                rss <= first_rss + RSS_GROWTH_BOUND_KIB,
-                "the agent's memory grew from {first_rss} KiB (round {first_round}) to {rss} KiB (round {round}), more than {RSS_GROWTH_BOUND_KIB} KiB: {figures}"
-            );
-        }
-    }
 }

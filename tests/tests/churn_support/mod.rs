@@ -1,7 +1,6 @@
 //! The churn driver of churn.rs: the lab, the fixed flow, the random
 //! changes and what the maps must hold after them.
 mod expect;
-mod traffic;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,8 +23,8 @@ use overlay::{
 use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
 use serde_json::{Value, json};
 
-use expect::{AgentUsage, Expected};
-use traffic::FixedFlow;
+use expect::Expected;
+use overlay_lab::churn::{FixedFlow, Usage, UsageSample};
 
 pub const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 pub const C2_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
@@ -84,8 +83,8 @@ pub struct Figures {
     /// The fixed flow alone before the churn: how long, and (pings sent,
     /// answered, TCP bytes, segments retransmitted) in that time.
     pub quiet_reference: Option<(Duration, (u64, u64, u64, u64))>,
-    /// (round, rss KiB, open fds, agent life) at the end of each round (after its drain).
-    pub usage: Vec<(usize, u64, usize, usize)>,
+    /// h1's agent at the end of each round (after its drain).
+    pub usage: Vec<UsageSample>,
     pub elapsed: Duration,
 }
 
@@ -112,7 +111,7 @@ impl fmt::Display for Figures {
                 quiet.as_secs()
             )?;
         }
-        let usage: Vec<String> = self.usage.iter().map(|(round, rss, fds, life)| format!("r{round}: {rss} KiB/{fds} fds (agent {life})")).collect();
+        let usage: Vec<String> = self.usage.iter().map(ToString::to_string).collect();
         write!(f, "  agent after each round's drain: {}", usage.join(", "))
     }
 }
@@ -159,10 +158,11 @@ impl Churn {
         let started = Instant::now();
         let mut churn = Churn::new(scope, size);
         let baseline = churn.settled_state();
-        let flow = FixedFlow::start(&churn.lab);
+        let flow = FixedFlow::start(&churn.lab.container("h1", "c").netns, &churn.lab.container("h2", "c").netns, C2_IP);
         if let Some(quiet) = size.quiet_reference {
             std::thread::sleep(quiet);
-            churn.figures.quiet_reference = Some((quiet, flow.counts_so_far(&churn.lab)));
+            let counts = flow.counts_so_far();
+            churn.figures.quiet_reference = Some((quiet, (counts.pings_sent, counts.pings_received, counts.bytes, counts.retransmitted)));
         }
         for round in 1..=size.rounds {
             // Every peer at once, in one reload; the round's changes then take them out and back.
@@ -187,10 +187,10 @@ impl Churn {
                 panic!("after round {round}'s drain the maps should equal the state before the churn\n{}", expect::state_diff(&baseline, &state));
             }
             churn.checkpoint(&flow);
-            let usage = AgentUsage::of(&churn);
-            churn.figures.usage.push((round, usage.rss_kib, usage.fds, churn.life));
+            let usage = Usage::of(churn.lab.agents[0].pid().expect("h1's agent runs"));
+            churn.figures.usage.push(UsageSample { agent: "h1".into(), round, life: churn.life, usage });
             churn.figures.rounds = round;
-            flow.check(&churn.lab, "during the churn");
+            flow.check("during the churn", || churn.lab.agent_logs());
             if let Some((deadline, endpoints)) = size.deadline
                 && Instant::now() >= deadline
                 && churn.figures.endpoints_added >= endpoints
@@ -198,9 +198,14 @@ impl Churn {
                 break;
             }
         }
-        flow.stop(&churn.lab, &mut churn.figures);
+        let counts = flow.stop(|| churn.lab.agent_logs());
+        churn.figures.pings_sent = counts.pings_sent;
+        churn.figures.pings_received = counts.pings_received;
+        churn.figures.tcp_transfers = counts.transfers;
+        churn.figures.tcp_bytes = counts.bytes;
+        churn.figures.tcp_retransmitted_segments = counts.retransmitted;
         churn.figures.elapsed = started.elapsed();
-        expect::check_usage(&churn.figures);
+        overlay_lab::churn::check_usage(&churn.figures.usage, &churn.figures);
         churn.figures
     }
 
@@ -450,7 +455,7 @@ impl Churn {
     fn checkpoint(&mut self, flow: &FixedFlow) {
         self.wait_for_maps("a checkpoint");
         expect::check_attachments(self);
-        flow.check(&self.lab, "at a checkpoint");
+        flow.check("at a checkpoint", || self.lab.agent_logs());
         self.figures.checkpoints += 1;
     }
 
