@@ -23,7 +23,9 @@ impl ApplyReport {
         self.changes.iter().map(|(_, n)| n).sum()
     }
 
-    fn between(old: &MapState, new: &MapState) -> ApplyReport {
+    /// The entries that differ between two states, map by map (the node
+    /// array and every configuration table of the one list).
+    pub fn between(old: &MapState, new: &MapState) -> ApplyReport {
         let mut changes = vec![(maps::NODE, (old.node != new.node) as usize)];
         changes.extend(CONFIG_TABLES.iter().map(|table| (table.name(), table.changes(old, new))));
         ApplyReport { changes }
