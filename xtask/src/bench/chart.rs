@@ -1,6 +1,8 @@
 //! The chart: one panel per figure, bars for the medians of each topology
-//! grouped by underlay profile, whiskers from minimum to maximum; and a
-//! panel for the micro-benchmark. SVG, so no font or image library is needed.
+//! grouped by underlay profile, whiskers from minimum to maximum; a
+//! panel for the micro-benchmark and one per cost curve (program time);
+//! and one per cost curve of the delivered rate in the lab. SVG, so no
+//! font or image library is needed.
 use std::path::Path;
 
 use anyhow::anyhow;
@@ -56,7 +58,7 @@ struct Group {
 }
 
 pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1500, 1500)).into_drawing_area();
+    let root = SVGBackend::new(path, (1500, 1875)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
     let (header, body) = root.split_vertically(70);
     let title = format!(
@@ -72,7 +74,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         header.draw(&Text::new(topology.name(), (x + 22, 45), (FONT, 16).into_font())).map_err(draw_error)?;
     }
 
-    let panels = body.split_evenly((4, 3));
+    let panels = body.split_evenly((5, 3));
     for (panel, id) in panels.iter().zip(CHARTED) {
         let Some(figure) = report.figure(id) else { continue };
         let groups: Vec<Group> = Profile::ALL
@@ -141,7 +143,33 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         draw_panel(&panels[8], &title, "ns", &groups)?;
         draw_curves(report, &panels[9..12])?;
     }
+    draw_delivered_curves(report, &panels[12..15])?;
     root.present().map_err(draw_error)?;
+    Ok(())
+}
+
+/// One panel per cost curve of the lab: a bar per point, the delivered
+/// rate (the CPU per packet is in the table).
+fn draw_delivered_curves<DB: DrawingBackend>(report: &Report, panels: &[DrawingArea<DB, plotters::coord::Shift>]) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    for (panel, curve) in panels.iter().zip(super::curves::Curve::ALL) {
+        let points: Vec<_> = report.curves.iter().filter(|r| r.curve == curve).collect();
+        if points.is_empty() {
+            continue;
+        }
+        let groups: Vec<Group> = points
+            .iter()
+            .enumerate()
+            .map(|(g, result)| Group {
+                name: format!("{} = {}", curve.name(), result.size),
+                bars: vec![Bar { x: g as f64 + 0.3, width: 0.4, summary: result.delivered_mpps.clone(), color: PALETTE[(g + 2) % PALETTE.len()] }],
+            })
+            .collect();
+        let title = format!("lab, {}: 64 B UDP delivered as {} grows (Mpps, higher is better)", super::curves::CELL.name(), curve.name());
+        draw_panel(panel, &title, "Mpps", &groups)?;
+    }
     Ok(())
 }
 

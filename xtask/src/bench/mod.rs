@@ -9,12 +9,14 @@
 //! a chart under target/bench/.
 //!
 //! Module map: `topology` (cells and their labs), `metrics` (what is
-//! measured and how), `microbench` (BPF_PROG_TEST_RUN), `stats`, `report`
+//! measured and how), `microbench` (BPF_PROG_TEST_RUN), `curves` (the
+//! delivered rate as the tables and flows grow, in a lab of its own), `stats`, `report`
 //! (Markdown, JSON, targets), `chart` (SVG), `cleanup` (guards and the
 //! interrupt handler).
 mod chart;
 pub mod cleanup;
 pub mod cluster_scale;
+mod curves;
 mod metrics;
 mod microbench;
 mod report;
@@ -137,11 +139,14 @@ pub fn bench(options: &Options) -> anyhow::Result<Report> {
 
     let cells = Cell::all();
     let lab_metrics: Vec<Metric> = metrics.iter().copied().filter(|m| *m != Metric::Microbench).collect();
-    let (samples, failures) = if lab_metrics.is_empty() {
-        (Vec::new(), Vec::new())
+    let curve_points = if metrics.contains(&Metric::Curves) { curves::points(options.quick) } else { Vec::new() };
+    let measured = if lab_metrics.is_empty() {
+        Measured::default()
     } else {
-        measure_cells(&cells, &lab_metrics, repetitions, timing, &overlay_bin)?
+        measure_cells(&cells, &lab_metrics, &curve_points, repetitions, timing, &overlay_bin)?
     };
+    let Measured { samples, failures, curve_samples } = measured;
+    let curve_results = curves::results(&curve_points, &curve_samples, &failures);
 
     let meta = Meta {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
@@ -157,23 +162,36 @@ pub fn bench(options: &Options) -> anyhow::Result<Report> {
         started_unix_s: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         elapsed_s: started.elapsed().as_secs_f64(),
     };
-    let report = Report::new(meta, &cells, &samples, failures, microbench);
+    let report = Report::new(meta, &cells, &samples, failures, microbench, curve_results);
     write_outputs(&report, options.json.as_deref())?;
     Ok(report)
 }
 
-/// Builds every cell, then runs the interleaved measurements.
+/// What the labs measured.
+#[derive(Default)]
+struct Measured {
+    samples: Vec<Sample>,
+    failures: Vec<Failure>,
+    curve_samples: Vec<curves::CurveSample>,
+}
+
+/// Builds every cell a metric applies to (and the curves' lab if there
+/// are `curve_points`), then runs the interleaved measurements.
 fn measure_cells(
     cells: &[Cell],
     metrics: &[Metric],
+    curve_points: &[curves::Point],
     repetitions: u32,
     timing: Timing,
     overlay_bin: &std::path::Path,
-) -> anyhow::Result<(Vec<Sample>, Vec<Failure>)> {
-    println!("\n== building {} cells (each its own lab: 2 hosts, 1 container each, one underlay switch)", cells.len());
+) -> anyhow::Result<Measured> {
+    let cells: Vec<Cell> = cells.iter().copied().filter(|cell| metrics.iter().any(|m| m.applies_to(*cell))).collect();
+    if !cells.is_empty() {
+        println!("\n== building {} cells (each its own lab: 2 hosts, 1 container each, one underlay switch)", cells.len());
+    }
     // A cell that cannot be built fails its measurements; the others go on.
     let mut beds: Vec<(Cell, Result<TestBed, String>)> = Vec::new();
-    for cell in cells {
+    for cell in &cells {
         cleanup::register_scope(&cell.scope());
         let bed = TestBed::build(*cell, overlay_bin).map_err(|error| format!("{error:#}"));
         match &bed {
@@ -188,17 +206,33 @@ fn measure_cells(
         beds.push((*cell, bed));
     }
 
+    let curve_bed = (!curve_points.is_empty()).then(|| build_curve_bed(curve_points, overlay_bin));
+
     let runs: Vec<(u32, usize, Metric)> = (0..repetitions)
         .flat_map(|repetition| metrics.iter().enumerate().map(move |(index, metric)| (repetition, index, *metric)))
         .collect();
-    let total: usize = runs.iter().map(|(_, _, metric)| cells.iter().filter(|c| metric.applies_to(**c)).count()).sum();
+    let total: usize = runs
+        .iter()
+        .map(|(_, _, metric)| match metric {
+            Metric::Curves => curve_points.len(),
+            _ => cells.iter().filter(|c| metric.applies_to(**c)).count(),
+        })
+        .sum();
     println!("\n== measuring: {total} cell measurements, {repetitions} repetition(s), {} s windows", timing.window.as_secs());
     let started = Instant::now();
-    let (mut samples, mut failures) = (Vec::new(), Vec::new());
+    let mut measured = Measured::default();
+    let (samples, failures) = (&mut measured.samples, &mut measured.failures);
     let mut done = 0;
     for (repetition, metric_index, metric) in runs {
+        if metric == Metric::Curves {
+            if let Some(curve_bed) = &curve_bed {
+                let run = CurveRun { points: curve_points, repetition, repetitions, timing, started };
+                measured.curve_samples.extend(run.measure(curve_bed, &mut done, total, failures));
+            }
+            continue;
+        }
         // Rotate the order, so no cell always runs first (or right after a given one).
-        let rotation = (repetition as usize + metric_index) % beds.len();
+        let rotation = (repetition as usize + metric_index) % beds.len().max(1);
         for (cell, bed) in beds[rotation..].iter().chain(&beds[..rotation]).filter(|(cell, _)| metric.applies_to(*cell)) {
             done += 1;
             let outcome = match bed {
@@ -226,8 +260,80 @@ fn measure_cells(
     }
     println!("\n== removing the labs");
     drop(beds);
+    drop(curve_bed);
     cleanup::clear();
-    Ok((samples, failures))
+    Ok(measured)
+}
+
+/// Builds the curves' lab, with as many extra ports as the largest VNI point needs.
+fn build_curve_bed(points: &[curves::Point], overlay_bin: &std::path::Path) -> Result<curves::CurveBed, String> {
+    let extra_ports = points.iter().map(|p| p.tables().extra_vnis).max().unwrap_or(0);
+    println!("   curves: building their own lab ({}, {extra_ports} extra ports per host)", curves::CELL.name());
+    cleanup::register_scope(curves::SCOPE);
+    let started = Instant::now();
+    let bed = curves::CurveBed::build(overlay_bin, extra_ports).map_err(|error| format!("{error:#}"));
+    match &bed {
+        Ok(bed) => {
+            for pid in bed.bed.lab.agents.iter().filter_map(|a| a.pid()) {
+                cleanup::register_agent(pid);
+            }
+            println!("   curves: ready ({:.0} s)", started.elapsed().as_secs_f64());
+        }
+        Err(error) => println!("   curves: FAILED to build: {error}"),
+    }
+    bed
+}
+
+/// One repetition of every curve point.
+struct CurveRun<'a> {
+    points: &'a [curves::Point],
+    repetition: u32,
+    repetitions: u32,
+    timing: Timing,
+    started: Instant,
+}
+
+impl CurveRun<'_> {
+    /// Sets and measures every point, in an order rotated per repetition.
+    fn measure(
+        &self,
+        bed: &Result<curves::CurveBed, String>,
+        done: &mut usize,
+        total: usize,
+        failures: &mut Vec<Failure>,
+    ) -> Vec<curves::CurveSample> {
+        let mut samples = Vec::new();
+        let rotation = self.repetition as usize % self.points.len().max(1);
+        for point in self.points[rotation..].iter().chain(&self.points[..rotation]) {
+            *done += 1;
+            let outcome = match bed {
+                Ok(bed) => bed.configure(*point).and_then(|()| bed.measure(*point, self.timing)),
+                Err(error) => Err(anyhow::anyhow!("the curves' lab could not be built: {error}")),
+            };
+            let progress = format!(
+                "[{done:>3}/{total} {:>5}] rep {}/{} curves {:<26}",
+                format_elapsed(self.started.elapsed()),
+                self.repetition + 1,
+                self.repetitions,
+                point.name(),
+                done = *done,
+            );
+            match outcome {
+                Ok(sample) => {
+                    println!(
+                        "{progress} {:.0} kpps delivered (sent {:.0}), {:.0} ns CPU per packet",
+                        sample.delivered_kpps, sample.sent_kpps, sample.cpu_ns_per_packet
+                    );
+                    samples.push(sample);
+                }
+                Err(error) => {
+                    println!("{progress} FAILED: {error:#}");
+                    failures.push(Failure { metric: Metric::Curves, cell: point.name(), repetition: self.repetition, error: format!("{error:#}") });
+                }
+            }
+        }
+        samples
+    }
 }
 
 fn format_elapsed(elapsed: Duration) -> String {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
+    curves::CurveResult,
     metrics::{Better, FigureId, Metric, Timing},
     microbench::MicrobenchResult,
     stats::Summary,
@@ -87,16 +88,25 @@ pub struct Report {
     pub figures: Vec<FigureResult>,
     pub failures: Vec<Failure>,
     pub microbench: Vec<MicrobenchResult>,
+    /// The delivered rate along the cost curves (`curves`).
+    pub curves: Vec<CurveResult>,
 }
 
 impl Report {
-    pub fn new(meta: Meta, cells: &[Cell], samples: &[Sample], failures: Vec<Failure>, microbench: Vec<MicrobenchResult>) -> Report {
+    pub fn new(
+        meta: Meta,
+        cells: &[Cell],
+        samples: &[Sample],
+        failures: Vec<Failure>,
+        microbench: Vec<MicrobenchResult>,
+        curves: Vec<CurveResult>,
+    ) -> Report {
         let figures = FigureId::ALL
             .into_iter()
             .filter(|id| meta.metrics.contains(&id.info().metric))
             .map(|id| figure_result(id, cells, samples, &failures))
             .collect();
-        Report { meta, cells: cells.iter().map(|c| c.name()).collect(), figures, failures, microbench }
+        Report { meta, cells: cells.iter().map(|c| c.name()).collect(), figures, failures, microbench, curves }
     }
 
     pub fn figure(&self, id: FigureId) -> Option<&FigureResult> {
@@ -152,6 +162,9 @@ impl Report {
         }
         if !self.microbench.is_empty() {
             out.push_str(&super::microbench::markdown(&self.microbench));
+        }
+        if !self.curves.is_empty() {
+            out.push_str(&super::curves::markdown(&self.curves));
         }
         let targets = self.targets();
         if !targets.is_empty() {
@@ -313,6 +326,16 @@ impl Report {
                 }
             }
         }
+        if self.meta.metrics.contains(&Metric::Curves) {
+            for result in &self.curves {
+                if !result.delivered_mpps.as_ref().is_some_and(|s| s.median > 0.0) {
+                    problems.push(format!("curves: no delivered rate at {}={}", result.curve.name(), result.size));
+                }
+            }
+            if self.curves.is_empty() {
+                problems.push("curves: no point measured".into());
+            }
+        }
         (problems, warnings)
     }
 }
@@ -427,7 +450,7 @@ mod tests {
             repetition: 0,
             error: "no connection".into(),
         }];
-        let report = Report::new(meta(), &cells, &samples, failures, Vec::new());
+        let report = Report::new(meta(), &cells, &samples, failures, Vec::new(), Vec::new());
         let figure = report.figure(FigureId::Tcp1Gbps).unwrap();
         let result = figure.cell(wire(overlay)).unwrap();
         assert_eq!(result.summary.as_ref().unwrap().median, 10.0);

@@ -179,7 +179,8 @@ impl Cell {
 
 /// The VXLAN port; irrelevant to the routed cells.
 const VXLAN_PORT: u16 = 4789;
-const VNI: u32 = 100;
+/// The containers' VNI.
+pub const VNI: u32 = 100;
 /// The sending container, on the first host.
 pub const SENDER_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 /// The receiving container, on the second host.
@@ -197,6 +198,12 @@ impl TestBed {
     /// ping the receiver (which also resolves every neighbour before the
     /// first measurement).
     pub fn build(cell: Cell, overlay_bin: &Path) -> anyhow::Result<TestBed> {
+        TestBed::build_in(cell, overlay_bin, cell.scope())
+    }
+
+    /// [`TestBed::build`] under another lab scope, for a second lab of the
+    /// same cell (the cost curves' own).
+    pub fn build_in(cell: Cell, overlay_bin: &Path, scope: String) -> anyhow::Result<TestBed> {
         let kind = cell.topology.host_kind();
         let container = |name: &str, ip: Ipv4Addr| ContainerSpec {
             name: name.into(),
@@ -205,7 +212,7 @@ impl TestBed {
             vni: VNI,
         };
         let spec = LabSpec {
-            scope: cell.scope(),
+            scope,
             vxlan_port: VXLAN_PORT,
             hosts: vec![
                 HostSpec { name: "h1".into(), kind, containers: vec![container("c1", SENDER_IP)] },

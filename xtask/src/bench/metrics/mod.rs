@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod cpu;
 pub mod latency;
 pub mod snmp;
+pub mod spread_udp;
 pub mod tcp;
 pub mod udp_rate;
 
@@ -36,11 +37,14 @@ pub enum Metric {
     Bpf,
     /// BPF_PROG_TEST_RUN micro-benchmark of encap and decap (no lab).
     Microbench,
+    /// Delivered 64-byte UDP rate along the cost curves (FDB size, VNIs,
+    /// flows) in a lab of its own (`bench::curves`).
+    Curves,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] =
-        [Metric::Tcp1, Metric::Tcp4, Metric::Udp64, Metric::RrUdp, Metric::RrTcp, Metric::Bpf, Metric::Microbench];
+    pub const ALL: [Metric; 8] =
+        [Metric::Tcp1, Metric::Tcp4, Metric::Udp64, Metric::RrUdp, Metric::RrTcp, Metric::Bpf, Metric::Microbench, Metric::Curves];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -51,14 +55,16 @@ impl Metric {
             Metric::RrTcp => "rr-tcp",
             Metric::Bpf => "bpf",
             Metric::Microbench => "microbench",
+            Metric::Curves => "curves",
         }
     }
 
-    /// Whether the metric is measured in `cell` (the micro-benchmark is in none).
+    /// Whether the metric is measured in `cell` (the micro-benchmark and
+    /// the curves, which have a lab of their own, are in none).
     pub fn applies_to(self, cell: Cell) -> bool {
         match self {
             Metric::Bpf => cell.topology.is_overlay(),
-            Metric::Microbench => false,
+            Metric::Microbench | Metric::Curves => false,
             _ => true,
         }
     }
@@ -166,6 +172,6 @@ pub fn measure(metric: Metric, bed: &TestBed, timing: Timing) -> anyhow::Result<
         Metric::RrUdp => latency::request_response(bed, latency::Transport::Udp, timing),
         Metric::RrTcp => latency::request_response(bed, latency::Transport::Tcp, timing),
         Metric::Bpf => bpf::run_time_under_load(bed, timing),
-        Metric::Microbench => anyhow::bail!("the micro-benchmark runs outside the cells"),
+        Metric::Microbench | Metric::Curves => anyhow::bail!("{} runs outside the cells", metric.name()),
     }
 }

@@ -133,7 +133,7 @@ fn receive(stop: Arc<AtomicBool>, received: Arc<AtomicU64>, ready: std::sync::mp
     Ok(())
 }
 
-fn set_receive_buffer(socket: &UdpSocket) -> anyhow::Result<()> {
+pub(super) fn set_receive_buffer(socket: &UdpSocket) -> anyhow::Result<()> {
     // SO_RCVBUFFORCE (we are root) goes past net.core.rmem_max.
     // SAFETY: plain setsockopt with a pointer to a live i32.
     let rc = unsafe {
