@@ -76,7 +76,14 @@ pub fn install_interrupt_handler() -> anyhow::Result<()> {
         }
         for scope in &scopes {
             netns::remove_all_of_this_process(scope);
-            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-{scope}-{}", netns::PREFIX, std::process::id())));
+            let dir = std::env::temp_dir().join(format!("{}-{scope}-{}", netns::PREFIX, std::process::id()));
+            // The lab's own bpffs is mounted in its directory (`Lab::bpffs_dir`),
+            // which its guard unmounts; no guard runs here.
+            let bpffs = dir.join("bpffs");
+            if bpffs.exists() {
+                let _ = netns::run("umount", &["-l", &bpffs.to_string_lossy()]);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
         }
         sweep_microbench_namespaces();
         std::process::exit(130);

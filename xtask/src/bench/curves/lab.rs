@@ -138,6 +138,7 @@ impl CurveBed {
             bail!("{}: needs {} extra ports, the lab has {}", point.name(), tables.extra_vnis, self.extra_ports);
         }
         let lab = &self.bed.lab;
+        let written_at = unix_seconds();
         for (index, host) in lab.hosts.iter().enumerate() {
             let path = host.config_path.as_ref().context("an overlay host without a configuration file")?;
             // Whole files only: the agent may notice a half-written one.
@@ -150,17 +151,25 @@ impl CurveBed {
         }
         let deadline = Instant::now() + scaled(Duration::from_secs(300));
         loop {
+            // The maps are written before the ports are attached (or after
+            // they are detached), so both are waited for: a reload of
+            // thousands of ports takes minutes, and a point measured
+            // during it would measure the reload.
             let held: Vec<(u32, u32)> = HOSTS.iter().map(|host| self.tables_held(host)).collect::<anyhow::Result<_>>()?;
-            if held.iter().all(|held| *held == (tables.fdb_entries(), tables.vnis())) {
+            let reloaded: Vec<Reloaded> = HOSTS.iter().map(|host| self.reloaded(host, written_at)).collect::<anyhow::Result<_>>()?;
+            let wanted = Reloaded { since_written: true, ok: true, extra_ports_attached: tables.extra_vnis };
+            if held.iter().all(|held| *held == (tables.fdb_entries(), tables.vnis())) && reloaded.iter().all(|r| *r == wanted) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 let status = HOSTS.into_iter().map(|host| self.overlay(host, &["status", "--node", host]).unwrap_or_else(|e| format!("{e:#}")));
                 bail!(
-                    "{}: the agents' maps did not reach {} FDB entries and {} VNIs (held (FDB, VNIs) {held:?}); refusing the point:\n{}",
+                    "{}: the agents did not reach {} FDB entries, {} VNIs and {} extra ports attached in a reload since the change \
+                     (held (FDB, VNIs) {held:?}, reloads {reloaded:?}); refusing the point:\n{}",
                     point.name(),
                     tables.fdb_entries(),
                     tables.vnis(),
+                    tables.extra_vnis,
                     status.collect::<Vec<_>>().join("\n")
                 );
             }
@@ -177,6 +186,23 @@ impl CurveBed {
         let stats = parse(self.overlay(host, &["stats", "--node", host, "--json"])?)?;
         let vnis = stats["vnis"].as_array().map_or(0, Vec::len);
         Ok((configured as u32, vnis as u32))
+    }
+
+    /// What `host`'s status file (`overlay status`'s source) says of its
+    /// last reload and attachments.
+    fn reloaded(&self, host: &str, written_at: u64) -> anyhow::Result<Reloaded> {
+        let path = self.bed.lab.dir.join("run").join(format!("{host}.json"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let status: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let reload = &status["last_reload"];
+        let attachments = status["attachments"].as_array().map_or(0, |a| {
+            a.iter().filter(|name| name.as_str().is_some_and(|name| name.starts_with("tc-port-cv"))).count()
+        });
+        Ok(Reloaded {
+            since_written: reload["at"].as_u64().is_some_and(|at| at >= written_at),
+            ok: reload["ok"].as_bool() == Some(true),
+            extra_ports_attached: attachments as u32,
+        })
     }
 
     fn overlay(&self, host: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -225,6 +251,18 @@ impl CurveBed {
             cpu_ns_per_packet: window.busy_cpu_ns / window.delivered as f64,
         })
     }
+}
+
+/// A host's last reload, as its status file tells it.
+#[derive(Debug, PartialEq, Eq)]
+struct Reloaded {
+    since_written: bool,
+    ok: bool,
+    extra_ports_attached: u32,
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
