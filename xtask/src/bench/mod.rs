@@ -321,8 +321,8 @@ impl CurveRun<'_> {
             match outcome {
                 Ok(sample) => {
                     println!(
-                        "{progress} {:.0} kpps delivered (sent {:.0}), {:.0} ns CPU per packet",
-                        sample.delivered_kpps, sample.sent_kpps, sample.cpu_ns_per_packet
+                        "{progress} {:.0} kpps delivered (sent {:.0}), {:.0} ns CPU per packet; programs: encap {:.0} ns, decap {:.0} ns",
+                        sample.delivered_kpps, sample.sent_kpps, sample.cpu_ns_per_packet, sample.encap_ns, sample.decap_ns
                     );
                     samples.push(sample);
                 }

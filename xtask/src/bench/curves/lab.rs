@@ -16,6 +16,7 @@ use super::{CurveSample, Point, Tables};
 use crate::bench::{
     metrics::{
         Timing,
+        bpf::{self, RunStats},
         cpu::CpuTimes,
         snmp::Snmp,
         spread_udp::{self, SpreadLoad},
@@ -214,8 +215,11 @@ impl CurveBed {
     }
 
     /// Measures `point` (already configured): the spread load, warm-up,
-    /// one window; refuses the point if its VNIs or flows did not all
-    /// carry traffic.
+    /// one window; then, under the same load, the programs' run time from
+    /// the kernel's BPF statistics in a window of its own (half as long;
+    /// statistics cost two clock reads per run, so they are off while the
+    /// rate is measured). Refuses the point if its VNIs or flows did not
+    /// all carry traffic.
     pub fn measure(&self, point: Point, timing: Timing) -> anyhow::Result<CurveSample> {
         let (sender, receiver) = (self.bed.sender_netns(), self.bed.receiver_netns());
         let destinations: Vec<Ipv4Addr> =
@@ -232,6 +236,16 @@ impl CurveBed {
         let (start, interfaces_start) = (snapshot(&load)?, spread_udp::received_packets(receiver)?);
         std::thread::sleep(timing.window);
         let (end, interfaces_end) = (snapshot(&load)?, spread_udp::received_packets(receiver)?);
+        let (encap_ns, decap_ns) = {
+            let _stats = bpf::enable_run_time_stats()?;
+            let before = bpf::path_stats(&self.bed)?;
+            std::thread::sleep((timing.window / 2).max(Duration::from_secs(1)));
+            let after = bpf::path_stats(&self.bed)?;
+            let per_run = |after: RunStats, before: RunStats, what: &str| {
+                after.ns_per_run_since(&before).with_context(|| format!("the {what} program did not run"))
+            };
+            (per_run(after.encap, before.encap, "encap")?, per_run(after.decap, before.decap, "decap")?)
+        };
         let source_ports = load.stop()?;
         let window = Window::between(&start, &end);
         if window.delivered == 0 {
@@ -249,6 +263,8 @@ impl CurveBed {
             delivered_kpps: window.kpps(window.delivered),
             sent_kpps: window.kpps(window.sent),
             cpu_ns_per_packet: window.busy_cpu_ns / window.delivered as f64,
+            encap_ns,
+            decap_ns,
         })
     }
 }

@@ -130,6 +130,10 @@ pub struct CurveSample {
     pub delivered_kpps: f64,
     pub sent_kpps: f64,
     pub cpu_ns_per_packet: f64,
+    /// The encapsulation (sending host) and decapsulation (receiving host)
+    /// programs' mean run time under the load.
+    pub encap_ns: f64,
+    pub decap_ns: f64,
 }
 
 /// One point over the repetitions.
@@ -145,6 +149,9 @@ pub struct CurveResult {
     pub sent_mpps: Option<Summary>,
     /// The whole machine's busy CPU time over the delivered packets.
     pub cpu_ns_per_packet: Option<Summary>,
+    /// The programs' run time per packet under the load (BPF statistics).
+    pub encap_ns: Option<Summary>,
+    pub decap_ns: Option<Summary>,
     /// Medians over the curve's first point's.
     pub delivered_to_first: Option<f64>,
     pub cpu_to_first: Option<f64>,
@@ -167,6 +174,8 @@ pub fn results(points: &[Point], samples: &[CurveSample], failures: &[Failure]) 
                 delivered_mpps: of(|s| s.delivered_kpps / 1e3),
                 sent_mpps: of(|s| s.sent_kpps / 1e3),
                 cpu_ns_per_packet: of(|s| s.cpu_ns_per_packet),
+                encap_ns: of(|s| s.encap_ns),
+                decap_ns: of(|s| s.decap_ns),
                 delivered_to_first: None,
                 cpu_to_first: None,
                 failed_repetitions: failures.iter().filter(|f| f.cell == point.name()).count() as u32,
@@ -200,10 +209,14 @@ pub fn markdown(results: &[CurveResult]) -> String {
          (overlay with TC decapsulation on the wire-like underlay), each point set through the agents' configuration files \
          and checked in their maps before it is measured; one sender thread per CPU, raw sockets. The `fdb` points measure \
          the table's size with traffic to one container (the lab has one); `vnis` sends round every VNI; `flows` over N \
-         source ports. Medians (minimum–maximum); ratios to the curve's first point.\n"
+         source ports. Medians (minimum–maximum); ratios to the curve's first point. The programs' run time per packet \
+         is measured under the same load right after (BPF statistics, on only then).\n"
     );
-    let _ = writeln!(out, "| curve | point | traffic | delivered (Mpps) | × first | CPU per delivered packet (ns) | × first | sent (Mpps) |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| curve | point | traffic | delivered (Mpps) | × first | CPU per delivered packet (ns) | × first | encap program (ns) | decap-tc program (ns) | sent (Mpps) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for result in results {
         let failed = match result.failed_repetitions {
             0 => String::new(),
@@ -217,7 +230,7 @@ pub fn markdown(results: &[CurveResult]) -> String {
         let ratio = |r: Option<f64>| r.map_or_else(|| "·".into(), |r| format!("{r:.2}×"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {}{failed} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}{failed} | {} | {} | {} | {} | {} | {} |",
             result.curve.name(),
             result.size,
             result.traffic,
@@ -225,6 +238,8 @@ pub fn markdown(results: &[CurveResult]) -> String {
             ratio(result.delivered_to_first),
             summary(&result.cpu_ns_per_packet, 0),
             ratio(result.cpu_to_first),
+            summary(&result.encap_ns, 0),
+            summary(&result.decap_ns, 0),
             summary(&result.sent_mpps, 3),
         );
     }
@@ -255,7 +270,14 @@ mod tests {
     #[test]
     fn results_summarize_each_point_with_ratios_to_the_first() {
         let point = |curve, size| Point { curve, size };
-        let sample = |p, kpps, cpu| CurveSample { point: p, delivered_kpps: kpps, sent_kpps: kpps * 2.0, cpu_ns_per_packet: cpu };
+        let sample = |p, kpps, cpu| CurveSample {
+            point: p,
+            delivered_kpps: kpps,
+            sent_kpps: kpps * 2.0,
+            cpu_ns_per_packet: cpu,
+            encap_ns: cpu / 10.0,
+            decap_ns: cpu / 20.0,
+        };
         let (first, second, third) = (point(Curve::Fdb, 10), point(Curve::Fdb, 1_000), point(Curve::Fdb, 100_000));
         let samples = [sample(first, 400.0, 5_000.0), sample(first, 600.0, 4_000.0), sample(second, 250.0, 8_000.0)];
         let failures = [
@@ -270,10 +292,10 @@ mod tests {
         assert!(results[2].delivered_mpps.is_none());
         let markdown = markdown(&results);
         assert!(
-            markdown.contains("| fdb | 10 | 1 flow to 1 destination; the table grows | 0.500 (0.400–0.600) | 1.00× | 4500 (4000–5000) | 1.00× | 1.000 (0.800–1.200) |"),
+            markdown.contains("| fdb | 10 | 1 flow to 1 destination; the table grows | 0.500 (0.400–0.600) | 1.00× | 4500 (4000–5000) | 1.00× | 450 (400–500) | 225 (200–250) | 1.000 (0.800–1.200) |"),
             "{markdown}"
         );
-        assert!(markdown.contains("| fdb | 1000 | 1 flow to 1 destination; the table grows | 0.250 [1 failed] | 0.50× | 8000 | 1.78× | 0.500 |"), "{markdown}");
-        assert!(markdown.contains("| fdb | 100000 | 1 flow to 1 destination; the table grows | failed [1 failed] | · | failed | · | failed |"), "{markdown}");
+        assert!(markdown.contains("| fdb | 1000 | 1 flow to 1 destination; the table grows | 0.250 [1 failed] | 0.50× | 8000 | 1.78× | 800 | 400 | 0.500 |"), "{markdown}");
+        assert!(markdown.contains("| fdb | 100000 | 1 flow to 1 destination; the table grows | failed [1 failed] | · | failed | · | failed | failed | failed |"), "{markdown}");
     }
 }

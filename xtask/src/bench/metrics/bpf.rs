@@ -130,12 +130,12 @@ fn parse_fdinfo(text: &str) -> Option<FdProgram> {
 /// Encapsulation on the sending host, decapsulation on the receiving host:
 /// the programs the measured direction runs through.
 #[derive(Clone, Copy, Debug)]
-struct PathStats {
-    encap: RunStats,
-    decap: RunStats,
+pub struct PathStats {
+    pub encap: RunStats,
+    pub decap: RunStats,
 }
 
-fn path_stats(bed: &TestBed) -> anyhow::Result<PathStats> {
+pub fn path_stats(bed: &TestBed) -> anyhow::Result<PathStats> {
     let (Some(sending), Some(receiving)) = bed.agent_pids() else { bail!("{} has no agent on each host", bed.cell.name()) };
     Ok(PathStats {
         encap: program_stats(sending, programs::ENDPOINT_TC)?,
