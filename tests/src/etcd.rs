@@ -70,23 +70,32 @@ impl EtcdCluster {
     /// One member listening on `host` inside the network namespace `netns`
     /// (e.g. on a lab's underlay, where the hosts' agents reach it).
     pub fn start_in_netns(scope: &str, netns: &str, host: std::net::Ipv4Addr) -> anyhow::Result<EtcdCluster> {
-        Self::try_start_at(scope, 1, None, host, Some(netns.to_owned()))
+        Self::start_members_in_netns(scope, 1, netns, host)
     }
 
     /// `size` members listening on `host` (each on its own ports) inside
     /// the network namespace `netns`.
     pub fn start_members_in_netns(scope: &str, size: usize, netns: &str, host: std::net::Ipv4Addr) -> anyhow::Result<EtcdCluster> {
-        Self::try_start_at(scope, size, None, host, Some(netns.to_owned()))
+        // Ports probed free on the host's loopback can still be taken in
+        // the namespace: etcd's own outgoing connections there draw local
+        // ports from the same ephemeral range (seen in the 6.1 guest: the
+        // peer port "already in use" in a namespace of the test's own).
+        Self::with_retries(|| Self::try_start_at(scope, size, None, host, Some(netns.to_owned())))
     }
 
     /// As [`EtcdCluster::start`], with clients required to use TLS and a
     /// client certificate when `tls` is given.
     pub fn start_with(scope: &str, size: usize, tls: Option<ServerTls>) -> anyhow::Result<EtcdCluster> {
-        // A free port can be taken by someone else between our probe and
-        // etcd's bind: then a member exits at once, and we try new ports.
+        Self::with_retries(|| Self::try_start(scope, size, tls.clone()))
+    }
+
+    /// A free port can be taken by someone else between our probe and
+    /// etcd's bind: then a member exits at once, and `start` is tried again
+    /// with new ports (three times in all).
+    fn with_retries(start: impl Fn() -> anyhow::Result<EtcdCluster>) -> anyhow::Result<EtcdCluster> {
         let mut attempt = 1;
         loop {
-            match Self::try_start(scope, size, tls.clone()) {
+            match start() {
                 Ok(cluster) => return Ok(cluster),
                 Err(error) if attempt < 3 && error.to_string().contains("exited") => {
                     println!("etcd did not start ({error}); trying other ports");

@@ -210,7 +210,19 @@ fn etcd_outage_loses_no_packet_and_changes_made_meanwhile_arrive() {
 
 /// `etcdctl ARGS` against `etcd`, run on the lab's underlay (where etcd listens).
 fn etcdctl(lab: &Lab, etcd: &EtcdCluster, args: &[&str]) -> String {
-    let output = lab.wire.command("etcdctl").env("ETCDCTL_API", "3").arg("--endpoints").arg(etcd.client_urls().join(",")).args(args).output().expect("running etcdctl");
+    // etcdctl's own 5 s command timeout, stretched as the lab's are (under
+    // emulation a lease revocation outlasted it).
+    let timeout = format!("--command-timeout={}s", overlay_lab::lab::scaled(Duration::from_secs(5)).as_secs());
+    let output = lab
+        .wire
+        .command("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(etcd.client_urls().join(","))
+        .arg(timeout)
+        .args(args)
+        .output()
+        .expect("running etcdctl");
     assert!(output.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

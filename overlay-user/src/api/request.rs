@@ -11,7 +11,7 @@ use super::ApiError;
 use crate::{
     model::{
         Ipv4Net, Ipv6Net, MacAddr, OPTION_AGEING, OPTION_LEARNING, Owner, OwnerKind,
-        validate::{ageing_problem, flood_limit_problem, learning_options_problem, interface_name_problem, ipv4_problem, ipv6_problem, safe_name, vni_problem},
+        validate::{ageing_problem, flood_limit_problem, learning_options_problem, interface_name_problem, ipv4_problem, ipv6_problem, name_problem, vni_problem},
     },
     sources::api_store::{ApiEndpoint, ApiNetwork},
 };
@@ -110,8 +110,8 @@ impl Fields {
 pub fn network(body: &[u8]) -> Result<ApiNetwork, ApiError> {
     let mut fields = Fields::parse(body)?;
     let name = fields.required_string("name")?;
-    if !safe_name(&name) {
-        return Err(ApiError::bad_request("name", &name, "may hold only letters, digits, '-', '_' and '.' (at most 64), and not start with '.'"));
+    if let Some(problem) = name_problem(&name) {
+        return Err(ApiError::bad_request("name", &name, problem));
     }
     let vni = fields.number("vni")?.ok_or_else(|| ApiError::bad_request("vni", "", "is required"))?;
     if let Some(message) = vni_problem(vni) {

@@ -192,7 +192,7 @@ impl Checker {
             if validate::safe_name(&name) {
                 Some(name)
             } else {
-                self.problem("node.name", &name, "may hold only letters, digits, '-', '_' and '.' (at most 64), and not start with '.'");
+                self.problem("node.name", &name, validate::NAME_RULE);
                 None
             }
         });

@@ -67,11 +67,8 @@ pub(super) fn network_options(options: &BTreeMap<String, Value>) -> Result<Netwo
                 })?);
             }
             protocol::NAME_OPTION => {
-                let valid = !text.is_empty()
-                    && text.len() <= 64
-                    && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-                if !valid {
-                    return Err(Failure::bad(format!("--opt name={text:?}: a network name is 1 to 64 letters, digits, '-', '_' or '.'")));
+                if let Some(problem) = crate::model::validate::name_problem(&text) {
+                    return Err(Failure::bad(format!("--opt name={text:?}: a network name {problem}")));
                 }
                 parsed.name = Some(text);
             }

@@ -57,16 +57,9 @@ pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
-/// Why a plugin name is refused, if it is: Docker uses it as `-d NAME` and as a file name.
-pub fn name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() || name.len() > 64 {
-        Some("must be 1 to 64 characters")
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) || name.starts_with('.') {
-        Some("may hold only letters, digits, '-', '_' and '.' (not first)")
-    } else {
-        None
-    }
-}
+/// Why a plugin name is refused, if it is: Docker uses it as `-d NAME` and
+/// as a file name; the rule of every name (`validate::name_problem`).
+pub use crate::model::validate::name_problem;
 
 /// The VNI of a network that names none: FNV-1a (32 bits) of `key`,
 /// folded into 1048576..=16777215 (the upper 15/16 of the VNI space, so a

@@ -26,13 +26,25 @@ pub fn validate(model: &Model) -> Vec<Problem> {
     problems
 }
 
-/// Whether `name` can name a node or network: it names files and pin
-/// directories, so letters, digits, '-', '_' and '.', not starting with '.'.
-pub fn safe_name(name: &str) -> bool {
-    !name.is_empty()
+/// Why `name` cannot name a node, a network or a Docker plugin, if it
+/// cannot: such names become files, pin directories, etcd key segments
+/// and `docker -d` names, so 1 to 64 letters, digits, '-', '_' and '.',
+/// not starting with '.' (no "." or ".." path, no hidden file). The one
+/// rule for every source: file, local API, registry records, Docker.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    let valid = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.')
+        && !name.starts_with('.');
+    (!valid).then_some(NAME_RULE)
+}
+
+/// What `name_problem` says of a name it refuses.
+pub const NAME_RULE: &str = "may hold only letters, digits, '-', '_' and '.' (1 to 64), and not start with '.'";
+
+/// Whether `name` can name a node or network (`name_problem` finds nothing).
+pub fn safe_name(name: &str) -> bool {
+    name_problem(name).is_none()
 }
 
 /// Why the kernel would never give an interface `name`, if it would not
@@ -109,7 +121,7 @@ fn values(model: &Model, problems: &mut Vec<Problem>) {
     let node = &model.node;
     let at = Origin::new(super::SourceKind::File, "node");
     if !safe_name(&node.name) {
-        problems.push(Problem::new(Invalid, &at, "name", &node.name, "may hold only letters, digits, '-', '_' and '.', and not start with '.'"));
+        problems.push(Problem::new(Invalid, &at, "name", &node.name, NAME_RULE));
     }
     if let Some(message) = vtep_problem(node.vtep_address) {
         problems.push(Problem::new(Invalid, &at, "vtep_address", node.vtep_address, message));
@@ -119,7 +131,7 @@ fn values(model: &Model, problems: &mut Vec<Problem>) {
     for network in &model.networks {
         let at = &network.origin;
         if !safe_name(&network.name) {
-            problems.push(Problem::new(Invalid, at, "name", &network.name, "may hold only letters, digits, '-', '_' and '.' (at most 64), and not start with '.'"));
+            problems.push(Problem::new(Invalid, at, "name", &network.name, NAME_RULE));
         } else if let Some(first) = names.insert(&network.name, at) {
             problems.push(Problem::new(Duplicate, at, "name", &network.name, format!("network name already used by {}", first.named_from(at))).held_by(first));
         }

@@ -145,21 +145,31 @@ impl Default for KeyLayout {
     }
 }
 
-/// Names of nodes and networks appear in keys: a conservative character
-/// set keeps them one segment and readable in `etcdctl get --prefix`.
+/// Names of nodes and networks appear in keys: the rule of every name
+/// (`validate::name_problem`) keeps them one segment and readable in
+/// `etcdctl get --prefix`, and a record's name usable as a local one.
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err("must be 1 to 64 characters".to_owned());
+    match crate::model::validate::name_problem(name) {
+        Some(problem) => Err(problem.to_owned()),
+        None => Ok(()),
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err("may hold only letters, digits, '-', '_' and '.'".to_owned());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_names_follow_the_rule_of_every_name() {
+        for good in ["n1", "blue.net", "a_b-c"] {
+            assert_eq!(check_name(good), Ok(()), "{good:?} should be accepted");
+        }
+        // A leading '.' would make a pin directory "." or "..", or a hidden one, of a local name.
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            let refusal = check_name(bad).expect_err(bad);
+            assert_eq!(refusal, crate::model::validate::NAME_RULE, "refusal of {bad:?}");
+        }
+    }
 
     #[test]
     fn keys_round_trip_through_classify() {

@@ -1,11 +1,12 @@
 //! What h1's maps, TC hooks and pins must hold for the churn's live
 //! endpoints, networks and peers.
-use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
-use overlay::{datapath::ApplyReport, datapath::Datapath, state::MapState};
+use overlay::datapath::Datapath;
 
 use super::{C1_IP, C2_IP, Churn, FIXED_VNI};
+use crate::map_keys::MapKeys;
 
 /// Peer `peer`'s VTEP on the lab's underlay (h1 and h2 are .1 and .2).
 pub fn peer_vtep(peer: usize) -> Ipv4Addr {
@@ -28,106 +29,43 @@ fn be(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
 }
 
-/// The key sets of each table, as the live churn calls for them.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Expected {
-    pub vnis: BTreeSet<u32>,
-    pub ports: BTreeSet<u32>,
-    pub local_endpoints: BTreeSet<(u32, [u8; 6])>,
-    pub fdb: BTreeSet<(u32, [u8; 6])>,
-    pub peers: BTreeSet<u32>,
-    pub peer_vnis: BTreeSet<(u32, u32)>,
-    pub neighbours: BTreeSet<(u32, u32)>,
-    pub flood: BTreeSet<u32>,
+/// What h1's tables must hold for the live churn.
+pub fn expected(churn: &Churn) -> MapKeys {
+    let c1 = churn.lab.container("h1", "c");
+    let c2 = churn.lab.container("h2", "c");
+    let applied: Vec<_> = churn.endpoints.values().filter(|e| e.port.is_some()).collect();
+    let mut vnis: BTreeSet<u32> = applied.iter().map(|e| e.vni).collect();
+    vnis.insert(FIXED_VNI);
+    let mut ports: BTreeSet<u32> = applied.iter().map(|e| churn.ifindexes[&churn.pool[e.port.unwrap()]]).collect();
+    ports.insert(churn.ifindexes[&c1.port]);
+    let mut local_endpoints: BTreeSet<_> = applied.iter().map(|e| (e.vni, e.mac)).collect();
+    local_endpoints.insert((FIXED_VNI, c1.spec.mac));
+    let mut fdb = BTreeSet::from([(FIXED_VNI, c2.spec.mac)]);
+    let mut peers = BTreeSet::from([be(churn.lab.host("h2").vtep)]);
+    // Every address the node answers ARP for: its own containers' and those behind peers.
+    let mut neighbours: BTreeSet<(u32, u32)> = [C1_IP, C2_IP].iter().map(|ip| (FIXED_VNI, be(*ip))).collect();
+    for e in &applied {
+        neighbours.insert((e.vni, be(e.ip)));
+    }
+    for &peer in &churn.peers {
+        peers.insert(be(peer_vtep(peer)));
+        for j in 0..churn.size.endpoints_per_peer {
+            let (mac, ip) = peer_endpoint(peer, j);
+            fdb.insert((peer_vni(peer), mac));
+            neighbours.insert((peer_vni(peer), be(ip)));
+        }
+    }
+    // A peer is admitted for the VNIs of its containers this node carries.
+    let mut peer_vnis: BTreeSet<(u32, u32)> =
+        churn.peers.iter().filter(|&&p| vnis.contains(&peer_vni(p))).map(|&p| (be(peer_vtep(p)), peer_vni(p))).collect();
+    peer_vnis.insert((be(churn.lab.host("h2").vtep), FIXED_VNI));
+    MapKeys { flood: vnis.clone(), vnis, ports, local_endpoints, fdb, peers, peer_vnis, neighbours }
 }
 
-impl Expected {
-    pub fn of(churn: &Churn) -> Expected {
-        let c1 = churn.lab.container("h1", "c");
-        let c2 = churn.lab.container("h2", "c");
-        let applied: Vec<_> = churn.endpoints.values().filter(|e| e.port.is_some()).collect();
-        let mut vnis: BTreeSet<u32> = applied.iter().map(|e| e.vni).collect();
-        vnis.insert(FIXED_VNI);
-        let mut ports: BTreeSet<u32> = applied.iter().map(|e| churn.ifindexes[&churn.pool[e.port.unwrap()]]).collect();
-        ports.insert(churn.ifindexes[&c1.port]);
-        let mut local_endpoints: BTreeSet<_> = applied.iter().map(|e| (e.vni, e.mac)).collect();
-        local_endpoints.insert((FIXED_VNI, c1.spec.mac));
-        let mut fdb = BTreeSet::from([(FIXED_VNI, c2.spec.mac)]);
-        let mut peers = BTreeSet::from([be(churn.lab.host("h2").vtep)]);
-        // Every address the node answers ARP for: its own containers' and those behind peers.
-        let mut neighbours: BTreeSet<(u32, u32)> = [C1_IP, C2_IP].iter().map(|ip| (FIXED_VNI, be(*ip))).collect();
-        for e in &applied {
-            neighbours.insert((e.vni, be(e.ip)));
-        }
-        for &peer in &churn.peers {
-            peers.insert(be(peer_vtep(peer)));
-            for j in 0..churn.size.endpoints_per_peer {
-                let (mac, ip) = peer_endpoint(peer, j);
-                fdb.insert((peer_vni(peer), mac));
-                neighbours.insert((peer_vni(peer), be(ip)));
-            }
-        }
-        // A peer is admitted for the VNIs of its containers this node carries.
-        let mut peer_vnis: BTreeSet<(u32, u32)> =
-            churn.peers.iter().filter(|&&p| vnis.contains(&peer_vni(p))).map(|&p| (be(peer_vtep(p)), peer_vni(p))).collect();
-        peer_vnis.insert((be(churn.lab.host("h2").vtep), FIXED_VNI));
-        Expected { flood: vnis.clone(), vnis, ports, local_endpoints, fdb, peers, peer_vnis, neighbours }
-    }
-
-    fn found(state: &MapState) -> Expected {
-        Expected {
-            vnis: state.vnis.keys().copied().collect(),
-            ports: state.ports.keys().copied().collect(),
-            local_endpoints: state.local_endpoints.keys().map(|k| (k.vni, k.mac)).collect(),
-            fdb: state.fdb.keys().map(|k| (k.vni, k.mac)).collect(),
-            peers: state.peers.keys().copied().collect(),
-            peer_vnis: state.peer_vnis.keys().map(|k| (k.vtep_addr_be, k.vni)).collect(),
-            neighbours: state.neighbours.keys().map(|k| (k.vni, k.addr_be)).collect(),
-            flood: state.flood.keys().copied().collect(),
-        }
-    }
-
-    /// What differs between these expectations and h1's pinned maps, or None.
-    pub fn mismatch(&self, churn: &Churn) -> Option<String> {
-        let state = Datapath::pinned_state(&churn.pins).expect("reading h1's pinned maps");
-        let found = Expected::found(&state);
-        if found == *self {
-            return None;
-        }
-        let mut text = String::new();
-        let mut table = |name: &str, want: String, got: String| {
-            if want != got {
-                let _ = writeln!(text, "{name}:\n  expected {want}\n  found    {got}");
-            }
-        };
-        table("VNIS", format!("{:?}", self.vnis), format!("{:?}", found.vnis));
-        table("PORTS", format!("{:?}", self.ports), format!("{:?}", found.ports));
-        table("LOCAL_ENDPOINTS", format!("{:x?}", self.local_endpoints), format!("{:x?}", found.local_endpoints));
-        table("FDB", format!("{} entries {:x?}", self.fdb.len(), only(&self.fdb, &found.fdb)), format!("{} entries {:x?}", found.fdb.len(), only(&found.fdb, &self.fdb)));
-        table("PEERS", format!("{:?}", self.peers.len()), format!("{:?}", found.peers.len()));
-        table("PEER_VNIS", format!("{:?}", self.peer_vnis.len()), format!("{:?}", found.peer_vnis.len()));
-        table("NEIGHBOURS", format!("{} {:?}", self.neighbours.len(), only(&self.neighbours, &found.neighbours)), format!("{} {:?}", found.neighbours.len(), only(&found.neighbours, &self.neighbours)));
-        table("FLOOD", format!("{:?}", self.flood), format!("{:?}", found.flood));
-        Some(text)
-    }
-}
-
-/// What `a` has that `b` lacks.
-fn only<T: Ord + Clone>(a: &BTreeSet<T>, b: &BTreeSet<T>) -> Vec<T> {
-    a.difference(b).cloned().collect()
-}
-
-/// Where two map states differ, table by table.
-pub fn state_diff(before: &MapState, after: &MapState) -> String {
-    let mut text = String::new();
-    let _ = writeln!(text, "before: {:?}", Expected::found(before));
-    let _ = writeln!(text, "after:  {:?}", Expected::found(after));
-    if before.node != after.node {
-        let _ = writeln!(text, "node: {:?} -> {:?}", before.node, after.node);
-    }
-    // The agent's own per-map count of differing entries (every table of the one list).
-    let _ = writeln!(text, "entries that differ, by map: {}", ApplyReport::between(before, after));
-    text
+/// What differs between what the live churn calls for and h1's pinned maps, or None.
+pub fn mismatch(churn: &Churn) -> Option<String> {
+    let state = Datapath::pinned_state(&churn.pins).expect("reading h1's pinned maps");
+    expected(churn).mismatch(&MapKeys::found(&state))
 }
 
 /// Each pool port carries exactly one TC program while an endpoint uses

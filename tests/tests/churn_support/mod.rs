@@ -23,7 +23,6 @@ use overlay::{
 use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
 use serde_json::{Value, json};
 
-use expect::Expected;
 use overlay_lab::churn::{FixedFlow, Usage, UsageSample};
 
 pub const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
@@ -184,7 +183,7 @@ impl Churn {
             churn.drain();
             let state = churn.settled_state();
             if state != baseline {
-                panic!("after round {round}'s drain the maps should equal the state before the churn\n{}", expect::state_diff(&baseline, &state));
+                panic!("after round {round}'s drain the maps should equal the state before the churn\n{}", crate::map_keys::state_diff(&baseline, &state));
             }
             churn.checkpoint(&flow);
             let usage = Usage::of(churn.lab.agents[0].pid().expect("h1's agent runs"));
@@ -442,7 +441,7 @@ impl Churn {
     fn wait_for_maps(&self, what: &str) {
         let deadline = Instant::now() + overlay_lab::lab::scaled(Duration::from_secs(30));
         loop {
-            let mismatch = Expected::of(self).mismatch(self);
+            let mismatch = expect::mismatch(self);
             let Some(mismatch) = mismatch else { return };
             if Instant::now() > deadline {
                 panic!("waiting for {what}: the maps do not hold what was asked\n{mismatch}\n{}", self.lab.agent_logs());

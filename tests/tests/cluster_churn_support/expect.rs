@@ -6,9 +6,10 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use overlay::{datapath::ApplyReport, cni::conf::address_owner, datapath::Datapath, state::MapState};
+use overlay::{cni::conf::address_owner, datapath::Datapath, state::MapState};
 
 use super::{CHURN_NETWORKS, ClusterChurn, Container, HOSTS, REMOTE_NETWORKS};
+use crate::map_keys::MapKeys;
 
 fn be(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
@@ -126,63 +127,36 @@ fn only_entries<K: Ord + Clone, V: PartialEq + Clone>(a: &BTreeMap<K, V>, b: &BT
     a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// The key sets of each table.
-#[derive(Debug, PartialEq, Eq)]
-struct Tables {
-    vnis: BTreeSet<u32>,
-    ports: BTreeSet<u32>,
-    local_endpoints: BTreeSet<(u32, [u8; 6])>,
-    fdb: BTreeSet<(u32, [u8; 6])>,
-    peers: BTreeSet<u32>,
-    peer_vnis: BTreeSet<(u32, u32)>,
-    neighbours: BTreeSet<(u32, u32)>,
-    flood: BTreeSet<u32>,
-}
-
-impl Tables {
-    fn expected(churn: &ClusterChurn, host: usize) -> Tables {
-        let local = containers_on(churn, host);
-        let vnis: BTreeSet<u32> = local.iter().map(|c| c.vni).collect();
-        let names: Vec<String> = local.iter().map(|c| c.interface.clone()).collect();
-        let ports = churn.cni.lab.host(HOSTS[host]).netns.run_inside(move || Ok(names.iter().map(|name| ifindex(name)).collect())).unwrap();
-        let local_endpoints = local.iter().map(|c| (c.vni, c.mac.0)).collect();
-        let mut neighbours: BTreeSet<(u32, u32)> = local.iter().map(|c| (c.vni, be(c.ip))).collect();
-        let (mut fdb, mut peers, mut peer_vnis) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        // Every other node in the registry is a peer, with its endpoints; it
-        // is admitted for the VNIs of its endpoints this host carries.
-        let mut remote = |vtep: Ipv4Addr, endpoints: Vec<(u32, [u8; 6], Ipv4Addr)>| {
-            peers.insert(be(vtep));
-            for (vni, mac, ip) in endpoints {
-                fdb.insert((vni, mac));
-                neighbours.insert((vni, be(ip)));
-                if vnis.contains(&vni) {
-                    peer_vnis.insert((be(vtep), vni));
-                }
+/// What `host`'s tables must hold for the live churn.
+fn expected(churn: &ClusterChurn, host: usize) -> MapKeys {
+    let local = containers_on(churn, host);
+    let vnis: BTreeSet<u32> = local.iter().map(|c| c.vni).collect();
+    let names: Vec<String> = local.iter().map(|c| c.interface.clone()).collect();
+    let ports = churn.cni.lab.host(HOSTS[host]).netns.run_inside(move || Ok(names.iter().map(|name| ifindex(name)).collect())).unwrap();
+    let local_endpoints = local.iter().map(|c| (c.vni, c.mac.0)).collect();
+    let mut neighbours: BTreeSet<(u32, u32)> = local.iter().map(|c| (c.vni, be(c.ip))).collect();
+    let (mut fdb, mut peers, mut peer_vnis) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    // Every other node in the registry is a peer, with its endpoints; it
+    // is admitted for the VNIs of its endpoints this host carries.
+    let mut remote = |vtep: Ipv4Addr, endpoints: Vec<(u32, [u8; 6], Ipv4Addr)>| {
+        peers.insert(be(vtep));
+        for (vni, mac, ip) in endpoints {
+            fdb.insert((vni, mac));
+            neighbours.insert((vni, be(ip)));
+            if vnis.contains(&vni) {
+                peer_vnis.insert((be(vtep), vni));
             }
-        };
-        for other in churn.up_hosts().into_iter().filter(|other| *other != host) {
-            let endpoints = containers_on(churn, other).iter().map(|c| (c.vni, c.mac.0, c.ip)).collect();
-            remote(churn.cni.lab.host(HOSTS[other]).vtep, endpoints);
         }
-        for index in churn.registry.joined() {
-            let node = &churn.virtual_nodes[index];
-            remote(node.vtep, node.endpoints.iter().map(|(network, mac, ip)| (vni_of(network), mac.0, *ip)).collect());
-        }
-        Tables { flood: vnis.clone(), vnis, ports, local_endpoints, fdb, peers, peer_vnis, neighbours }
+    };
+    for other in churn.up_hosts().into_iter().filter(|other| *other != host) {
+        let endpoints = containers_on(churn, other).iter().map(|c| (c.vni, c.mac.0, c.ip)).collect();
+        remote(churn.cni.lab.host(HOSTS[other]).vtep, endpoints);
     }
-
-    fn found(state: &MapState) -> Tables {
-        Tables {
-            vnis: state.vnis.keys().copied().collect(),
-            ports: state.ports.keys().copied().collect(),
-            local_endpoints: state.local_endpoints.keys().map(|k| (k.vni, k.mac)).collect(),
-            fdb: state.fdb.keys().map(|k| (k.vni, k.mac)).collect(),
-            peers: state.peers.keys().copied().collect(),
-            peer_vnis: state.peer_vnis.keys().map(|k| (k.vtep_addr_be, k.vni)).collect(),
-            neighbours: state.neighbours.keys().map(|k| (k.vni, k.addr_be)).collect(),
-            flood: state.flood.keys().copied().collect(),
-        }
+    for index in churn.registry.joined() {
+        let node = &churn.virtual_nodes[index];
+        remote(node.vtep, node.endpoints.iter().map(|(network, mac, ip)| (vni_of(network), mac.0, *ip)).collect());
     }
+    MapKeys { flood: vnis.clone(), vnis, ports, local_endpoints, fdb, peers, peer_vnis, neighbours }
 }
 
 fn ifindex(name: &str) -> u32 {
@@ -193,28 +167,8 @@ fn ifindex(name: &str) -> u32 {
 
 /// What differs between what `host`'s maps must hold and what they hold, or None.
 pub fn maps_mismatch(churn: &ClusterChurn, host: usize) -> Option<String> {
-    let want = Tables::expected(churn, host);
     let state = Datapath::pinned_state(&churn.pins(host)).expect("reading pinned maps");
-    let got = Tables::found(&state);
-    if want == got {
-        return None;
-    }
-    let mut text = String::new();
-    let mut table = |name: &str, want: String, got: String| {
-        if want != got {
-            let _ = writeln!(text, "{name}:\n  expected {want}\n  found    {got}");
-        }
-    };
-    let diff = |a: &BTreeSet<(u32, [u8; 6])>, b: &BTreeSet<(u32, [u8; 6])>| format!("{} {:x?}", a.len(), a.difference(b).collect::<Vec<_>>());
-    table("VNIS", format!("{:?}", want.vnis), format!("{:?}", got.vnis));
-    table("PORTS", format!("{:?}", want.ports), format!("{:?}", got.ports));
-    table("LOCAL_ENDPOINTS", diff(&want.local_endpoints, &got.local_endpoints), diff(&got.local_endpoints, &want.local_endpoints));
-    table("FDB", diff(&want.fdb, &got.fdb), diff(&got.fdb, &want.fdb));
-    let addresses = |set: &BTreeSet<u32>| set.iter().map(|a| Ipv4Addr::from(a.to_ne_bytes()).to_string()).collect::<Vec<_>>();
-    table("PEERS", format!("{:?}", addresses(&want.peers)), format!("{:?}", addresses(&got.peers)));
-    table("PEER_VNIS", format!("{:?}", want.peer_vnis.difference(&got.peer_vnis).collect::<Vec<_>>()), format!("{:?}", got.peer_vnis.difference(&want.peer_vnis).collect::<Vec<_>>()));
-    table("NEIGHBOURS", format!("{}", want.neighbours.len()), format!("{}", got.neighbours.len()));
-    table("FLOOD", format!("{:?}", want.flood), format!("{:?}", got.flood));
+    let text = expected(churn, host).mismatch(&MapKeys::found(&state))?;
     Some(format!("{}'s maps:\n{text}", HOSTS[host]))
 }
 
@@ -235,12 +189,3 @@ pub fn without_slots(state: &MapState) -> MapState {
     state.withholding(&vni_slots, &peer_slots)
 }
 
-/// Where two map states differ, table by table.
-pub fn state_diff(before: &MapState, after: &MapState) -> String {
-    let mut text = String::new();
-    let _ = writeln!(text, "before: {:?}", Tables::found(before));
-    let _ = writeln!(text, "after:  {:?}", Tables::found(after));
-    // The agent's own per-map count of differing entries (every table of the one list).
-    let _ = writeln!(text, "entries that differ, by map: {}", ApplyReport::between(before, after));
-    text
-}

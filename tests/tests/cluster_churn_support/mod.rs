@@ -184,7 +184,7 @@ impl ClusterChurn {
                     panic!(
                         "after round {round}'s drain {}'s maps should equal the state before the churn (counter slots aside)\n{}",
                         HOSTS[host],
-                        expect::state_diff(before, after)
+                        crate::map_keys::state_diff(before, after)
                     );
                 }
             }

@@ -67,6 +67,10 @@ pub struct Options {
     /// cells, see `topology::DecapMode::TcGro`).
     #[arg(long)]
     pub gro_experiment: bool,
+    /// Also measure the headroom experiment (`overlay-tc-headroom` cells,
+    /// see `topology::DecapMode::TcHeadroom`).
+    #[arg(long)]
+    pub headroom_experiment: bool,
     /// Instead of the datapath cells: cluster mode at scale (a real etcd,
     /// simulated nodes, one agent; `cluster_scale`). Writes target/bench/cluster-scale.json.
     #[arg(long)]
@@ -107,6 +111,9 @@ pub fn bench(options: &Options) -> anyhow::Result<Report> {
     }
     if options.gro_experiment {
         topology::enable_gro_experiment();
+    }
+    if options.headroom_experiment {
+        topology::enable_headroom_experiment();
     }
     let repetitions = options.repetitions.unwrap_or(if options.quick { 1 } else { 3 });
     let seconds = options.duration.unwrap_or(if options.quick { 1 } else { 5 });

@@ -31,13 +31,32 @@ pub enum DecapMode {
     /// registers the kernel's VXLAN GRO handler for the port: the stack
     /// then merges a flow's VXLAN segments before TC decapsulates them.
     TcGro,
+    /// An experiment (`--headroom-experiment`, issue 13's headroom lever):
+    /// TC decapsulation, with each host's container ports enslaved to a
+    /// bridge that is never up and whose only other member is a kernel
+    /// vxlan device that is never up either. The membership does nothing
+    /// for forwarding (the endpoint program redirects every frame at TC
+    /// ingress, before the bridge's rx handler): it is there because the
+    /// bridge raises its ports' rx headroom to its largest member's
+    /// (`update_headroom`, net/bridge/br_if.c; vxlan's needed_headroom is
+    /// 50 bytes plus its lower device's header), and veth passes that to
+    /// its peer's needed_headroom (`veth_set_rx_headroom`), which the
+    /// container's sockets then reserve: encapsulation finds room for the
+    /// outer headers instead of reallocating the skb (`pskb_expand_head`).
+    TcHeadroom,
 }
 
 /// Whether the GRO experiment's cells are part of this run.
 static GRO_EXPERIMENT: AtomicBool = AtomicBool::new(false);
+/// Whether the headroom experiment's cells are part of this run.
+static HEADROOM_EXPERIMENT: AtomicBool = AtomicBool::new(false);
 
 pub fn enable_gro_experiment() {
     GRO_EXPERIMENT.store(true, Ordering::Relaxed);
+}
+
+pub fn enable_headroom_experiment() {
+    HEADROOM_EXPERIMENT.store(true, Ordering::Relaxed);
 }
 
 impl DecapMode {
@@ -47,6 +66,9 @@ impl DecapMode {
         if GRO_EXPERIMENT.load(Ordering::Relaxed) {
             modes.push(DecapMode::TcGro);
         }
+        if HEADROOM_EXPERIMENT.load(Ordering::Relaxed) {
+            modes.push(DecapMode::TcHeadroom);
+        }
         modes
     }
 
@@ -55,6 +77,7 @@ impl DecapMode {
             DecapMode::Xdp => "xdp",
             DecapMode::Tc => "tc",
             DecapMode::TcGro => "tc-gro",
+            DecapMode::TcHeadroom => "tc-headroom",
         }
     }
 
@@ -63,7 +86,7 @@ impl DecapMode {
     pub fn agent_args(self) -> &'static [&'static str] {
         match self {
             DecapMode::Xdp => &["--decap", "xdp", "--xdp-mode", "native"],
-            DecapMode::Tc | DecapMode::TcGro => &["--decap", "tc"],
+            DecapMode::Tc | DecapMode::TcGro | DecapMode::TcHeadroom => &["--decap", "tc"],
         }
     }
 
@@ -75,6 +98,16 @@ impl DecapMode {
             host.netns.ip(&["link", "set", "ovlgro0", "up"])?;
             let output = host.netns.exec("ethtool", &["-K", &host.underlay, "gro", "on"])?;
             anyhow::ensure!(output.status.success(), "ethtool -K {} gro on: {}", host.underlay, String::from_utf8_lossy(&output.stderr));
+        }
+        if self == DecapMode::TcHeadroom {
+            // Neither device is ever set up: the vxlan device opens no
+            // socket and the bridge forwards nothing.
+            host.netns.ip(&["link", "add", "ovlhrvx0", "type", "vxlan", "id", "1", "dstport", "4790", "dev", &host.underlay])?;
+            host.netns.ip(&["link", "add", "ovlhr0", "type", "bridge"])?;
+            host.netns.ip(&["link", "set", "ovlhrvx0", "master", "ovlhr0"])?;
+            for container in &host.containers {
+                host.netns.ip(&["link", "set", &container.port, "master", "ovlhr0"])?;
+            }
         }
         Ok(())
     }

@@ -140,7 +140,7 @@ pub fn path_stats(bed: &TestBed) -> anyhow::Result<PathStats> {
     Ok(PathStats {
         encap: program_stats(sending, programs::ENDPOINT_TC)?,
         decap: program_stats(receiving, match bed.cell.topology {
-            Topology::Overlay(DecapMode::Tc | DecapMode::TcGro) => programs::DECAP_TC,
+            Topology::Overlay(DecapMode::Tc | DecapMode::TcGro | DecapMode::TcHeadroom) => programs::DECAP_TC,
             _ => programs::DECAP_XDP,
         })?,
     })
