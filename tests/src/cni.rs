@@ -82,13 +82,14 @@ impl CniLab {
 
     /// Waits until `host`'s agent knows [`NETWORK`] (learned from etcd).
     fn wait_for_network(&self, host: &str) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let patience = crate::lab::scaled(std::time::Duration::from_secs(30));
+        let deadline = std::time::Instant::now() + patience;
         loop {
             let output = self.overlay(host, &["network", "ls"])?;
             if String::from_utf8_lossy(&output.stdout).lines().any(|line| line.split_whitespace().next() == Some(NETWORK)) {
                 return Ok(());
             }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "{host} did not learn network {NETWORK} from etcd in 30 s\n{}", self.lab.agent_logs());
+            anyhow::ensure!(std::time::Instant::now() < deadline, "{host} did not learn network {NETWORK} from etcd in {} s\n{}", patience.as_secs(), self.lab.agent_logs());
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }

@@ -188,7 +188,7 @@ fn docker_at(socket: &Path, args: &[&str]) -> Option<String> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + crate::lab::scaled(Duration::from_secs(60));
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,

@@ -197,9 +197,12 @@ impl EtcdCluster {
         Ok(())
     }
 
-    /// Waits until the member answers `{"health":"true"}` on its client port.
+    /// Waits until the member answers `{"health":"true"}` on its client
+    /// port: 30 s, stretched by the lab's time scale (under emulation and
+    /// load etcd took longer to start).
     pub fn wait_healthy(&mut self, index: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let patience = crate::lab::scaled(Duration::from_secs(30));
+        let deadline = Instant::now() + patience;
         let port = self.members[index].metrics_port;
         loop {
             if let Some(process) = self.members[index].process.as_mut()
@@ -224,7 +227,7 @@ impl EtcdCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("etcd member {index} on port {port} not healthy after 30 s");
+                bail!("etcd member {index} on port {port} not healthy after {} s", patience.as_secs());
             }
             thread::sleep(Duration::from_millis(100));
         }
