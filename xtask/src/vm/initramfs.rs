@@ -67,10 +67,13 @@ mount -t proc proc {host}/proc
 mount -t sysfs sys {host}/sys
 mount -t devtmpfs dev {host}/dev
 mount -t bpf bpf {host}/sys/fs/bpf
+# dockerd and podman run containers in cgroups (v2, as on Debian 12).
+mount -t cgroup2 cgroup2 {host}/sys/fs/cgroup || echo "vm: cannot mount cgroup2"
 mount -t tmpfs tmp {host}/tmp
 mount -t tmpfs run {host}/run
 mkdir -p {host}/dev/shm {host}/dev/pts {host}{RESULTS_IN_GUEST} {host}{checkout}
 mount -t tmpfs shm {host}/dev/shm
+mount -t devpts devpts {host}/dev/pts
 mount -t 9p -o {options} {SHARE_RESULTS} {host}{RESULTS_IN_GUEST}
 mount -t 9p -o {options},ro {SHARE_CHECKOUT} {host}{checkout}
 echo /sbin/modprobe-host > /proc/sys/kernel/modprobe
