@@ -74,6 +74,8 @@ mount -t tmpfs run {host}/run
 mkdir -p {host}/dev/shm {host}/dev/pts {host}{RESULTS_IN_GUEST} {host}{checkout}
 mount -t tmpfs shm {host}/dev/shm
 mount -t devpts devpts {host}/dev/pts
+# podman writes CNI results under /var/lib/cni, on the read-only root.
+[ -d {host}/var/lib/cni ] && mount -t tmpfs cni {host}/var/lib/cni
 mount -t 9p -o {options} {SHARE_RESULTS} {host}{RESULTS_IN_GUEST}
 mount -t 9p -o {options},ro {SHARE_CHECKOUT} {host}{checkout}
 echo /sbin/modprobe-host > /proc/sys/kernel/modprobe
