@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context, bail};
 use overlay_lab::netns::Netns;
 
-use super::udp_rate::{PAYLOAD_BYTES, set_receive_buffer};
+use super::udp_rate::{PAYLOAD_BYTES, sending_goes_on, set_receive_buffer};
 
 /// The receiver's port (every tuple's destination port).
 pub const PORT: u16 = 5302;
@@ -229,10 +229,10 @@ fn send(stop: Arc<AtomicBool>, sent: Arc<AtomicU64>, tuples: &[(Ipv4Addr, u16)])
             continue;
         }
         let error = std::io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED) => std::thread::yield_now(),
-            _ => return Err(error).context("sending UDP on a raw socket"),
+        if !sending_goes_on(&error) {
+            return Err(error).context("sending UDP on a raw socket");
         }
+        std::thread::yield_now();
     }
     Ok(())
 }

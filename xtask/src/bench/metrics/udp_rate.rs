@@ -173,14 +173,19 @@ fn send(stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> anyhow::Result<()> {
             continue;
         }
         let error = std::io::Error::last_os_error();
-        match error.raw_os_error() {
-            // Queues full, or an ICMP error from an earlier datagram
-            // reported on this connected socket: keep sending.
-            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED) => std::thread::yield_now(),
-            _ => return Err(error).context("sending UDP"),
+        if !sending_goes_on(&error) {
+            return Err(error).context("sending UDP");
         }
+        std::thread::yield_now();
     }
     Ok(())
+}
+
+/// Whether a generator keeps sending after `error` from sendmmsg: queues
+/// full, an interrupted call, or an ICMP error from an earlier datagram
+/// reported on the socket.
+pub fn sending_goes_on(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED))
 }
 
 /// Everything read at one edge of a measurement window.
