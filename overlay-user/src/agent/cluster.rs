@@ -29,13 +29,13 @@ use tokio::sync::watch;
 
 use super::{AgentState, ChangeError};
 use crate::{
-    model::{Fragment, MacAddr, Model, NodeSettings, Origin, Problem, ProblemKind, SourceKind},
+    model::{Fragment, MacAddr, NodeSettings, Origin, Problem, ProblemKind, SourceKind},
     reconciler::Outcome,
     registry::{
         self, ClusterProblem, ClusterSnapshot, ClusterWatch, EndpointRecord, NetworkRecord, NodeSession, Registry, RegistryError, SessionState,
     },
     sources::{
-        self,
+        Parts,
         api_store::{ApiNetwork, ApiState},
     },
 };
@@ -151,11 +151,11 @@ pub fn conflicts_of(snapshot: &ClusterSnapshot, me: &str) -> Vec<String> {
 /// The registry's fragment less its items that conflict with the local
 /// sources' (which came first: the later claim gives way), and the
 /// problems that made each go.
-pub fn admit(node: &NodeSettings, local: [&Fragment; 2], mut registry: Fragment) -> (Fragment, Vec<Problem>) {
+pub fn admit(node: &NodeSettings, file: &Fragment, api: &Fragment, mut registry: Fragment) -> (Fragment, Vec<Problem>) {
     let mut dropped = Vec::new();
     // Dropping a network can orphan its endpoints: a few rounds settle it.
     for _ in 0..8 {
-        let (_, problems) = sources::candidate(node.clone(), [local[0], local[1], &registry]);
+        let (_, problems) = Parts { file, api, registry: &registry }.candidate(node.clone(), SourceKind::Registry);
         let theirs: Vec<Problem> = problems.into_iter().filter(|p| p.subject.source == SourceKind::Registry).collect();
         if theirs.is_empty() {
             break;
@@ -179,7 +179,7 @@ impl AgentState {
     pub async fn apply_snapshot(&mut self, snapshot: &ClusterSnapshot) {
         let node = self.config.node_settings();
         let fragment = registry::fragment(snapshot, &node.name);
-        let (fragment, dropped) = admit(&node, [&self.config.fragment(), &self.api.fragment()], fragment);
+        let (fragment, dropped) = admit(&node, &self.config.fragment(), &self.api.fragment(), fragment);
         let Some(cluster) = self.cluster.as_mut() else { return };
         for problem in dropped.iter().filter(|p| !cluster.dropped.contains(p)) {
             log::warn!("registry item left out, it conflicts with this node's own: {problem}");
@@ -261,8 +261,7 @@ impl AgentState {
         // The same checks as a local network's, before anything is written to etcd.
         let mut api = self.api.clone();
         api.networks.push(network.clone());
-        let (_, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
-        let problems = sources::problems_of(problems, SourceKind::Api);
+        let (_, problems) = self.parts(&self.config.fragment(), &api.fragment()).candidate(self.config.node_settings(), SourceKind::Api);
         if !problems.is_empty() {
             return Err(ChangeError::Refused(problems));
         }
@@ -306,7 +305,7 @@ impl AgentState {
     /// another node holds refuses the change with nothing applied.
     pub(super) fn endpoint_claim(&self, api: &ApiState, origin: &Origin) -> Option<EndpointClaim> {
         let session = self.cluster.as_ref().and_then(|c| c.session.clone())?;
-        let model = Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
+        let model = self.parts(&self.config.fragment(), &api.fragment()).model(self.config.node_settings());
         let endpoint = model.endpoints.iter().find(|e| &e.origin == origin)?;
         let network = model.network(&endpoint.network).filter(|n| n.origin.source == SourceKind::Registry)?;
         Some(EndpointClaim { session, record: endpoint_record(&model.node.name, &network.name, endpoint), key: origin.key.clone() })

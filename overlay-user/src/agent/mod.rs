@@ -31,7 +31,7 @@ use crate::{
     model::SourceKind,
     pinning::PinDir,
     reconciler::{EndpointState, Reconciler},
-    sources::{self, api_store},
+    sources::{self, Parts, api_store},
     status::{self, NodeStatus, Reload},
 };
 
@@ -98,13 +98,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             let cluster = runtime.block_on(cluster::Cluster::connect(settings, &options.run_dir, &node)).context("connecting to etcd")?;
             let snapshot = runtime.block_on(cluster.initial_snapshot());
             let fragment = crate::registry::fragment(&snapshot, &node);
-            let (fragment, dropped) = cluster::admit(&config.node_settings(), [&config.fragment(), &api.fragment()], fragment);
+            let (fragment, dropped) = cluster::admit(&config.node_settings(), &config.fragment(), &api.fragment(), fragment);
             (Some(cluster), fragment, Some((snapshot, dropped)))
         }
         None => (None, Default::default(), None),
     };
-    let (model, problems) = sources::candidate(config.node_settings(), [&api.fragment(), &registry_part, &config.fragment()]);
-    let problems = sources::problems_of(problems, SourceKind::File);
+    let parts = Parts { file: &config.fragment(), api: &api.fragment(), registry: &registry_part };
+    let (model, problems) = parts.candidate(config.node_settings(), SourceKind::File);
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { path: options.config.clone(), problems })
             .context(format!("the file conflicts with endpoints or networks created through the API (kept in {})", api_path.display()));

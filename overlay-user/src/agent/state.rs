@@ -9,7 +9,7 @@ use crate::{
     model::{Fragment, Model, Origin, Problem, SourceKind},
     reconciler::{EndpointState, Outcome, ReconcileError, Reconciler},
     sources::{
-        self,
+        Parts,
         api_store::{self, ApiEndpoint, ApiNetwork, ApiState},
     },
 };
@@ -52,9 +52,15 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    /// The desired model: the file's part, then the API's, then the registry's.
+    /// The desired model (see [`Parts::model`]).
     pub fn model(&self) -> Model {
-        Model::merge(self.config.node_settings(), [&self.config.fragment(), &self.api.fragment(), &self.registry])
+        self.parts(&self.config.fragment(), &self.api.fragment()).model(self.config.node_settings())
+    }
+
+    /// The sources' parts with `file` and `api` as the file's and the API's
+    /// (as they are, or as a change would make them) and the registry's as it is.
+    pub(super) fn parts<'a>(&'a self, file: &'a Fragment, api: &'a Fragment) -> Parts<'a> {
+        Parts { file, api, registry: &self.registry }
     }
 
     pub async fn reconcile(&mut self) -> Result<Outcome, ReconcileError> {
@@ -70,8 +76,7 @@ impl AgentState {
             return Err(ReloadError::Rename { from: self.config.node.name.clone(), to: config.node.name });
         }
         // The file's claims come last: a conflict with the API is the file's problem.
-        let (model, problems) = sources::candidate(config.node_settings(), [&self.api.fragment(), &self.registry, &config.fragment()]);
-        let problems = sources::problems_of(problems, SourceKind::File);
+        let (model, problems) = self.parts(&config.fragment(), &self.api.fragment()).candidate(config.node_settings(), SourceKind::File);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: self.config_path.clone(), problems }.into());
         }
@@ -176,8 +181,7 @@ impl AgentState {
 
     /// Validates `api` as the API's new part, applies it, then keeps and saves it.
     pub(super) async fn change_api(&mut self, api: ApiState) -> Result<Outcome, ChangeError> {
-        let (model, problems) = sources::candidate(self.config.node_settings(), [&self.config.fragment(), &self.registry, &api.fragment()]);
-        let problems = sources::problems_of(problems, SourceKind::Api);
+        let (model, problems) = self.parts(&self.config.fragment(), &api.fragment()).candidate(self.config.node_settings(), SourceKind::Api);
         if !problems.is_empty() {
             return Err(ChangeError::Refused(problems));
         }

@@ -523,4 +523,23 @@ mod tests {
         let model = Model::merge(node(), [&file, &from_api]);
         assert_eq!(model.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["blue"]);
     }
+
+    #[test]
+    fn the_changing_source_is_the_one_refused_whichever_it_is() {
+        let file = Fragment {
+            networks: vec![],
+            endpoints: vec![Endpoint { network: NetworkRef::Vni(100), origin: Origin::new(SourceKind::File, "endpoints[0]"), ..endpoint("x", "", "p1", 1, "10.0.9.2") }],
+            peers: vec![],
+        };
+        let from_api = Fragment { networks: vec![network("blue", 100, None)], endpoints: vec![endpoint("a", "blue", "p2", 1, "10.0.9.3")], peers: vec![] };
+        let parts = crate::sources::Parts { file: &file, api: &from_api, registry: &Fragment::default() };
+        for (changing, holder) in [(SourceKind::Api, "endpoints[0]"), (SourceKind::File, "endpoint a")] {
+            let (_, problems) = parts.candidate(node(), changing);
+            let seen: Vec<_> = problems.iter().map(|p| (p.subject.source, p.field.as_str(), p.holder.as_ref().map(|h| h.key.as_str()))).collect();
+            assert_eq!(seen, [(changing, "mac", Some(holder))], "a change of the {changing}'s part: {problems:?}");
+        }
+        // As they stand, the file's part comes first and the API's item is the one in conflict.
+        let problems = validate(&parts.model(node()));
+        assert_eq!(problems.iter().map(|p| p.subject.source).collect::<Vec<_>>(), [SourceKind::Api], "{problems:?}");
+    }
 }

@@ -9,20 +9,44 @@ pub mod file;
 
 use crate::model::{Fragment, Model, NodeSettings, Problem, SourceKind, validate};
 
-/// The model of `node` with `fragments` merged in order, and its problems.
-pub fn candidate<'a>(node: NodeSettings, fragments: impl IntoIterator<Item = &'a Fragment>) -> (Model, Vec<Problem>) {
-    let model = Model::merge(node, fragments);
-    let problems = validate::validate(&model);
-    (model, problems)
+/// The sources' parts of the model, each as it stands or as a change would
+/// make it.
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    pub file: &'a Fragment,
+    pub api: &'a Fragment,
+    pub registry: &'a Fragment,
 }
 
-/// The problems that belong to `source`'s items (the others' parts were
-/// valid before this change); all of them if none does, so that a model
-/// with problems is never taken for a good one.
-pub fn problems_of(problems: Vec<Problem>, source: SourceKind) -> Vec<Problem> {
-    if problems.iter().any(|p| p.subject.source == source) {
-        problems.into_iter().filter(|p| p.subject.source == source).collect()
-    } else {
-        problems
+impl<'a> Parts<'a> {
+    /// The sources in the one order their parts are merged in.
+    const ORDER: [SourceKind; 3] = [SourceKind::File, SourceKind::Api, SourceKind::Registry];
+
+    fn part(&self, source: SourceKind) -> &'a Fragment {
+        match source {
+            SourceKind::File => self.file,
+            SourceKind::Api => self.api,
+            SourceKind::Registry => self.registry,
+        }
+    }
+
+    /// The desired model: the file's part, then the API's, then the registry's.
+    pub fn model(&self, node: NodeSettings) -> Model {
+        Model::merge(node, Self::ORDER.map(|source| self.part(source)))
+    }
+
+    /// The model with `changing`'s part merged last (a conflict is the later
+    /// claim's problem), and the problems that are `changing`'s (all of them
+    /// if none is, so that a model with problems is never taken for a good one).
+    pub fn candidate(&self, node: NodeSettings, changing: SourceKind) -> (Model, Vec<Problem>) {
+        let others = Self::ORDER.into_iter().filter(|source| *source != changing);
+        let model = Model::merge(node, others.chain([changing]).map(|source| self.part(source)));
+        let problems = validate::validate(&model);
+        let problems = if problems.iter().any(|p| p.subject.source == changing) {
+            problems.into_iter().filter(|p| p.subject.source == changing).collect()
+        } else {
+            problems
+        };
+        (model, problems)
     }
 }
