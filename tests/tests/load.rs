@@ -11,3 +11,41 @@ fn datapath_loads_at_every_log_level() {
         }
     }
 }
+
+/// The needs read from the object are the real ones (a helper each
+/// decapsulation calls, the ring buffer of drop events), and this kernel
+/// has every one: the probe that refuses a kernel lacking one finds
+/// nothing missing here (6.18, and 6.1 in the guest).
+#[test]
+fn the_kernel_has_every_helper_and_map_type_the_programs_need() {
+    use overlay::datapath::kernel_needs::{self, KernelNeed};
+    let needs = kernel_needs::probed().unwrap_or_else(|error| panic!("expected the object's needs to be read and probed, got: {error}"));
+    for need in &needs.needed {
+        println!("{need}");
+    }
+    let called_by = |program_type: &str, helper: &str| {
+        needs.needed.iter().find_map(|need| match need {
+            KernelNeed::Helper { program_type: t, helper: h, programs } if *t == program_type && h == helper => Some(programs.clone()),
+            _ => None,
+        })
+    };
+    let expected = [
+        ("XDP", "bpf_xdp_load_bytes", overlay_common::programs::DECAP_XDP),
+        ("TC", "bpf_redirect_peer", overlay_common::programs::DECAP_TC),
+        ("TC", "bpf_skb_adjust_room", overlay_common::programs::ENDPOINT_TC),
+    ];
+    for (program_type, helper, program) in expected {
+        let programs = called_by(program_type, helper);
+        assert!(
+            programs.as_ref().is_some_and(|p| p.iter().any(|p| p == program)),
+            "expected {helper} among the {program_type} helpers, called by {program}; found callers {programs:?} in {:#?}",
+            needs.needed
+        );
+    }
+    assert!(
+        needs.needed.iter().any(|need| matches!(need, KernelNeed::MapType { map_type, .. } if map_type == "ringbuf")),
+        "expected the ring buffer among the map types: {:#?}",
+        needs.needed
+    );
+    assert!(needs.missing.is_empty(), "expected this kernel to have every need, it lacks: {:?}", needs.missing);
+}

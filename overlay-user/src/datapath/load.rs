@@ -49,6 +49,11 @@ impl Datapath {
     }
 
     fn load_with(log_level: log::LevelFilter, pins: Option<&PinDir>) -> Result<Datapath, DatapathError> {
+        // Before anything reaches the kernel: a kernel that lacks a helper
+        // or map type is refused naming it, not with a verifier log.
+        if let Some(refusal) = super::kernel_needs::probed().map_err(DatapathError::KernelLacks)?.refusal() {
+            return Err(DatapathError::KernelLacks(refusal));
+        }
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, false);

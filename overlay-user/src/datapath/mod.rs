@@ -9,6 +9,7 @@
 //! - [`apply`]: changing the maps as a diff, with an undo journal;
 //! - [`attach`]: attaching to the underlay and the ports from an [`AttachPlan`];
 //! - [`counters`]: reading and rendering counters;
+//! - [`kernel_needs`]: the helpers and map types the programs need, probed before loading;
 //! - [`learned`]: what learning networks learned, and its sweep;
 //! - [`view`]: what other processes read from a pinned datapath;
 //! - [`testrun`]: running the programs on test frames (BPF_PROG_TEST_RUN).
@@ -23,6 +24,7 @@ use crate::{pinning::PinDir, slots::Owners, state::MapState};
 pub mod apply;
 pub mod attach;
 pub mod counters;
+pub mod kernel_needs;
 pub mod learned;
 pub mod load;
 pub mod tables;
@@ -47,6 +49,9 @@ pub enum DatapathError {
     /// The verifier or the kernel refused one of the programs.
     #[error("loading program {program} failed: {}", with_causes(error))]
     Program { program: &'static str, error: ProgramError },
+    /// The kernel lacks a helper or map type the programs need (probed before loading).
+    #[error("{0}")]
+    KernelLacks(String),
     /// The object lacks a map or program the agent expects: object and agent were built apart.
     #[error("the eBPF object has no {kind} named {name}: rebuild with `cargo xtask build`")]
     Missing { kind: &'static str, name: &'static str },

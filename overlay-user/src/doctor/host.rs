@@ -61,6 +61,13 @@ pub(super) fn kernel_findings() -> Vec<Finding> {
         }
         None => findings.push(Finding::warn("kernel-tcx", "cannot read the kernel release (uname)", "")),
     }
+    findings.push(match crate::datapath::kernel_needs::probed() {
+        Ok(needs) => match needs.refusal() {
+            None => Finding::ok("kernel-helpers", format!("the kernel has all {} helpers and map types the programs use (probed)", needs.needed.len())),
+            Some(refusal) => Finding::fail("kernel-helpers", refusal, "run Linux 6.1 or newer (`overlay run` refuses to start here)"),
+        },
+        Err(error) => Finding::fail("kernel-helpers", format!("reading what the programs need: {error}"), "rebuild with `cargo xtask build`"),
+    });
     findings.push(if Path::new("/sys/kernel/btf/vmlinux").exists() {
         Finding::ok("kernel-btf", "kernel BTF is available (/sys/kernel/btf/vmlinux)")
     } else {

@@ -11,7 +11,7 @@
 //!   `duplicate-peer-name`, `duplicate-peer-vtep`, else `config`), with the
 //!   field and value. Checks that need the file are then skipped.
 //! - **kernel**: TCX links (probed; without them TC attaches as netlink
-//!   filters), managed neighbour entries (5.16), BTF, that the `bpf(2)` syscall works (an array map is created
+//!   filters), managed neighbour entries (5.16), every helper and map type the programs use (probed), BTF, that the `bpf(2)` syscall works (an array map is created
 //!   and freed), and that the pin directory is, or can be, on bpffs.
 //! - **underlay**: the device and every port exist; the VTEP address is an
 //!   address of this host; the overlay MTU (underlay MTU - 50) is at least
