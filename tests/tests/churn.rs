@@ -15,6 +15,8 @@
 //! the small size run by `cargo xtask test`; `soak` (ignored here) is the
 //! big one, run by `cargo xtask soak [--minutes N]`.
 mod churn_support;
+#[path = "shared/attachments.rs"]
+mod attachments;
 #[path = "shared/map_keys.rs"]
 mod map_keys;
 

@@ -30,6 +30,8 @@
 //! is the small size run by `cargo xtask test`; `cluster_soak` (ignored) is
 //! the big one, run by `cargo xtask soak --cluster`.
 mod cluster_churn_support;
+#[path = "shared/attachments.rs"]
+mod attachments;
 #[path = "shared/map_keys.rs"]
 mod map_keys;
 

@@ -2,7 +2,7 @@
 //! endpoints, networks and peers.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use aya::programs::{SchedClassifier, tc::TcAttachType};
+use crate::attachments::{attachments, ingress_programs};
 use overlay::datapath::Datapath;
 
 use super::{C1_IP, C2_IP, Churn, FIXED_VNI};
@@ -82,12 +82,12 @@ pub fn check_attachments(churn: &Churn) {
             Ok(pool
                 .into_iter()
                 .map(|name| {
-                    let ingress = SchedClassifier::query_tcx(&name, TcAttachType::Ingress).map(|(_, programs)| programs.len());
-                    (name, ingress.unwrap_or(usize::MAX))
+                    let count = ingress_programs(&name).unwrap_or_else(|error| panic!("counting the TC programs of {name}: {error}"));
+                    (name, count)
                 })
                 .collect())
         })
-        .expect("querying the pool's TCX hooks");
+        .expect("counting the pool's TC programs");
     let wrong: Vec<String> = counts
         .iter()
         .filter(|(name, count)| *count != usize::from(in_use.contains(name)))
@@ -96,6 +96,5 @@ pub fn check_attachments(churn: &Churn) {
     assert!(wrong.is_empty(), "TC programs on the pool's ports should follow the endpoints: {wrong:?}");
     let mut expected: BTreeSet<String> = churn.baseline_links.clone();
     expected.extend(in_use.iter().map(|name| format!("tc-port-{name}")));
-    let found: BTreeSet<String> = churn.pins.pinned_links().into_iter().collect();
-    assert_eq!(found, expected, "pinned links should be the fixed ones plus one per port in use");
+    assert_eq!(attachments(&churn.pins), expected, "pinned links and recorded filters should be the fixed ones plus one per port in use");
 }

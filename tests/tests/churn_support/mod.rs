@@ -246,7 +246,7 @@ impl Churn {
             .unwrap();
         assert!(ifindexes.values().all(|i| *i != 0), "every port should have an ifindex: {ifindexes:?}");
         let pins = PinDir::new(&lab.bpffs_dir(), "h1");
-        let baseline_links = pins.pinned_links().into_iter().collect();
+        let baseline_links = crate::attachments::attachments(&pins);
         Churn {
             ifindexes,
             baseline_links,

@@ -7,6 +7,7 @@ use std::{
 };
 
 use overlay::{cni::conf::address_owner, datapath::Datapath, state::MapState};
+use crate::attachments::attachments;
 
 use super::{CHURN_NETWORKS, ClusterChurn, Container, HOSTS, REMOTE_NETWORKS};
 use crate::map_keys::MapKeys;
@@ -177,8 +178,12 @@ pub fn maps_mismatch(churn: &ClusterChurn, host: usize) -> Option<String> {
 pub fn check_links(churn: &ClusterChurn, host: usize) {
     let mut expected = churn.baseline_links[host].clone();
     expected.extend(churn.live.values().filter(|c| c.host == host).map(|c| format!("tc-port-{}", c.interface)));
-    let found: BTreeSet<String> = churn.pins(host).pinned_links().into_iter().collect();
-    assert_eq!(found, expected, "{}'s pinned links should be those before the churn plus one per container's port", HOSTS[host]);
+    assert_eq!(
+        attachments(&churn.pins(host)),
+        expected,
+        "{}'s pinned links and recorded filters should be those before the churn plus one per container's port",
+        HOSTS[host]
+    );
 }
 
 /// The state with every counter slot written as none: a peer's slot is

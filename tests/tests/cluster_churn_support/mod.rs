@@ -249,7 +249,7 @@ impl ClusterChurn {
             assert!(Instant::now() < deadline, "c1 did not reach c2 ({c2}) across hosts in 30 s\n{}", churn.cni.lab.agent_logs());
         }
         churn.wait_for_exact("the lab to settle");
-        churn.baseline_links = (0..3).map(|host| churn.pins(host).pinned_links().into_iter().collect()).collect();
+        churn.baseline_links = (0..3).map(|host| crate::attachments::attachments(&churn.pins(host))).collect();
         churn
     }
 
