@@ -505,14 +505,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_later_source_is_the_one_refused_and_the_holder_is_named() {
+    /// A file endpoint (by bare VNI 100) and an API endpoint (in the API's
+    /// network of VNI 100) with one MAC.
+    fn file_and_api_claiming_one_mac() -> (Fragment, Fragment) {
         let file = Fragment {
             networks: vec![],
             endpoints: vec![Endpoint { network: NetworkRef::Vni(100), origin: Origin::new(SourceKind::File, "endpoints[0]"), ..endpoint("x", "", "p1", 1, "10.0.9.2") }],
             peers: vec![],
         };
         let from_api = Fragment { networks: vec![network("blue", 100, None)], endpoints: vec![endpoint("a", "blue", "p2", 1, "10.0.9.3")], peers: vec![] };
+        (file, from_api)
+    }
+
+    #[test]
+    fn a_later_source_is_the_one_refused_and_the_holder_is_named() {
+        let (file, from_api) = file_and_api_claiming_one_mac();
         let problems = validate(&Model::merge(node(), [&file, &from_api]));
         assert_eq!(problems.len(), 1, "{problems:?}");
         let problem = &problems[0];
@@ -526,12 +533,7 @@ mod tests {
 
     #[test]
     fn the_changing_source_is_the_one_refused_whichever_it_is() {
-        let file = Fragment {
-            networks: vec![],
-            endpoints: vec![Endpoint { network: NetworkRef::Vni(100), origin: Origin::new(SourceKind::File, "endpoints[0]"), ..endpoint("x", "", "p1", 1, "10.0.9.2") }],
-            peers: vec![],
-        };
-        let from_api = Fragment { networks: vec![network("blue", 100, None)], endpoints: vec![endpoint("a", "blue", "p2", 1, "10.0.9.3")], peers: vec![] };
+        let (file, from_api) = file_and_api_claiming_one_mac();
         let parts = crate::sources::Parts { file: &file, api: &from_api, registry: &Fragment::default() };
         for (changing, holder) in [(SourceKind::Api, "endpoints[0]"), (SourceKind::File, "endpoint a")] {
             let (_, problems) = parts.candidate(node(), changing);
