@@ -18,32 +18,33 @@ fn datapath_loads_at_every_log_level() {
 /// nothing missing here (6.18, and 6.1 in the guest).
 #[test]
 fn the_kernel_has_every_helper_and_map_type_the_programs_need() {
-    use overlay::datapath::kernel_needs::{self, KernelNeed};
+    use overlay::datapath::kernel_needs::{self, KernelNeed, ProgramKind};
     let needs = kernel_needs::probed().unwrap_or_else(|error| panic!("expected the object's needs to be read and probed, got: {error}"));
     for need in &needs.needed {
         println!("{need}");
     }
-    let called_by = |program_type: &str, helper: &str| {
+    let called_by = |kind: ProgramKind, helper: &str| {
         needs.needed.iter().find_map(|need| match need {
-            KernelNeed::Helper { program_type: t, helper: h, programs } if *t == program_type && h == helper => Some(programs.clone()),
+            KernelNeed::Helper { kind: k, programs, .. } if *k == kind && need.name() == helper => Some(programs.clone()),
             _ => None,
         })
     };
     let expected = [
-        ("XDP", "bpf_xdp_load_bytes", overlay_common::programs::DECAP_XDP),
-        ("TC", "bpf_redirect_peer", overlay_common::programs::DECAP_TC),
-        ("TC", "bpf_skb_adjust_room", overlay_common::programs::ENDPOINT_TC),
+        (ProgramKind::Xdp, "bpf_xdp_load_bytes", overlay_common::programs::DECAP_XDP),
+        (ProgramKind::Tc, "bpf_redirect_peer", overlay_common::programs::DECAP_TC),
+        (ProgramKind::Tc, "bpf_skb_adjust_room", overlay_common::programs::ENDPOINT_TC),
     ];
-    for (program_type, helper, program) in expected {
-        let programs = called_by(program_type, helper);
+    for (kind, helper, program) in expected {
+        let programs = called_by(kind, helper);
         assert!(
             programs.as_ref().is_some_and(|p| p.iter().any(|p| p == program)),
-            "expected {helper} among the {program_type} helpers, called by {program}; found callers {programs:?} in {:#?}",
+            "expected {helper} among the {} helpers, called by {program}; found callers {programs:?} in {:#?}",
+            kind.label(),
             needs.needed
         );
     }
     assert!(
-        needs.needed.iter().any(|need| matches!(need, KernelNeed::MapType { map_type, .. } if map_type == "ringbuf")),
+        needs.needed.iter().any(|need| matches!(need, KernelNeed::MapType { .. }) && need.name() == "ringbuf"),
         "expected the ring buffer among the map types: {:#?}",
         needs.needed
     );

@@ -13,7 +13,11 @@
 //! instructions (`call` with src_reg 0, RFC 9669 section 4.3.1), after the
 //! object's bpf-to-bpf calls are linked, so a subprogram's helper counts
 //! for each program that calls it.
-use std::{collections::BTreeSet, fmt, sync::OnceLock};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    sync::OnceLock,
+};
 
 use aya::{
     maps::MapType,
@@ -26,22 +30,56 @@ use aya_obj::{
     ProgramSection,
 };
 
-/// One thing a program needs of the kernel.
+/// The program types of the datapath, as a helper's availability depends on one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProgramKind {
+    Xdp,
+    Tc,
+}
+
+impl ProgramKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ProgramKind::Xdp => "XDP",
+            ProgramKind::Tc => "TC",
+        }
+    }
+
+    fn program_type(self) -> ProgramType {
+        match self {
+            ProgramKind::Xdp => ProgramType::Xdp,
+            ProgramKind::Tc => ProgramType::SchedClassifier,
+        }
+    }
+}
+
+/// One thing a program needs of the kernel, by the kernel's numbers.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KernelNeed {
-    /// A helper called from a program of this type.
-    Helper { program_type: &'static str, helper: String, programs: Vec<String> },
-    /// A map type the object creates.
-    MapType { map_type: String, maps: Vec<String> },
+    /// A helper (its `bpf_func_id`) called from programs of this kind.
+    Helper { kind: ProgramKind, helper: i32, programs: Vec<String> },
+    /// A map type (its `bpf_map_type`) the object creates.
+    MapType { map_type: u32, maps: Vec<String> },
+}
+
+impl KernelNeed {
+    /// The helper's or map type's name: `bpf_xdp_load_bytes`, `ringbuf`.
+    pub fn name(&self) -> String {
+        match self {
+            KernelNeed::Helper { helper, .. } => helper_name(*helper),
+            KernelNeed::MapType { map_type, .. } => map_type_name(*map_type),
+        }
+    }
 }
 
 impl fmt::Display for KernelNeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
         match self {
-            KernelNeed::Helper { program_type, helper, programs } => {
-                write!(f, "helper {helper} in {program_type} programs (called by {})", programs.join(", "))
+            KernelNeed::Helper { kind, programs, .. } => {
+                write!(f, "helper {name} in {} programs (called by {})", kind.label(), programs.join(", "))
             }
-            KernelNeed::MapType { map_type, maps } => write!(f, "map type {map_type} (maps {})", maps.join(", ")),
+            KernelNeed::MapType { maps, .. } => write!(f, "map type {name} (maps {})", maps.join(", ")),
         }
     }
 }
@@ -71,7 +109,7 @@ impl KernelNeeds {
 /// The needs of [`super::EBPF_OBJECT`] probed on this kernel, once per process.
 pub fn probed() -> Result<&'static KernelNeeds, String> {
     static PROBED: OnceLock<Result<KernelNeeds, String>> = OnceLock::new();
-    PROBED.get_or_init(|| needs_of(super::EBPF_OBJECT).map(|needed| probe(needed))).as_ref().map_err(Clone::clone)
+    PROBED.get_or_init(|| needs_of(super::EBPF_OBJECT).map(probe)).as_ref().map_err(Clone::clone)
 }
 
 /// Every helper each program of `object` calls and every map type it creates.
@@ -80,25 +118,25 @@ pub fn needs_of(object: &[u8]) -> Result<Vec<KernelNeed>, String> {
     // As aya links them: every section holding functions may hold callees.
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_calls(&text_sections).map_err(|e| format!("linking the eBPF object's calls: {}", super::with_causes(&e)))?;
-    let mut helpers: std::collections::BTreeMap<(&'static str, String), BTreeSet<String>> = Default::default();
+    let mut helpers: BTreeMap<(ProgramKind, i32), BTreeSet<String>> = Default::default();
     for (name, program) in &obj.programs {
-        let program_type = match program.section {
-            ProgramSection::Xdp { .. } => "XDP",
-            ProgramSection::SchedClassifier => "TC",
+        let kind = match program.section {
+            ProgramSection::Xdp { .. } => ProgramKind::Xdp,
+            ProgramSection::SchedClassifier => ProgramKind::Tc,
             _ => return Err(format!("program {name}: a program type the datapath does not use ({:?})", program.section)),
         };
         let Some(function) = obj.functions.get(&program.function_key()) else { continue };
         let calls = function.instructions.iter().filter(|insn| insn.code == (BPF_JMP | BPF_CALL) as u8 && insn.src_reg() == 0);
         for insn in calls {
-            helpers.entry((program_type, helper_name(insn.imm))).or_default().insert(name.clone());
+            helpers.entry((kind, insn.imm)).or_default().insert(name.clone());
         }
     }
-    let mut map_types: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let mut map_types: BTreeMap<u32, BTreeSet<String>> = Default::default();
     for (name, map) in &obj.maps {
-        map_types.entry(map_type_name(map.map_type())).or_default().insert(name.clone());
+        map_types.entry(map.map_type()).or_default().insert(name.clone());
     }
-    let helpers = helpers.into_iter().map(|((program_type, helper), programs)| KernelNeed::Helper {
-        program_type,
+    let helpers = helpers.into_iter().map(|((kind, helper), programs)| KernelNeed::Helper {
+        kind,
         helper,
         programs: programs.into_iter().collect(),
     });
@@ -112,14 +150,11 @@ pub fn probe(needed: Vec<KernelNeed>) -> KernelNeeds {
         .iter()
         .filter_map(|need| {
             let found = match need {
-                KernelNeed::Helper { program_type, helper, .. } => {
-                    let program_type = if *program_type == "XDP" { ProgramType::Xdp } else { ProgramType::SchedClassifier };
-                    match helper_id(helper) {
-                        Some(id) => is_helper_supported(program_type, id).map_err(|e| format!("probing it failed: {e}")),
-                        None => Err("a helper this agent's build does not know".to_owned()),
-                    }
-                }
-                KernelNeed::MapType { map_type, .. } => match map_type_of(map_type) {
+                KernelNeed::Helper { kind, helper, .. } => match helper_enum(*helper) {
+                    Some(id) => is_helper_supported(kind.program_type(), id).map_err(|e| format!("probing it failed: {e}")),
+                    None => Err("a helper this agent's build does not know".to_owned()),
+                },
+                KernelNeed::MapType { map_type, .. } => match bpf_map_type::try_from(*map_type).ok().and_then(|t| MapType::try_from(t).ok()) {
                     Some(map_type) => is_map_supported(map_type).map_err(|e| format!("probing it failed: {e}")),
                     None => Err("a map type this agent's build does not know".to_owned()),
                 },
@@ -149,10 +184,6 @@ fn helper_name(id: i32) -> String {
     }
 }
 
-fn helper_id(name: &str) -> Option<bpf_func_id> {
-    (0..bpf_func_id::__BPF_FUNC_MAX_ID as i32).filter_map(helper_enum).find(|helper| helper_name(*helper as i32) == name)
-}
-
 fn map_type_name(raw: u32) -> String {
     match bpf_map_type::try_from(raw) {
         Ok(map_type) => format!("{map_type:?}").trim_start_matches("BPF_MAP_TYPE_").to_lowercase(),
@@ -160,28 +191,23 @@ fn map_type_name(raw: u32) -> String {
     }
 }
 
-fn map_type_of(name: &str) -> Option<MapType> {
-    let raw = (0..64u32).find(|raw| map_type_name(*raw) == name)?;
-    MapType::try_from(bpf_map_type::try_from(raw).ok()?).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn helper_names_and_ids_go_both_ways() {
+    fn helpers_and_map_types_are_named_by_the_kernel_s_names() {
         for (id, name) in [(189, "bpf_xdp_load_bytes"), (152, "bpf_redirect_neigh"), (155, "bpf_redirect_peer"), (1, "bpf_map_lookup_elem")] {
             assert_eq!(helper_name(id), name, "the name of helper {id}");
-            assert_eq!(helper_id(name).map(|h| h as i32), Some(id), "the id of {name}");
+            assert_eq!(helper_enum(id).map(|h| h as i32), Some(id), "the helper of id {id}");
         }
         assert_eq!(helper_name(100_000), "#100000");
-        assert_eq!(map_type_of(&map_type_name(27)), Some(MapType::RingBuf), "ringbuf goes both ways");
+        assert_eq!(map_type_name(27), "ringbuf");
     }
 
     #[test]
     fn a_missing_need_is_refused_naming_it_and_its_programs() {
-        let need = KernelNeed::Helper { program_type: "XDP", helper: "bpf_xdp_load_bytes".into(), programs: vec!["overlay_decap".into()] };
+        let need = KernelNeed::Helper { kind: ProgramKind::Xdp, helper: 189, programs: vec!["overlay_decap".into()] };
         let needs = KernelNeeds { needed: vec![need.clone()], missing: vec![(need, "not in this kernel".into())] };
         let refusal = needs.refusal().expect("a refusal");
         assert!(
