@@ -13,3 +13,4 @@ pub mod lab;
 pub mod netns;
 pub mod probe;
 pub mod saved_state;
+pub mod tc_filters;

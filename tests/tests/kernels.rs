@@ -14,6 +14,7 @@ use std::{
 use overlay_lab::{
     lab::{Lab, LabSpec, overlay_binary, ping},
     netns::Netns,
+    tc_filters,
 };
 
 fn two_hosts(scope: &str) -> Lab {
@@ -34,18 +35,14 @@ fn overlay(lab: &Lab, host: &str, args: &[&str]) -> Output {
     lab.overlay_command(host, &bin(), args).expect("overlay command").output().expect("running overlay")
 }
 
-/// The BPF filters on `device`'s ingress hook, one line each (`tc filter show`;
-/// each priority also has a header line without a handle).
+/// The BPF filters on `device`'s ingress hook, one line each.
 fn bpf_filters(netns: &Netns, device: &str) -> Vec<String> {
-    let output = netns.exec("tc", &["filter", "show", "dev", device, "ingress"]).expect("tc filter show");
-    String::from_utf8_lossy(&output.stdout).lines().filter(|line| line.contains(" bpf ") && line.contains(" handle ")).map(str::to_owned).collect()
+    tc_filters::ingress_bpf_filters(netns.command("tc"), device).expect("tc filter show")
 }
 
-/// The program id in a `tc filter show` line (`... id 123 ...`).
+/// The program id in a filter line.
 fn program_id(line: &str) -> u64 {
-    let mut words = line.split_whitespace();
-    words.by_ref().find(|w| *w == "id");
-    words.next().and_then(|id| id.parse().ok()).unwrap_or_else(|| panic!("no program id in {line:?}"))
+    tc_filters::program_id(line).unwrap_or_else(|| panic!("no program id in {line:?}"))
 }
 
 /// A ping flood in the background: 3000 at 5 ms, long enough to span a kill -9 and a restart.

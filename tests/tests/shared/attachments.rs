@@ -6,6 +6,7 @@
 use std::{collections::BTreeSet, process::Command};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
+use overlay_lab::tc_filters;
 use overlay::{
     pinning::PinDir,
     tc_legacy::{self, TcAttachKind},
@@ -27,11 +28,6 @@ pub fn ingress_programs(device: &str) -> Result<usize, String> {
         Err(_) if tc_legacy::probe(device) == TcAttachKind::Netlink => 0,
         Err(error) => return Err(format!("querying the TCX ingress of {device}: {error}")),
     };
-    let output = Command::new("tc").args(["filter", "show", "dev", device, "ingress"]).output().map_err(|e| format!("running tc: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("tc filter show dev {device} ingress: {}", String::from_utf8_lossy(&output.stderr).trim()));
-    }
-    // One line per filter with its handle (each priority also has a header line without one).
-    let filters = String::from_utf8_lossy(&output.stdout).lines().filter(|line| line.contains(" bpf ") && line.contains(" handle ")).count();
+    let filters = tc_filters::ingress_bpf_filters(Command::new("tc"), device).map_err(|error| format!("{error:#}"))?.len();
     Ok(tcx + filters)
 }
