@@ -1,5 +1,5 @@
-//! Network interfaces, looked up through the kernel (if_nametoindex and
-//! interface ioctls, through nix), never by running `ip`.
+//! Network interfaces, looked up through the kernel (netlink and
+//! interface ioctls, through rtnetlink and nix), never by running `ip`.
 use std::{
     os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -9,9 +9,70 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use crate::config::{Config, ConfigError, Problem};
 
-/// The kernel's index of interface `name` in this network namespace.
+/// The kernel's index of interface `name` in the calling thread's network
+/// namespace, or None when there is no such interface.
+///
+/// Asked by RTM_GETLINK with IFLA_IFNAME, not by if_nametoindex: that is
+/// the SIOCGIFINDEX ioctl, and for a name that does not exist the kernel
+/// runs `modprobe netdev-<name>` and `modprobe <name>` first and waits for
+/// them (net/core/dev_ioctl.c, dev_load()). On a kernel with modules (Debian
+/// 12's) every look-up of a pending endpoint's interface cost two modprobe
+/// runs; rtnl_getlink() loads nothing.
 pub fn ifindex(name: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(name).ok()
+    match link_index_by_name(name) {
+        Ok(index) => index,
+        Err(error) => {
+            log::warn!("looking up interface {name:?} over netlink: {error}");
+            None
+        }
+    }
+}
+
+fn link_index_by_name(name: &str) -> std::io::Result<Option<u32>> {
+    use rtnetlink::{
+        packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload},
+        packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkAttribute, LinkMessage},
+        },
+        sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    };
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    // The kernel's IFNAMSIZ less its NUL: a longer name cannot exist.
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0']) {
+        return Ok(None);
+    }
+    let mut request = LinkMessage::default();
+    request.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(request)));
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    let socket = Socket::new(NETLINK_ROUTE)?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    loop {
+        let (answer, _) = socket.recv_from_full()?;
+        let mut offset = 0;
+        while offset < answer.len() {
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[offset..])
+                .map_err(|error| invalid(format!("an RTM_GETLINK answer: {error}")))?;
+            let length = reply.header.length as usize;
+            match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => return Ok(Some(link.header.index)),
+                NetlinkPayload::Error(error) if error.code.is_none() => return Ok(None),
+                NetlinkPayload::Error(error) if matches!(error.raw_code().abs(), libc::ENODEV | libc::EINVAL) => return Ok(None),
+                NetlinkPayload::Error(error) => return Err(error.to_io()),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
 }
 
 // include/uapi/linux/sockios.h: each takes a struct ifreq.
@@ -186,4 +247,18 @@ pub fn tx_checksum_offload(interface: &str) -> std::io::Result<bool> {
 pub fn set_gro(interface: &str, on: bool) -> std::io::Result<()> {
     let mut buffer = [ETHTOOL_SGRO, u32::from(on)];
     ethtool(interface, &mut buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ifindex;
+
+    #[test]
+    fn ifindex_finds_loopback_and_answers_none_for_missing_or_impossible_names() {
+        let expected = nix::net::if_::if_nametoindex("lo").expect("lo exists in every network namespace");
+        assert_eq!(ifindex("lo"), Some(expected), "lo's index by netlink should be the ioctl's");
+        for name in ["ovlnosuchif0", "", "a-name-longer-than-ifnamsiz", "a/b"] {
+            assert_eq!(ifindex(name), None, "no interface is named {name:?}");
+        }
+    }
 }

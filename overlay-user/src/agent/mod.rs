@@ -216,6 +216,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         let period = Duration::from_secs(options.counters_interval.max(1));
         let mut counters_ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut pending_ticker = tokio::time::interval(Duration::from_secs(1));
+        // A look that took longer than the period is not made up for in a burst.
+        pending_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Learned entries age in the datapath itself (timestamps, LRU); the
         // sweep only removes what it no longer uses, so a slow one is harmless.
         let mut learned_sweep_ticker = tokio::time::interval(LEARNED_SWEEP_PERIOD);
