@@ -643,6 +643,20 @@ pub fn scaled(timeout: Duration) -> Duration {
     timeout * factor
 }
 
+/// Writes `what` with the time of day to stderr at once, past libtest's
+/// capture, when `$OVERLAY_LAB_PROGRESS` is set: `cargo xtask vm-test` sets
+/// it, so that a long lab in the guest shows on the console how far it got.
+pub fn progress(what: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if std::env::var_os("OVERLAY_LAB_PROGRESS").is_none() {
+        return;
+    }
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() % 86_400;
+    let line = format!("progress {:02}:{:02}:{:02} {what}\n", seconds / 3600, seconds / 60 % 60, seconds % 60);
+    // Not eprintln!: libtest captures that until the test ends.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// The `overlay` binary to test: `$OVERLAY_BIN`, else the workspace's
 /// release build, else its debug build.
 pub fn overlay_binary() -> anyhow::Result<PathBuf> {

@@ -20,7 +20,7 @@ use overlay::{
     datapath::Datapath,
     pinning::PinDir,
 };
-use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
+use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, progress};
 use serde_json::{Value, json};
 
 use overlay_lab::churn::{FixedFlow, Usage, UsageSample};
@@ -156,8 +156,10 @@ impl Churn {
     pub fn run(scope: &str, size: ChurnSize) -> Figures {
         let started = Instant::now();
         let mut churn = Churn::new(scope, size);
+        progress(format_args!("churn: the lab is up ({:.0?})", started.elapsed()));
         let baseline = churn.settled_state();
         let flow = FixedFlow::start(&churn.lab.container("h1", "c").netns, &churn.lab.container("h2", "c").netns, C2_IP);
+        progress(format_args!("churn: the fixed flow runs ({:.0?})", started.elapsed()));
         if let Some(quiet) = size.quiet_reference {
             std::thread::sleep(quiet);
             let counts = flow.counts_so_far();
@@ -267,11 +269,17 @@ impl Churn {
         }
     }
 
+    /// One API call to h1's agent; a call it does not answer within 30 s
+    /// (scaled) fails the test with the agents' logs, rather than hanging it.
     fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Vec<u8>, ApiError> {
-        match client::call_blocking(&self.socket, method, path, body) {
-            Ok(answer) => Ok(answer.body),
-            Err(ClientError::Refused(refusal)) => Err(refusal),
-            Err(error) => panic!("calling {path}: {error}\n{}", self.lab.agent_logs()),
+        let patience = overlay_lab::lab::scaled(Duration::from_secs(30));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        let answer = runtime.block_on(async { tokio::time::timeout(patience, client::call(&self.socket, method.clone(), path, body)).await });
+        match answer {
+            Ok(Ok(answer)) => Ok(answer.body),
+            Ok(Err(ClientError::Refused(refusal))) => Err(refusal),
+            Ok(Err(error)) => panic!("calling {method} {path}: {error}\n{}", self.lab.agent_logs()),
+            Err(_) => panic!("calling {method} {path}: no answer in {patience:?}\n{}", self.lab.agent_logs()),
         }
     }
 
@@ -456,6 +464,15 @@ impl Churn {
         expect::check_attachments(self);
         flow.check("at a checkpoint", || self.lab.agent_logs());
         self.figures.checkpoints += 1;
+        progress(format_args!(
+            "churn: checkpoint {} exact after {} changes ({} endpoints, {} networks, {} peers live; {} restarts)",
+            self.figures.checkpoints,
+            self.figures.operations,
+            self.endpoints.len(),
+            self.networks.len(),
+            self.peers.len(),
+            self.figures.restarts
+        ));
     }
 
     /// kill -9 and restart h1's agent: the API's endpoints come back from its state file.

@@ -21,7 +21,7 @@ use overlay_lab::{
     churn::{FixedFlow, FlowCounts, Usage, UsageSample},
     cni::{self, CniEnv, CniLab, invoke},
     fuzz::Rng,
-    lab::{cni_binary, overlay_binary, ping, scaled},
+    lab::{cni_binary, overlay_binary, ping, progress, scaled},
     netns::Netns,
 };
 use serde_json::{Value, json};
@@ -157,6 +157,7 @@ impl ClusterChurn {
     pub fn run(scope: &str, size: ClusterChurnSize) -> Figures {
         let started = Instant::now();
         let mut churn = ClusterChurn::new(scope, size);
+        progress(format_args!("cluster churn: the lab is up ({:.0?})", started.elapsed()));
         let baseline = churn.settled_states();
         let (c1, c2) = (&churn.fixed_netns[0], &churn.fixed_netns[1]);
         let flow = FixedFlow::start(c1, c2, churn.fixed[1].ip);
@@ -459,6 +460,14 @@ impl ClusterChurn {
         }
         flow.check("at a checkpoint", || self.cni.lab.agent_logs());
         self.figures.checkpoints += 1;
+        progress(format_args!(
+            "cluster churn: checkpoint {} exact after {} changes ({} containers, {} virtual nodes live; h3 {})",
+            self.figures.checkpoints,
+            self.figures.operations,
+            self.live.len(),
+            self.registry.joined().count(),
+            if self.h3_up { "up" } else { "away" }
+        ));
     }
 
     /// h1's and h2's maps once exact, counter slots aside (a peer that

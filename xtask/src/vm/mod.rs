@@ -233,7 +233,7 @@ fn guest_script(root: &Path, runs: &[Run], binaries: &[(String, PathBuf)], netde
     let mut script = format!(
         "#!/bin/sh\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_LOG=info RUST_BACKTRACE=1\n\
-         export OVERLAY_BIN={} OVERLAY_EBPF_OBJECT={} OVERLAY_LAB_TIME_SCALE={TIME_SCALE}\n\
+         export OVERLAY_BIN={} OVERLAY_EBPF_OBJECT={} OVERLAY_LAB_TIME_SCALE={TIME_SCALE} OVERLAY_LAB_PROGRESS=1\n\
          # The lab's link types and TC pieces (others load on demand).\n\
          for module in veth bridge vxlan sch_ingress cls_bpf; do modprobe $module || echo \"vm: no module $module\"; done\n\
          echo \"vm: Linux $(uname -r), $(nproc) CPUs\"\n\
