@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{lab::pattern_byte, netns::Netns};
+use crate::{netns::Netns, traffic::pattern_byte};
 
 /// Pings per `ping` run, and the gap between them (5 ms: 200 a second).
 const PINGS_PER_RUN: u32 = 400;

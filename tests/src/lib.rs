@@ -1,6 +1,6 @@
 //! The lab every integration test and `cargo xtask demo` stands on:
 //! namespaces as guards, a multi-host topology builder, agents as child
-//! processes, and traffic checks (ping, a byte-checked TCP transfer, names).
+//! processes, and traffic checks (`traffic`: ping, a byte-checked TCP transfer).
 pub mod bpf_run;
 pub mod churn;
 pub mod cni;
@@ -14,3 +14,4 @@ pub mod netns;
 pub mod probe;
 pub mod saved_state;
 pub mod tc_filters;
+pub mod traffic;

@@ -18,7 +18,7 @@ use overlay::{
     pinning::PinDir,
 };
 use overlay_lab::{
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU, format_mac, overlay_binary, ping},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU, format_mac, overlay_binary}, traffic::ping,
     netns::Netns,
 };
 use serde_json::{Value, json};

@@ -11,7 +11,7 @@ use std::{
 };
 
 use overlay_lab::{
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, tcp_transfer},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary}, traffic::{ping, tcp_transfer},
     netns::Netns,
 };
 

@@ -11,7 +11,7 @@ use std::{
 use overlay::api::client::{self, Method};
 use overlay_lab::{
     etcd::{self, EtcdCluster},
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, format_mac, overlay_binary, ping},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, format_mac, overlay_binary}, traffic::ping,
 };
 use serde_json::{Value, json};
 

@@ -18,7 +18,7 @@ use overlay::{
 use overlay_lab::{
     cni::{CniEnv, CniLab, Invocation, NETWORK, invoke},
     etcd,
-    lab::{cni_binary, overlay_binary, ping, tcp_transfer},
+    lab::{cni_binary, overlay_binary}, traffic::{ping, tcp_transfer},
     netns::Netns,
 };
 use serde_json::{Value, json};

@@ -12,7 +12,7 @@ use std::{
 };
 
 use overlay_lab::{
-    lab::{Lab, LabSpec, overlay_binary, ping},
+    lab::{Lab, LabSpec, overlay_binary}, traffic::ping,
     netns::Netns,
     tc_filters,
 };

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use overlay_lab::{
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, reported_counter, tcp_transfer},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, reported_counter}, traffic::{ping, tcp_transfer},
     netns::Netns,
     probe::{NameServer, ask_name},
 };

@@ -19,7 +19,7 @@ use overlay::{
 use overlay_common::{Direction, Reason};
 use overlay_lab::{
     frames::{self, Ethernet, Mac, Vxlan},
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, format_mac, overlay_binary, ping},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, format_mac, overlay_binary}, traffic::ping,
 };
 use serde_json::{Value, json};
 

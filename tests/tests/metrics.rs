@@ -11,7 +11,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping, tcp_transfer};
+use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
+use overlay_lab::traffic::{ping, tcp_transfer};
 
 /// Where each agent serves, inside its own host namespace (so the same
 /// address on every host).

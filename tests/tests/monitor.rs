@@ -9,7 +9,7 @@ use std::{
 
 use overlay_lab::{
     frames::{BROADCAST, ETHERTYPE_ARP, Ethernet, Mac, Vxlan, send_vxlan},
-    lab::{Lab, LabSpec, overlay_binary, ping},
+    lab::{Lab, LabSpec, overlay_binary}, traffic::ping,
     netns::Netns,
 };
 

@@ -5,9 +5,8 @@
 //! the lab is dropped, also when an assertion fails.
 use std::{net::Ipv4Addr, path::PathBuf, process::Command};
 
-use overlay_lab::lab::{
-    ContainerSpec, HostKind, HostSpec, Lab, LabOptions, LabSpec, UnderlayOffloads, overlay_binary, ping, reported_counter, tcp_transfer,
-};
+use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabOptions, LabSpec, UnderlayOffloads, overlay_binary, reported_counter};
+use overlay_lab::traffic::{ping, tcp_transfer};
 
 const TRANSFER_BYTES: u64 = 16 * 1024 * 1024;
 

@@ -9,7 +9,7 @@ use std::{
 
 use overlay::neighbour::{NEIGHBOUR_PROTOCOL, Neighbours, NextHop};
 use overlay_lab::{
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary}, traffic::ping,
     netns::Netns,
 };
 

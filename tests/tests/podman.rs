@@ -20,7 +20,7 @@ use overlay::api::{
 use overlay_lab::{
     cni::{CniLab, NETWORK},
     etcd,
-    lab::{cni_binary, pattern_byte},
+    lab::cni_binary, traffic::pattern_byte,
 };
 use serde_json::{Value, json};
 

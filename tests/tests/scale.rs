@@ -11,7 +11,8 @@ use std::{
 };
 
 use overlay_common::{PEER_COUNTER_SLOTS, VNI_COUNTER_SLOTS};
-use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary, ping};
+use overlay_lab::lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, overlay_binary};
+use overlay_lab::traffic::ping;
 
 /// Remote endpoints generated behind the fake peers (besides h2's container).
 const REMOTE_ENDPOINTS: u32 = 100_000;

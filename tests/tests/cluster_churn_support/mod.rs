@@ -21,7 +21,7 @@ use overlay_lab::{
     churn::{FixedFlow, FlowCounts, Usage, UsageSample},
     cni::{self, CniEnv, CniLab, invoke},
     fuzz::Rng,
-    lab::{cni_binary, overlay_binary, ping, progress, scaled},
+    lab::{cni_binary, overlay_binary, progress, scaled}, traffic::ping,
     netns::Netns,
 };
 use serde_json::{Value, json};

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context;
 use overlay_lab::{
-    lab::{Container, ContainerSpec, HostKind, HostSpec, Lab, LabOptions, LabSpec, UnderlayOffloads, ping},
+    lab::{Container, ContainerSpec, HostKind, HostSpec, Lab, LabOptions, LabSpec, UnderlayOffloads}, traffic::ping,
     netns::Netns,
 };
 use serde::Serialize;

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, ensure};
 use overlay_lab::{
-    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU, ping, tcp_transfer},
+    lab::{ContainerSpec, HostKind, HostSpec, Lab, LabSpec, OVERLAY_MTU}, traffic::{ping, tcp_transfer},
     netns,
     probe::{NameServer, ask_name},
 };
